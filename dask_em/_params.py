@@ -1,0 +1,89 @@
+"""Mixture parameters as a value, and the M-step that makes them from statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _math
+from ._stats import SuffStats
+
+
+@dataclass(frozen=True, eq=False)
+class MixtureParams:
+    """Parameters of one Gaussian mixture.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (K,)
+    means : ndarray of shape (K, d)
+    covariances : ndarray in the covariance type's shape, or None
+        None only for a start given purely by precisions (never after an M-step).
+    precisions_cholesky : ndarray in the covariance type's shape
+    covariance_type : str
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray | None
+    precisions_cholesky: np.ndarray
+    covariance_type: str
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def center(self) -> np.ndarray:
+        """The point a block is centred on: the mixture's mean, shape (d,).
+
+        Any point works for exactness; one near the data keeps the digits of data with
+        a large offset, and this one needs no pass over the data to find.
+        """
+        w = self.weights / self.weights.sum() if self.weights.sum() > 0 else self.weights
+        return w @ self.means
+
+    def is_finite(self) -> bool:
+        arrays = [self.weights, self.means, self.precisions_cholesky]
+        if self.covariances is not None:
+            arrays.append(self.covariances)
+        return all(np.all(np.isfinite(a)) for a in arrays)
+
+
+def m_step(stats: SuffStats, reg_covar: float, eps: float) -> MixtureParams:
+    """New parameters from the statistics of one E-step (scikit-learn's rules).
+
+    Parameters
+    ----------
+    stats : SuffStats
+        Statistics summed over all blocks.
+    reg_covar : float
+        Non-negative regularisation added to the covariance diagonals.
+    eps : float
+        Machine epsilon of the input dtype; ``10 * eps`` guards every weight sum as in
+        scikit-learn, so empty components divide by a tiny number, not by zero.
+
+    Returns
+    -------
+    MixtureParams
+
+    Raises
+    ------
+    ValueError
+        When a covariance is not positive definite (increase reg_covar).
+    """
+    nk_raw = stats.nk
+    nk = nk_raw + 10.0 * eps
+    weights = nk / nk.sum()
+    delta = stats.s1 / nk[:, None]
+    means = stats.center[None, :] + delta
+    cov = _math.covariances_from_moments(
+        nk_raw, nk, stats.s1, stats.s2, delta, reg_covar, stats.covariance_type
+    )
+    prec_chol = _math.precision_cholesky(cov, stats.covariance_type)
+    return MixtureParams(weights, means, cov, prec_chol, stats.covariance_type)

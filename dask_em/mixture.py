@@ -1,0 +1,576 @@
+"""The scikit-learn-style estimator: ``dask_em.GaussianMixture``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import _init, _math
+from ._em import EMProgress, best_candidate, logger, run_em, single_threaded_blas
+from ._params import MixtureParams
+from ._stats import log_prob_block
+from ._validation import (
+    check_array,
+    check_means_init,
+    check_precisions_init,
+    check_scalar,
+    check_weights_init,
+    check_weights_like,
+)
+
+INIT_METHODS = ("random_from_data", "random")
+PERSIST_OPTIONS = ("auto", True, False)
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the lower bound settled within ``tol``."""
+
+
+def _active_client():
+    """The distributed Client that ``dask.compute`` would use now, or None."""
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    scheduler = dask.base.get_scheduler()
+    owner = getattr(scheduler, "__self__", None)
+    return owner if isinstance(owner, Client) else None
+
+
+def _memory_budget(client) -> float:
+    """Bytes the data may take when persisted: half the workers' (or machine's) memory."""
+    import psutil
+
+    if client is not None:
+        try:
+            info = client.scheduler_info(n_workers=-1)
+        except TypeError:  # older distributed
+            info = client.scheduler_info()
+        limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
+        if limits and all(limits):
+            return 0.5 * float(sum(limits))
+        return 0.5 * psutil.virtual_memory().total
+    return 0.5 * psutil.virtual_memory().available
+
+
+def _prepare_data(X, persist, from_numpy):
+    client = _active_client()
+    if persist == "auto":
+        if from_numpy:
+            # In memory already; a cluster needs it shipped once, not once per pass.
+            persist = client is not None
+        else:
+            persist = X.nbytes <= _memory_budget(client)
+    if persist:
+        X = client.persist(X) if client is not None else X.persist()
+    return X
+
+
+class GaussianMixture:
+    """Gaussian mixture fitted by one-pass distributed EM.
+
+    The parameters, fitted attributes and methods are scikit-learn's
+    ``sklearn.mixture.GaussianMixture``; given the same start, the fitted numbers agree
+    with it to round-off. ``X`` may be a numpy array, a dask array chunked along rows,
+    or a dask DataFrame of numeric columns. Each EM iteration reads the data once, on
+    the current Dask scheduler (threads by default, or an active ``distributed.Client``).
+
+    Parameters
+    ----------
+    n_components : int, default=1
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+    tol : float, default=1e-3
+        Convergence threshold on the change of the mean log-likelihood.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every covariance.
+    max_iter : int, default=100
+    n_init : int, default=1
+        Number of starts. All starts advance together, sharing each pass over the data;
+        the one with the highest final lower bound is kept.
+    init_params : {'random_from_data', 'random'}, default='random_from_data'
+    weights_init : array-like of shape (n_components,), optional
+    means_init : array-like of shape (n_components, n_features), optional
+    precisions_init : array-like, optional
+        Shape depends on ``covariance_type`` as in scikit-learn.
+    random_state : int, RandomState or None
+    warm_start : bool, default=False
+        Continue from the fitted parameters on the next ``fit``.
+    verbose : int, default=0
+        1 or more logs every ``verbose_interval``-th iteration at INFO level on the
+        ``dask_em`` logger (a stderr handler is added if logging is not configured).
+    verbose_interval : int, default=10
+    persist : {'auto', True, False}, default='auto'
+        Keep the data in cluster memory during the fit. 'auto' persists when the data
+        takes at most half the workers' memory; otherwise every iteration re-reads it.
+    split_every : int, optional
+        Fan-in of the tree reduction of the statistics (dask's ``split_every``).
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
+    covariances_ : ndarray
+    precisions_ : ndarray
+    precisions_cholesky_ : ndarray
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+    lower_bounds_ : list of float
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="random_from_data",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+        persist="auto",
+        split_every=None,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.persist = persist
+        self.split_every = split_every
+
+    # ----------------------------------------------------------------------------------
+    # scikit-learn estimator protocol
+    # ----------------------------------------------------------------------------------
+    _PARAM_NAMES = (
+        "n_components",
+        "covariance_type",
+        "tol",
+        "reg_covar",
+        "max_iter",
+        "n_init",
+        "init_params",
+        "weights_init",
+        "means_init",
+        "precisions_init",
+        "random_state",
+        "warm_start",
+        "verbose",
+        "verbose_interval",
+        "persist",
+        "split_every",
+    )
+
+    def get_params(self, deep=True):
+        return {name: getattr(self, name) for name in self._PARAM_NAMES}
+
+    def set_params(self, **params):
+        for name, value in params.items():
+            if name not in self._PARAM_NAMES:
+                raise ValueError(f"Invalid parameter {name!r} for GaussianMixture.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        defaults = GaussianMixture().get_params()
+        changed = [
+            f"{k}={v!r}"
+            for k, v in self.get_params().items()
+            if not (isinstance(v, np.ndarray) or isinstance(defaults[k], np.ndarray))
+            and v != defaults[k]
+        ]
+        return f"GaussianMixture({', '.join(changed)})"
+
+    # ----------------------------------------------------------------------------------
+    # Checking
+    # ----------------------------------------------------------------------------------
+    def _check_parameters(self):
+        check_scalar(self.n_components, "n_components", "int", low=1)
+        if self.covariance_type not in _math.COVARIANCE_TYPES:
+            raise ValueError(
+                f"Invalid value for covariance_type: {self.covariance_type!r}. "
+                f"Choose one of {list(_math.COVARIANCE_TYPES)}."
+            )
+        check_scalar(self.tol, "tol", "real", low=0.0)
+        check_scalar(self.reg_covar, "reg_covar", "real", low=0.0)
+        check_scalar(self.max_iter, "max_iter", "int", low=0)
+        check_scalar(self.n_init, "n_init", "int", low=1)
+        check_scalar(self.verbose_interval, "verbose_interval", "int", low=1)
+        if self.init_params not in INIT_METHODS:
+            raise ValueError(
+                f"Invalid value for init_params: {self.init_params!r}. "
+                f"Choose one of {list(INIT_METHODS)}."
+            )
+        if self.persist not in PERSIST_OPTIONS:
+            raise ValueError(f"persist must be 'auto', True or False, got {self.persist!r}.")
+        if self.split_every is not None:
+            check_scalar(self.split_every, "split_every", "int", low=2)
+
+    def _check_is_fitted(self):
+        if not hasattr(self, "precisions_cholesky_"):
+            raise AttributeError(
+                "This GaussianMixture instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
+
+    def _params(self) -> MixtureParams:
+        return MixtureParams(
+            self.weights_,
+            self.means_,
+            self.covariances_,
+            self.precisions_cholesky_,
+            self.covariance_type,
+        )
+
+    # ----------------------------------------------------------------------------------
+    # Fitting
+    # ----------------------------------------------------------------------------------
+    def _starts(self, X, rng, eps, weights):
+        K, d = self.n_components, X.shape[1]
+        w0 = m0 = p0 = None
+        if self.weights_init is not None:
+            w0 = check_weights_init(self.weights_init, K)
+        if self.means_init is not None:
+            m0 = check_means_init(self.means_init, K, d)
+        if self.precisions_init is not None:
+            p0 = check_precisions_init(self.precisions_init, self.covariance_type, K, d)
+        if w0 is not None and m0 is not None and p0 is not None:
+            # Given entirely; every start is the same, as in scikit-learn.
+            return [_init.from_arrays(w0, m0, p0, self.covariance_type)] * self.n_init
+        args = (K, self.covariance_type, self.reg_covar, eps)
+        if self.init_params == "random_from_data":
+            starts = [_init.random_from_data(X, *args, rng) for _ in range(self.n_init)]
+        else:
+            starts = _init.random_resp(
+                X, self.n_init, *args, rng, weights=weights, split_every=self.split_every
+            )
+        return [_init.override(s, w0, m0, p0) for s in starts]
+
+    def fit(self, X, y=None, *, sample_weight=None, callback=None, resume=None):
+        """Estimate the parameters by EM.
+
+        Parameters
+        ----------
+        X : array-like or dask array of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), optional
+            Non-negative row weights; responsibilities and the log-likelihood are
+            weighted by them and mixture weights are normalised by their total.
+        callback : callable, optional
+            Called with an :class:`EMProgress` after every iteration. An exception it
+            raises stops the fit.
+        resume : EMProgress, optional
+            Continue an interrupted fit from its last reported state.
+
+        Returns
+        -------
+        self
+        """
+        self._fit(X, sample_weight, callback, resume)
+        return self
+
+    def fit_predict(self, X, y=None, *, sample_weight=None):
+        """Fit, then return the labels of ``X`` (equals ``fit(X).predict(X)``)."""
+        return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def _fit(self, X, sample_weight, callback, resume):
+        self._check_parameters()
+        X, from_numpy = check_array(X, min_rows=2)
+        n, d = X.shape
+        if n < self.n_components:
+            raise ValueError(
+                f"Expected n_samples >= n_components but got n_components = "
+                f"{self.n_components}, n_samples = {n}"
+            )
+        weights = None
+        if sample_weight is not None:
+            weights = check_weights_like(sample_weight, X)
+        eps = float(np.finfo(X.dtype).eps)
+        log_level = logging.INFO if self.verbose else logging.DEBUG
+        if self.verbose:
+            _ensure_handler()
+        X = _prepare_data(X, self.persist, from_numpy)
+        if weights is not None:
+            weights = _prepare_data(weights, self.persist, not isinstance(sample_weight, da.Array))
+
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        initial = None
+        if resume is not None:
+            starts = None
+        elif do_init:
+            rng = (
+                np.random.mtrand._rand
+                if self.random_state is None
+                else (
+                    self.random_state
+                    if isinstance(self.random_state, np.random.RandomState)
+                    else np.random.RandomState(self.random_state)
+                )
+            )
+            with single_threaded_blas():
+                starts = self._starts(X, rng, eps, weights)
+        else:
+            if self.n_features_in_ != d:
+                raise ValueError(
+                    f"X has {d} features, but the model was fitted with "
+                    f"{self.n_features_in_} features."
+                )
+            starts = [self._params()]
+            initial = [self.lower_bound_]
+
+        state = run_em(
+            X,
+            starts,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            reg_covar=self.reg_covar,
+            eps=eps,
+            weights=weights,
+            split_every=self.split_every,
+            initial_lower_bounds=initial,
+            resume=resume,
+            callback=callback,
+            log_level=log_level,
+            log_interval=self.verbose_interval if self.verbose else 1,
+        )
+        best = best_candidate(state)
+        converged = bool(best.converged)
+        if not converged and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        self._set_fitted(best.params)
+        self.converged_ = converged
+        self.n_iter_ = best.n_iter
+        self.lower_bound_ = best.lower_bound
+        self.lower_bounds_ = list(best.lower_bounds)
+        self.n_features_in_ = d
+        self.fit_state_ = state
+
+    def _set_fitted(self, params: MixtureParams):
+        self.weights_ = params.weights
+        self.means_ = params.means
+        self.precisions_cholesky_ = params.precisions_cholesky
+        self.covariances_ = (
+            params.covariances
+            if params.covariances is not None
+            else _math.covariances_from_cholesky(
+                params.precisions_cholesky, params.covariance_type
+            )
+        )
+        self.precisions_ = _math.precisions_from_cholesky(
+            params.precisions_cholesky, params.covariance_type
+        )
+
+    # ----------------------------------------------------------------------------------
+    # Inference
+    # ----------------------------------------------------------------------------------
+    def _map_rows(self, X, func, out_cols):
+        """Apply ``func(block, params)`` to row blocks; numpy in -> numpy out."""
+        self._check_is_fitted()
+        Xd, from_numpy = check_array(X, n_features=self.n_features_in_)
+        params = self._params()
+        if from_numpy:
+            x = X if isinstance(X, np.ndarray) and X.dtype.kind == "f" else Xd.compute()
+            with single_threaded_blas():
+                parts = [func(x[s], params) for s in _row_slices(x.shape[0], Xd.chunks[0])]
+            return np.concatenate(parts) if parts else func(x, params)
+        if out_cols is None:
+            return Xd.map_blocks(
+                func, params, drop_axis=1, dtype=np.float64 if func is not _labels else np.int64
+            )
+        return Xd.map_blocks(func, params, chunks=(Xd.chunks[0], (out_cols,)), dtype=np.float64)
+
+    def score_samples(self, X):
+        """Log-likelihood of each row, shape (n_samples,); lazy for dask input."""
+        return self._map_rows(X, _log_norm, None)
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of the rows of ``X`` (a float)."""
+        s = self.score_samples(X)
+        return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())
+
+    def predict(self, X):
+        """Most probable component of each row, shape (n_samples,); lazy for dask input."""
+        return self._map_rows(X, _labels, None)
+
+    def predict_proba(self, X):
+        """Responsibilities, shape (n_samples, n_components); lazy for dask input."""
+        self._check_is_fitted()
+        return self._map_rows(X, _proba, self.n_components)
+
+    def _n_parameters(self):
+        return _math.n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
+
+    def bic(self, X):
+        """Bayesian information criterion on ``X`` (lower is better)."""
+        n = X.shape[0]
+        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X):
+        """Akaike information criterion on ``X`` (lower is better)."""
+        n = X.shape[0]
+        return -2 * self.score(X) * n + 2 * self._n_parameters()
+
+    def sample(self, n_samples=1):
+        """Draw samples from the fitted mixture (scikit-learn's draws for a seed).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+        """
+        self._check_is_fitted()
+        check_scalar(n_samples, "n_samples", "int", low=1)
+        _, d = self.means_.shape
+        rng = (
+            self.random_state
+            if isinstance(self.random_state, np.random.RandomState)
+            else np.random.RandomState(self.random_state)
+            if self.random_state is not None
+            else np.random.mtrand._rand
+        )
+        counts = rng.multinomial(n_samples, self.weights_)
+        if self.covariance_type == "full":
+            X = np.vstack(
+                [
+                    rng.multivariate_normal(mean, cov, int(c))
+                    for mean, cov, c in zip(self.means_, self.covariances_, counts, strict=True)
+                ]
+            )
+        elif self.covariance_type == "tied":
+            X = np.vstack(
+                [
+                    rng.multivariate_normal(mean, self.covariances_, int(c))
+                    for mean, c in zip(self.means_, counts, strict=True)
+                ]
+            )
+        else:
+            X = np.vstack(
+                [
+                    mean + rng.standard_normal(size=(c, d)) * np.sqrt(cov)
+                    for mean, cov, c in zip(self.means_, self.covariances_, counts, strict=True)
+                ]
+            )
+        y = np.concatenate([np.full(c, j, dtype=int) for j, c in enumerate(counts)])
+        return X, y
+
+    # ----------------------------------------------------------------------------------
+    # Persistence as plain arrays
+    # ----------------------------------------------------------------------------------
+    def fitted_arrays(self) -> dict:
+        """Everything needed to rebuild this fitted model, as numpy arrays (no objects)."""
+        self._check_is_fitted()
+        out = {
+            "weights": self.weights_,
+            "means": self.means_,
+            "covariances": self.covariances_,
+            "precisions_cholesky": self.precisions_cholesky_,
+            "converged": np.asarray(self.converged_),
+            "n_iter": np.asarray(self.n_iter_),
+            "lower_bound": np.asarray(self.lower_bound_),
+            "lower_bounds": np.asarray(self.lower_bounds_, dtype=np.float64),
+            "n_features_in": np.asarray(self.n_features_in_),
+        }
+        for name in self._PARAM_NAMES:
+            value = getattr(self, name)
+            if name in ("weights_init", "means_init", "precisions_init"):
+                if value is not None:
+                    out["param_" + name] = np.asarray(value, dtype=np.float64)
+            elif isinstance(value, (bool, int, float, str, np.integer, np.floating)):
+                out["param_" + name] = np.asarray(value)
+        return out
+
+    @classmethod
+    def from_fitted_arrays(cls, arrays) -> GaussianMixture:
+        """Rebuild a fitted model from :meth:`fitted_arrays` (or ``np.load`` of it)."""
+        params = {}
+        for key in arrays:
+            if key.startswith("param_"):
+                value = np.asarray(arrays[key])
+                if value.dtype.kind in "OV":
+                    raise ValueError(f"model array {key!r} holds objects; refusing to load.")
+                params[key[6:]] = value if value.ndim else value.item()
+        gm = cls(**params)
+        for key in ("weights", "means", "covariances", "precisions_cholesky"):
+            value = np.asarray(arrays[key])
+            if value.dtype.kind != "f":
+                raise ValueError(f"model array {key!r} has dtype {value.dtype}; expected float.")
+        gm._set_fitted(
+            MixtureParams(
+                np.asarray(arrays["weights"]),
+                np.asarray(arrays["means"]),
+                np.asarray(arrays["covariances"]),
+                np.asarray(arrays["precisions_cholesky"]),
+                gm.covariance_type,
+            )
+        )
+        gm.converged_ = bool(arrays["converged"])
+        gm.n_iter_ = int(arrays["n_iter"])
+        gm.lower_bound_ = float(arrays["lower_bound"])
+        gm.lower_bounds_ = [float(v) for v in np.asarray(arrays["lower_bounds"])]
+        gm.n_features_in_ = int(arrays["n_features_in"])
+        return gm
+
+
+def _row_slices(n, chunks):
+    start = 0
+    for c in chunks:
+        yield slice(start, start + c)
+        start += c
+
+
+def _log_norm(x, params):
+    from ._math import normalize_log_prob
+
+    log_norm, _ = normalize_log_prob(log_prob_block(x, params))
+    return log_norm
+
+
+def _proba(x, params):
+    from ._math import normalize_log_prob
+
+    _, resp = normalize_log_prob(log_prob_block(x, params))
+    return resp
+
+
+def _labels(x, params):
+    return np.argmax(log_prob_block(x, params), axis=1) if x.shape[0] else np.zeros(0, int)
+
+
+def _ensure_handler():
+    root = logging.getLogger()
+    if not logger.handlers and not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
+__all__ = ["GaussianMixture", "ConvergenceWarning", "EMProgress"]
