@@ -1,0 +1,178 @@
+"""Connect a job to its Dask cluster.
+
+:func:`connect` is a context manager that yields a ``distributed.Client`` and tears down
+whatever it started: an embedded ``LocalCluster`` on 127.0.0.1 (the default), an existing
+scheduler by address (optionally over TLS), or an HPC cluster from an allow-list of
+dask-jobqueue kinds. Class names come from that allow-list, never from the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import dask
+
+from dask_em.config import ClusterConfig, JobError
+
+__all__ = ["JOBQUEUE_KINDS", "connect", "security_from_config"]
+
+log = logging.getLogger(__name__)
+
+#: The only dask-jobqueue classes a config can ask for.
+JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+
+
+def security_from_config(cfg: ClusterConfig):
+    """A ``distributed.security.Security`` for ``cfg.tls`` (``None`` without TLS).
+
+    Raises
+    ------
+    JobError
+        A certificate or key file does not exist.
+    """
+    if cfg.tls is None:
+        return None
+    from distributed.security import Security
+
+    tls = cfg.tls
+    for name in ("ca_file", "cert", "key"):
+        value = getattr(tls, name)
+        if value is not None and not Path(value).expanduser().is_file():
+            raise JobError(f"file not found: {value}", key=f"cluster.tls.{name}")
+    kwargs = {"tls_ca_file": str(Path(tls.ca_file).expanduser())}
+    if tls.cert is not None:
+        kwargs["tls_client_cert"] = str(Path(tls.cert).expanduser())
+        kwargs["tls_client_key"] = str(Path(tls.key).expanduser())
+    return Security(require_encryption=tls.require_encryption, **kwargs)
+
+
+def _dashboard(client) -> None:
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        log.info("Dashboard: not available (pip install bokeh to get it)")
+        return
+    link = client.dashboard_link
+    if link:
+        log.info("Dashboard: %s", link)
+
+
+def _wait_for_workers(client, cfg: ClusterConfig, where: str) -> None:
+    if cfg.wait_for_workers <= 0:
+        return
+    try:
+        client.wait_for_workers(cfg.wait_for_workers, timeout=cfg.workers_timeout)
+    except (TimeoutError, OSError):
+        raise JobError(
+            f"{where} has fewer than {cfg.wait_for_workers} worker(s) after "
+            f"{cfg.workers_timeout:g} s; start workers or lower cluster.wait_for_workers",
+            key="cluster",
+        ) from None
+
+
+@contextlib.contextmanager
+def _local(cfg: ClusterConfig) -> Iterator:
+    from distributed import Client, LocalCluster
+
+    lc = cfg.local
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ["MALLOC_TRIM_THRESHOLD_"] = lc.malloc_trim_threshold  # None unsets it
+    kwargs = dict(
+        host="127.0.0.1",
+        n_workers=lc.n_workers,
+        threads_per_worker=lc.threads_per_worker,
+        memory_limit=lc.memory_limit,
+        processes=lc.processes,
+        dashboard_address=lc.dashboard_address,
+    )
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if lc.dashboard_address is None:
+        kwargs["dashboard_address"] = None
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = LocalCluster(**kwargs)
+    try:
+        with Client(cluster) as client:
+            n = len(cluster.workers)
+            log.info("Local cluster: %d worker(s) on 127.0.0.1", n)
+            _dashboard(client)
+            yield client
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def _address(cfg: ClusterConfig) -> Iterator:
+    from distributed import Client
+
+    security = security_from_config(cfg)
+    try:
+        client = Client(cfg.address, timeout=cfg.timeout, security=security)
+    except (OSError, TimeoutError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise JobError(
+            f"cannot reach the scheduler at {cfg.address} within {cfg.timeout:g} s "
+            f"({reason}); is `dask scheduler` running there?",
+            key="cluster.address",
+        ) from None
+    try:
+        log.info("Scheduler: %s", cfg.address)
+        _wait_for_workers(client, cfg, f"the scheduler at {cfg.address}")
+        _dashboard(client)
+        yield client
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _jobqueue(cfg: ClusterConfig) -> Iterator:
+    from distributed import Client
+
+    jq = cfg.jobqueue
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise JobError(
+            "cluster.jobqueue needs dask-jobqueue: pip install 'dask-em[jobqueue]'",
+            key="cluster.jobqueue",
+        ) from None
+    cls = getattr(dask_jobqueue, JOBQUEUE_KINDS[jq.kind])
+    kwargs = jq.model_dump(exclude={"kind", "jobs"}, exclude_none=True)
+    if not kwargs.get("job_extra_directives"):
+        kwargs.pop("job_extra_directives", None)
+    cluster = cls(**kwargs)
+    try:
+        cluster.scale(jobs=jq.jobs)
+        with Client(cluster, security=security_from_config(cfg)) as client:
+            log.info("%s: %d job(s) requested", JOBQUEUE_KINDS[jq.kind], jq.jobs)
+            _wait_for_workers(client, cfg, f"the {jq.kind} cluster")
+            _dashboard(client)
+            yield client
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def connect(cfg: ClusterConfig) -> Iterator:
+    """Start or reach the cluster ``cfg`` describes; yield a connected ``Client``.
+
+    The client is the default scheduler inside the ``with`` block. Anything the function
+    started (a local or jobqueue cluster) is closed on exit, also on errors.
+
+    Raises
+    ------
+    JobError
+        The scheduler cannot be reached within ``cfg.timeout``, TLS files are missing,
+        too few workers joined, or dask-jobqueue is not installed.
+    """
+    kind = cfg.kind
+    if kind == "local":
+        cm = _local(cfg)
+    elif kind == "address":
+        cm = _address(cfg)
+    else:
+        cm = _jobqueue(cfg)
+    with cm as client:
+        yield client
