@@ -1,0 +1,798 @@
+"""Run jobs: the only module that imports both the job config and the estimator.
+
+:func:`run_job` takes a validated :class:`~dask_em.config.JobConfig`, connects to the
+cluster, reads the data, fits (checkpointing after every iteration), and writes the run
+folder atomically. :func:`predict_job`, :func:`plot_run`, :func:`model_info` and
+:func:`make_data` back the other CLI commands. All of them raise
+:class:`~dask_em.config.JobError` for bad input.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dask_em.cluster import connect
+from dask_em.config import (
+    ClusterConfig,
+    DataConfig,
+    JobConfig,
+    JobError,
+    job_fingerprint,
+    load_job,
+)
+from dask_em.io import (
+    RunFolder,
+    atomic_savez,
+    atomic_write_bytes,
+    atomic_write_json,
+    data_summary,
+    load_data,
+    load_npz,
+    write_zarr,
+)
+
+__all__ = [
+    "RunResult",
+    "data_config_for",
+    "load_model",
+    "make_data",
+    "model_info",
+    "plot_run",
+    "predict_job",
+    "run_job",
+]
+
+log = logging.getLogger("dask_em.runner")
+
+_VERSIONED = (
+    "dask-em",
+    "numpy",
+    "scipy",
+    "dask",
+    "distributed",
+    "zarr",
+    "h5py",
+    "pandas",
+    "pyarrow",
+    "matplotlib",
+    "pydantic",
+)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_job` produced.
+
+    Attributes
+    ----------
+    path : Path
+        The run folder.
+    model : GaussianMixture
+        The fitted (best, in model selection) model.
+    metrics : dict
+        The content of ``metrics.json``.
+    selection : list of dict
+        One row per candidate model (empty without a ``selection`` section).
+    """
+
+    path: Path
+    model: Any
+    metrics: dict
+    selection: list = field(default_factory=list)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            if name == "dask-em":
+                import dask_em
+
+                out[name] = getattr(dask_em, "__version__", "unknown")
+    return out
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN/inf: write them as null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _n_parameters(covariance_type: str, k: int, d: int) -> int:
+    cov = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": k * d, "spherical": k}[
+        covariance_type
+    ]
+    return cov + k * d + k - 1
+
+
+# ------------------------------------------------------------------------------------ fitting
+
+
+def _estimator(params: dict):
+    from dask_em import GaussianMixture
+
+    return GaussianMixture(**params)
+
+
+class _Progress:
+    """The fit callback: terminal line, checkpoint, then the caller's hook.
+
+    The checkpoint is written before the hook runs, so a hook that stops the fit (tests
+    use an exception after iteration 3) leaves that iteration resumable.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Path | None,
+        fingerprint: str,
+        label: str,
+        history: dict[int, float],
+        hook: Callable | None,
+    ):
+        self.checkpoint = checkpoint
+        self.fingerprint = fingerprint
+        self.label = label
+        self.history = history  # iteration -> seconds
+        self.hook = hook
+
+    def __call__(self, progress) -> None:
+        self.history[int(progress.iteration)] = float(progress.seconds)
+        # Report the starts this iteration moved (converged ones keep their old bound).
+        moved = [c for c in progress.candidates if len(c.lower_bounds) == progress.iteration]
+        started = moved or [c for c in progress.candidates if c.lower_bounds]
+        best = max(started, key=lambda c: c.lower_bounds[-1])
+        lb = best.lower_bounds[-1]
+        change = lb - best.lower_bounds[-2] if len(best.lower_bounds) > 1 else float("nan")
+        running = sum(bool(c.active) for c in progress.candidates)
+        starts = (
+            f"  {running}/{len(progress.candidates)} starts running"
+            if len(progress.candidates) > 1
+            else ""
+        )
+        log.info(
+            "%siter %4d  lower bound %.10g  change %+.3e  %.3f s/iter%s",
+            self.label,
+            progress.iteration,
+            lb,
+            change,
+            progress.seconds,
+            starts,
+        )
+        if self.checkpoint is not None:
+            arrays = {f"em_{k}": v for k, v in progress.to_arrays().items()}
+            its = sorted(self.history)
+            arrays["job_fingerprint"] = np.asarray(self.fingerprint)
+            arrays["history_iteration"] = np.asarray(its, dtype=np.int64)
+            arrays["history_seconds"] = np.asarray([self.history[i] for i in its])
+            atomic_savez(self.checkpoint, arrays)
+        if self.hook is not None:
+            self.hook(progress)
+
+
+def _read_checkpoint(path: Path, fingerprint: str):
+    from dask_em import EMProgress
+
+    arrays = load_npz(path)
+    if str(arrays.get("job_fingerprint", "")) != fingerprint:
+        raise JobError(
+            f"the checkpoint {path} was written for a different data/model configuration; "
+            "run without --resume to start over",
+            key="--resume",
+        )
+    progress = EMProgress.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("em_")})
+    history = dict(
+        zip(arrays["history_iteration"].tolist(), arrays["history_seconds"].tolist(), strict=True)
+    )
+    return progress, history
+
+
+def _fit(
+    params: dict,
+    x,
+    *,
+    checkpoint: Path | None,
+    resume: bool,
+    fingerprint: str,
+    hook: Callable | None,
+    label: str = "",
+):
+    gm = _estimator(params)
+    progress, history = None, {}
+    if resume and checkpoint is not None and checkpoint.is_file():
+        progress, history = _read_checkpoint(checkpoint, fingerprint)
+        log.info("%sresuming after iteration %d", label, progress.iteration)
+    callback = _Progress(checkpoint, fingerprint, label, history, hook)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            gm.fit(x, callback=callback, resume=progress)
+        except ValueError as exc:
+            # The estimator's input checks speak in terms of its parameters/data; attach
+            # the config section so the one-line message says where to fix it.
+            raise JobError(str(exc), key="model") from exc
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            log.warning("%s%s", label, w.message)
+    return gm, history, time.perf_counter() - t0
+
+
+def _maybe_persist(x, client, persist) -> Any:
+    """Keep the data in cluster memory for the fit *and* the passes after it.
+
+    Mirrors the estimator's ``persist='auto'`` rule (at most half the workers' memory),
+    so scoring, labels and plots after the fit do not re-read or regenerate the data.
+    """
+    if persist is False:
+        return x
+    if persist == "auto":
+        info = client.scheduler_info(n_workers=-1)
+        limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
+        if not limits or not all(limits) or x.nbytes > 0.5 * sum(limits):
+            return x
+    return client.persist(x)
+
+
+def _sample_rows(x, size: int, seed: int = 0) -> np.ndarray:
+    """Up to ``size`` random rows (sorted by position), fetched without reading the rest."""
+    n = x.shape[0]
+    if n <= size:
+        return np.asarray(x.compute())
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    return np.asarray(x[idx].compute())
+
+
+def _scores(gm, x) -> dict[str, Any]:
+    """BIC and AIC from one scoring pass (the estimator's bic/aic would take one each)."""
+    n, d = x.shape
+    mean_ll = gm.score(x)
+    p = _n_parameters(gm.covariance_type, gm.n_components, d)
+    return {
+        "n_samples": int(n),
+        "n_parameters": int(p),
+        "mean_log_likelihood": _finite(mean_ll),
+        "bic": _finite(-2 * mean_ll * n + p * math.log(n)),
+        "aic": _finite(-2 * mean_ll * n + 2 * p),
+    }
+
+
+def _metrics(gm, history: dict[int, float], scores: dict, fit_seconds: float) -> dict:
+    rows, prev = [], None
+    for i, lb in enumerate(gm.lower_bounds_, start=1):
+        rows.append(
+            {
+                "iteration": i,
+                "lower_bound": _finite(lb),
+                "change": None if prev is None else _finite(lb - prev),
+                "seconds": history.get(i),
+            }
+        )
+        prev = lb
+    state = getattr(gm, "fit_state_", None)
+    candidates = []
+    if state is not None:
+        candidates = [
+            {
+                "index": int(c.index),
+                "n_iter": len(c.lower_bounds),
+                "lower_bound": _finite(c.lower_bounds[-1]) if c.lower_bounds else None,
+                "converged": bool(c.converged),
+            }
+            for c in state.candidates
+        ]
+    return {
+        "n_iter": int(gm.n_iter_),
+        "converged": bool(gm.converged_),
+        "lower_bound": _finite(gm.lower_bound_),
+        **scores,
+        "fit_seconds": round(fit_seconds, 6),
+        "seconds_per_iteration": [r["seconds"] for r in rows],
+        "iterations": rows,
+        "candidates": candidates,
+    }
+
+
+def _model_summary(gm) -> dict:
+    k, d = gm.means_.shape
+    out = {
+        "n_components": int(k),
+        "n_features": int(d),
+        "covariance_type": gm.covariance_type,
+        "converged": bool(gm.converged_),
+        "n_iter": int(gm.n_iter_),
+        "lower_bound": _finite(gm.lower_bound_),
+        "weights": [float(w) for w in gm.weights_],
+    }
+    if k * d <= 4096:  # keep model.json readable; model.npz has everything
+        out["means"] = np.asarray(gm.means_).tolist()
+    return out
+
+
+def _write_model(
+    folder: Path, gm, config: JobConfig | None, data: dict | None, extra: dict | None = None
+) -> None:
+    atomic_savez(folder / "model.npz", gm.fitted_arrays())
+    doc = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": _model_summary(gm),
+        "data": data,
+        "versions": _versions(),
+    }
+    if config is not None:
+        doc["job"] = {
+            "name": config.job_name,
+            "file": None if config.source is None else str(config.source),
+        }
+        doc["config"] = config.model_dump(mode="json")
+    if extra:
+        doc.update(extra)
+    atomic_write_json(folder / "model.json", doc)
+
+
+def _draw_plots(
+    folder: Path,
+    gm,
+    metrics: dict,
+    sample: np.ndarray | None,
+    tol: float | None,
+    selection: list | None = None,
+    criterion: str = "bic",
+) -> list[Path]:
+    from dask_em import plots
+
+    written = []
+    plot_dir = folder / "plots"
+    if metrics.get("iterations"):
+        written.append(
+            atomic_write_bytes(
+                plot_dir / "lower_bound.png", plots.plot_lower_bound(metrics["iterations"], tol)
+            )
+        )
+    if sample is not None and len(sample):
+        name = {1: "density.png", 2: "density.png"}.get(sample.shape[1], "pca.png")
+        written.append(atomic_write_bytes(plot_dir / name, plots.plot_data(gm, sample)))
+    if selection:
+        written.append(
+            atomic_write_bytes(
+                plot_dir / "selection.png", plots.plot_selection(selection, criterion)
+            )
+        )
+    return written
+
+
+def _combos(config: JobConfig) -> list[tuple[str, dict]]:
+    base = config.model.estimator_params()
+    sel = config.selection
+    types = sel.covariance_type or [config.model.covariance_type]
+    return [
+        (f"{t}-k{k}", {**base, "n_components": k, "covariance_type": t})
+        for t in types
+        for k in sel.n_components
+    ]
+
+
+def _run_selection(
+    config: JobConfig, x, staging: Path, *, resume: bool, fingerprint: str, hook: Callable | None
+):
+    crit = config.selection.criterion
+    rows, best = [], None
+    for label, params in _combos(config):
+        cand_dir = staging / "candidates" / label
+        ckpt = staging / "checkpoints" / f"{label}.npz" if config.output.checkpoint else None
+        if resume and (cand_dir / "model.npz").is_file():
+            gm = load_model(cand_dir / "model.npz")
+            metrics = json.loads((cand_dir / "metrics.json").read_text())
+            log.info("[%s] done in an earlier attempt", label)
+        else:
+            gm, history, secs = _fit(
+                params,
+                x,
+                checkpoint=ckpt,
+                resume=resume,
+                fingerprint=fingerprint,
+                hook=hook,
+                label=f"[{label}] ",
+            )
+            metrics = _metrics(gm, history, _scores(gm, x), secs)
+            atomic_savez(cand_dir / "model.npz", gm.fitted_arrays())
+            atomic_write_json(cand_dir / "metrics.json", metrics)
+        row = {
+            "label": label,
+            "n_components": params["n_components"],
+            "covariance_type": params["covariance_type"],
+            "bic": metrics["bic"],
+            "aic": metrics["aic"],
+            "lower_bound": metrics["lower_bound"],
+            "n_iter": metrics["n_iter"],
+            "converged": metrics["converged"],
+        }
+        rows.append(row)
+        log.info("[%s] %s %.6g", label, crit.upper(), row[crit])
+        score = row[crit] if row[crit] is not None else math.inf
+        if best is None or score < best[0]:
+            best = (score, gm, metrics, row)
+    _, gm, metrics, row = best
+    log.info("Best by %s: %s", crit.upper(), row["label"])
+    return gm, metrics, rows, row
+
+
+def run_job(
+    config: JobConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_iteration: Callable | None = None,
+) -> RunResult:
+    """Run a job end to end and write its run folder.
+
+    Parameters
+    ----------
+    config : JobConfig
+        A validated job (see :func:`dask_em.config.load_job`).
+    resume : bool
+        Continue an unfinished run of the same job from its last checkpoint.
+    overwrite : bool
+        Replace an existing run folder.
+    on_iteration : callable, optional
+        Called with the estimator's ``EMProgress`` after each iteration's checkpoint is
+        written; an exception it raises stops the run (the checkpoint stays resumable).
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    JobError
+        Bad input (config, data, cluster, existing output); the message names the job file.
+    """
+    try:
+        return _run_job(config, resume=resume, overwrite=overwrite, on_iteration=on_iteration)
+    except JobError as exc:
+        raise exc.in_file(config.source) from exc.__cause__
+
+
+def _run_job(
+    config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None
+) -> RunResult:
+    folder = RunFolder(config.output_dir, overwrite=overwrite, resume=resume)
+    staging = folder.prepare()
+    fingerprint = job_fingerprint(config)
+    out = config.output
+    ok = False
+    t_start = time.perf_counter()
+    try:
+        log.info("Job %s -> %s", config.job_name, folder.path)
+        with connect(config.cluster) as client:
+            x = load_data(config.data)
+            log.info(
+                "Data: %s, %d rows x %d features, %s, %d chunk(s)",
+                config.data.source,
+                x.shape[0],
+                x.shape[1],
+                x.dtype,
+                len(x.chunks[0]),
+            )
+            x = _maybe_persist(x, client, config.model.persist)
+            summary = data_summary(config.data, x)
+            selection: list = []
+            extra = {}
+            if config.selection is not None:
+                gm, metrics, selection, best_row = _run_selection(
+                    config, x, staging, resume=resume, fingerprint=fingerprint, hook=on_iteration
+                )
+                extra = {
+                    "selection": {
+                        "criterion": config.selection.criterion,
+                        "best": best_row["label"],
+                    }
+                }
+                atomic_write_json(
+                    staging / "selection.json",
+                    {
+                        "criterion": config.selection.criterion,
+                        "best": best_row,
+                        "candidates": selection,
+                    },
+                )
+            else:
+                ckpt = folder.checkpoint if out.checkpoint else None
+                gm, history, secs = _fit(
+                    config.model.estimator_params(),
+                    x,
+                    checkpoint=ckpt,
+                    resume=resume,
+                    fingerprint=fingerprint,
+                    hook=on_iteration,
+                )
+                metrics = _metrics(gm, history, _scores(gm, x), secs)
+            log.info(
+                "Fitted: %d iteration(s), converged=%s, lower bound %.10g, BIC %.6g",
+                metrics["n_iter"],
+                metrics["converged"],
+                metrics["lower_bound"] or math.nan,
+                metrics["bic"] if metrics["bic"] is not None else math.nan,
+            )
+            _write_model(staging, gm, config, summary, extra)
+            if out.labels:
+                write_zarr(gm.predict(x), staging / "labels.zarr", overwrite=True)
+            if out.probabilities:
+                write_zarr(gm.predict_proba(x), staging / "probabilities.zarr", overwrite=True)
+            if out.plots:
+                sample = _sample_rows(x, out.plot_sample)
+                atomic_savez(staging / "sample.npz", {"sample": sample})
+                crit = config.selection.criterion if config.selection else "bic"
+                _draw_plots(staging, gm, metrics, sample, config.model.tol, selection, crit)
+        metrics["total_seconds"] = round(time.perf_counter() - t_start, 6)
+        atomic_write_json(staging / "metrics.json", metrics)
+        path = folder.commit()
+        ok = True
+        log.info("Wrote %s", path)
+        return RunResult(path, gm, metrics, selection)
+    finally:
+        if not ok:
+            _keep_or_clean(folder)
+
+
+def _keep_or_clean(folder: RunFolder) -> None:
+    """After a failure: keep the staging folder if it holds a checkpoint, else remove it."""
+    import shutil
+
+    staging = folder.staging
+    if not staging.exists():
+        return
+    has_ckpt = (
+        folder.checkpoint.is_file()
+        or any((staging / "checkpoints").glob("*.npz"))
+        or any((staging / "candidates").glob("*/model.npz"))
+    )
+    if has_ckpt:
+        log.warning("Run stopped; its checkpoint is kept in %s (rerun with --resume)", staging)
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- other commands
+
+
+def load_model(path: str | Path):
+    """A fitted ``GaussianMixture`` from ``model.npz`` or a run folder holding one.
+
+    Raises
+    ------
+    JobError
+        Missing file, or arrays that are not a fitted model (object arrays are never
+        unpickled).
+    """
+    from dask_em import GaussianMixture
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.npz"
+    arrays = load_npz(path)
+    try:
+        return GaussianMixture.from_fitted_arrays(arrays)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise JobError(f"not a dask-em model file ({exc})", file=path) from None
+
+
+_SUFFIX_SOURCES = {
+    ".zarr": "zarr",
+    ".npy": "npy",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+}
+
+
+def data_config_for(
+    data: str | Path | None,
+    *,
+    model_path: Path,
+    dataset: str | None = None,
+    columns: list[str] | None = None,
+    chunk_rows: int | None = None,
+) -> DataConfig:
+    """The data to predict on: a file (kind from its suffix), a job file's data section, or,
+    with ``data=None``, the data section recorded in the run folder's ``model.json``.
+
+    Raises
+    ------
+    JobError
+    """
+    if data is None:
+        meta = (model_path if model_path.is_dir() else model_path.parent) / "model.json"
+        if not meta.is_file():
+            raise JobError(
+                "give --data (no model.json with the training data next to the model)",
+                key="--data",
+            )
+        raw = json.loads(meta.read_text())["config"]["data"]
+    elif str(data).endswith((".yaml", ".yml")):
+        raw = load_job(data).data.model_dump()
+    else:
+        suffix = Path(str(data).rstrip("/")).suffix.lower()
+        source = _SUFFIX_SOURCES.get(suffix)
+        if source is None:
+            raise JobError(
+                f"cannot tell the format of {data} from its suffix (use one of "
+                f"{', '.join(sorted(_SUFFIX_SOURCES))}, or a job .yaml)",
+                key="--data",
+            )
+        raw = {"source": source, "path": str(data)}
+    if dataset is not None:
+        raw["dataset"] = dataset
+    if columns is not None:
+        raw["columns"] = columns
+    if chunk_rows is not None:
+        raw["chunk_rows"] = chunk_rows
+    from pydantic import ValidationError
+
+    try:
+        return DataConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in ("data", *first["loc"]))
+        raise JobError(first["msg"].removeprefix("Value error, "), key=key) from None
+
+
+def predict_job(
+    model: str | Path,
+    data: DataConfig,
+    output: str | Path,
+    *,
+    cluster: ClusterConfig | None = None,
+    probabilities: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Write predicted labels (and optionally probabilities) of ``data`` as zarr.
+
+    The output folder gets ``labels.zarr``, optionally ``probabilities.zarr``, and
+    ``predict.json`` (model, data, per-component counts); it appears complete or not at all.
+
+    Returns
+    -------
+    Path
+        The output folder.
+    """
+    model = Path(model)
+    gm = load_model(model)
+    folder = RunFolder(output, overwrite=overwrite)
+    staging = folder.prepare()
+    ok = False
+    try:
+        with connect(cluster or ClusterConfig()):
+            x = load_data(data)
+            if x.shape[1] != gm.n_features_in_:
+                raise JobError(
+                    f"the data has {x.shape[1]} feature(s) but the model was fitted "
+                    f"on {gm.n_features_in_}",
+                    key="--data",
+                )
+            write_zarr(gm.predict(x), staging / "labels.zarr", overwrite=True)
+            if probabilities:
+                write_zarr(gm.predict_proba(x), staging / "probabilities.zarr", overwrite=True)
+            import dask.array as da
+
+            labels = da.from_zarr(str(staging / "labels.zarr"))
+            counts = da.bincount(labels, minlength=gm.n_components).compute()
+            atomic_write_json(
+                staging / "predict.json",
+                {
+                    "model": str(model),
+                    "data": data.model_dump(mode="json"),
+                    "n_rows": int(x.shape[0]),
+                    "counts": counts.tolist(),
+                    "probabilities": probabilities,
+                    "versions": _versions(),
+                },
+            )
+        path = folder.commit()
+        ok = True
+        log.info("Wrote %s (%d rows)", path, x.shape[0])
+        return path
+    finally:
+        if not ok:
+            import shutil
+
+            shutil.rmtree(folder.staging, ignore_errors=True)
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Redraw a run folder's pictures from its ``model.npz``, metrics and saved sample."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise JobError("not a run folder", file=run)
+    gm = load_model(run)
+    metrics_file = run / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    sample_file = run / "sample.npz"
+    sample = load_npz(sample_file)["sample"] if sample_file.is_file() else None
+    meta = run / "model.json"
+    tol, selection, crit = None, None, "bic"
+    if meta.is_file():
+        cfg = json.loads(meta.read_text()).get("config") or {}
+        tol = (cfg.get("model") or {}).get("tol")
+    sel_file = run / "selection.json"
+    if sel_file.is_file():
+        sel = json.loads(sel_file.read_text())
+        selection, crit = sel["candidates"], sel["criterion"]
+    return _draw_plots(run, gm, metrics, sample, tol, selection, crit)
+
+
+def model_info(path: str | Path) -> dict:
+    """Summary of a fitted model file or run folder (what ``dask-em info`` prints)."""
+    path = Path(path)
+    gm = load_model(path)
+    info = _model_summary(gm)
+    info["file"] = str(path / "model.npz" if path.is_dir() else path)
+    params = gm.get_params()
+    info["parameters"] = {
+        k: params[k]
+        for k in ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state")
+    }
+    metrics = (path if path.is_dir() else path.parent) / "metrics.json"
+    if metrics.is_file():
+        m = json.loads(metrics.read_text())
+        info.update({k: m.get(k) for k in ("bic", "aic", "n_samples")})
+    return info
+
+
+def make_data(config: JobConfig, *, overwrite: bool = False) -> Path:
+    """Write the synthetic data a zarr job describes (``data.synthetic``) to ``data.path``.
+
+    Blocks are generated on the cluster and streamed to disk, so the data may be larger
+    than memory.
+
+    Raises
+    ------
+    JobError
+        The job's data is not ``source: zarr`` with a ``synthetic`` spec, or the target
+        exists without ``overwrite``.
+    """
+    from dask_em.io import synthetic_array
+
+    try:
+        data = config.data
+        if data.source != "zarr" or data.synthetic is None:
+            raise JobError(
+                "make-data needs data.source: zarr and a data.synthetic spec", key="data"
+            )
+        if data.path and "://" not in data.path and Path(data.path).exists() and not overwrite:
+            raise JobError(
+                f"{data.path} already exists; pass --overwrite to replace it", key="data.path"
+            )
+        with connect(config.cluster):
+            x = synthetic_array(data.synthetic, data.chunk_rows, data.dtype)
+            log.info(
+                "Writing %d x %d %s (%.3g GB) to %s",
+                x.shape[0],
+                x.shape[1],
+                x.dtype,
+                x.nbytes / 1e9,
+                data.path,
+            )
+            t0 = time.perf_counter()
+            path = write_zarr(x, data.path, overwrite=overwrite)
+            log.info("Wrote %s in %.1f s", path, time.perf_counter() - t0)
+        return path
+    except JobError as exc:
+        raise exc.in_file(config.source) from None
