@@ -1,0 +1,281 @@
+"""The ``dask-em`` command line (also ``python -m dask_em``).
+
+Each command parses its arguments and calls one plain function from
+:mod:`dask_em.runner`; bad input (:class:`~dask_em.config.JobError`) prints one line
+``FILE: key.path: message`` and exits with code 2, without a traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dask_em.config import (
+    PRESET_SECTIONS,
+    ClusterConfig,
+    ConfigError,
+    JobError,
+    LocalClusterConfig,
+    load_job,
+    validate_preset,
+)
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="dask-em",
+    help="Fit Gaussian mixture models with one-pass EM on Dask: run YAML jobs, predict, plot.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at emit time (test runners swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(debug: bool) -> None:
+    logger = logging.getLogger("dask_em")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    # The engine's own per-iteration lines are DEBUG; the runner's are INFO.
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _fail(exc: BaseException, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, ConfigError) and len(exc.problems) > 1 and debug:
+        for p in exc.problems:
+            typer.echo(str(p), err=True)
+    else:
+        typer.echo(
+            str(exc)
+            if isinstance(exc, JobError)
+            else f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            err=True,
+        )
+    raise typer.Exit(code)
+
+
+def _guard(debug: bool, fn: Callable[[], Any]) -> Any:
+    _setup_logging(debug)
+    try:
+        return fn()
+    except JobError as exc:
+        _fail(exc, EXIT_BAD_INPUT, debug)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # anything else is a failure, not bad input
+        _fail(exc, EXIT_FAILED, debug)
+
+
+@app.command()
+def run(
+    job: Annotated[Path, typer.Argument(help="Job file (YAML).")],
+    scheduler: Annotated[
+        str | None, typer.Option(help="Run on an existing scheduler, e.g. tcp://127.0.0.1:8786.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key.path=value (repeatable)."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Run folder (replaces output.dir).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Run a job: fit the model and write the run folder."""
+    from dask_em.runner import run_job
+
+    def go():
+        config = load_job(job, overrides=set_ or (), scheduler=scheduler, output=output)
+        result = run_job(config, resume=resume, overwrite=overwrite)
+        typer.echo(str(result.path))
+
+    _guard(debug, go)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Job files or preset files.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key.path=value")] = None,
+    check_data: Annotated[
+        bool, typer.Option(help="Also open the data source (file, dataset, columns, dtypes).")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Check job (or preset) files; print every problem, exit 2 if there are any."""
+    from dask_em.io import check_data as _check_data
+
+    _setup_logging(debug)
+    bad = False
+    for f in files:
+        try:
+            section = _preset_section(f)
+            if section is not None:
+                validate_preset(f, section)
+            else:
+                config = load_job(f, overrides=set_ or ())
+                if check_data:
+                    try:
+                        _check_data(config.data)
+                    except JobError as exc:
+                        raise exc.in_file(f) from None
+            typer.echo(f"{f}: ok")
+        except ConfigError as exc:
+            bad = True
+            for p in exc.problems:
+                typer.echo(str(p), err=True)
+        except JobError as exc:
+            bad = True
+            typer.echo(str(exc), err=True)
+    if bad:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _preset_section(path: Path) -> str | None:
+    """``cluster`` for ``configs/cluster/x.yaml`` (and so on), else None (a job file)."""
+    parent = path.resolve().parent
+    if parent.name in PRESET_SECTIONS and parent.parent.name == "configs":
+        return parent.name
+    return None
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.npz.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Data file (.zarr .npy .h5 .parquet .csv) or job .yaml; default: the run's "
+            "training data."
+        ),
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="HDF5 dataset / zarr array.")] = None,
+    columns: Annotated[str | None, typer.Option(help="parquet/csv columns, a,b,c")] = None,
+    chunk_rows: Annotated[int | None, typer.Option(min=1)] = None,
+    probabilities: Annotated[bool, typer.Option(help="Also write probabilities.")] = False,
+    scheduler: Annotated[str | None, typer.Option(help="Existing scheduler address.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the output folder.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Write predicted labels (zarr) for data, out of core."""
+    from dask_em.runner import data_config_for, predict_job
+
+    def go():
+        cols = [c.strip() for c in columns.split(",")] if columns else None
+        data_cfg = data_config_for(
+            data, model_path=model, dataset=dataset, columns=cols, chunk_rows=chunk_rows
+        )
+        cluster = (
+            ClusterConfig(address=scheduler)
+            if scheduler
+            else ClusterConfig(local=LocalClusterConfig(processes=False, dashboard_address=None))
+        )
+        path = predict_job(
+            model,
+            data_cfg,
+            output,
+            cluster=cluster,
+            probabilities=probabilities,
+            overwrite=overwrite,
+        )
+        typer.echo(str(path))
+
+    _guard(debug, go)
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    debug: Debug = False,
+) -> None:
+    """Redraw a run folder's pictures."""
+    from dask_em.runner import plot_run
+
+    def go():
+        for p in plot_run(run_dir):
+            typer.echo(str(p))
+
+    _guard(debug, go)
+
+
+@app.command()
+def info(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.npz.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Describe a fitted model."""
+    from dask_em.runner import model_info
+
+    def go():
+        data = model_info(model)
+        if as_json:
+            typer.echo(json.dumps(data, indent=2))
+            return
+        typer.echo(f"{data['file']}")
+        typer.echo(
+            f"  {data['n_components']} components, {data['covariance_type']} "
+            f"covariance, {data['n_features']} features"
+        )
+        typer.echo(
+            f"  converged: {data['converged']} after {data['n_iter']} iteration(s); "
+            f"lower bound {data['lower_bound']}"
+        )
+        if data.get("bic") is not None:
+            typer.echo(
+                f"  BIC {data['bic']:.6g}  AIC {data['aic']:.6g}  ({data['n_samples']} rows)"
+            )
+        typer.echo("  weights: " + " ".join(f"{w:.4f}" for w in data["weights"]))
+
+    _guard(debug, go)
+
+
+@app.command("make-data")
+def make_data(
+    job: Annotated[Path, typer.Argument(help="Job whose data is zarr with a synthetic spec.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key.path=value")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Existing scheduler address.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing data.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Write a job's synthetic data set to zarr (for out-of-core runs)."""
+    from dask_em.runner import make_data as _make_data
+
+    def go():
+        config = load_job(job, overrides=set_ or (), scheduler=scheduler)
+        typer.echo(str(_make_data(config, overwrite=overwrite)))
+
+    _guard(debug, go)
+
+
+def main() -> None:
+    """Entry point of the ``dask-em`` console script."""
+    app(prog_name="dask-em")
