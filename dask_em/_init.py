@@ -40,13 +40,21 @@ def random_from_data(x, n_components, covariance_type, reg_covar, eps, rng):
     """
     indices = rng.choice(x.shape[0], size=n_components, replace=False)
     order = np.argsort(indices)
-    rows_sorted = x[np.sort(indices)].compute()
-    rows = np.empty_like(rows_sorted)
-    rows[order] = rows_sorted
-    rows = np.asarray(rows, dtype=np.float64)
-    center = rows.mean(axis=0)
-    stats = responsibility_statistics(rows, np.eye(n_components), center, covariance_type)
-    return params_from_stats(stats, reg_covar, eps)
+    rows_sorted = np.asarray(x[np.sort(indices)].compute(), dtype=np.float64)
+    means = np.empty_like(rows_sorted)
+    means[order] = rows_sorted
+    # One row per component: its scatter is exactly zero, so the covariance is
+    # reg_covar alone (what the one-hot responsibilities give scikit-learn).
+    d = x.shape[1]
+    cov = {
+        "full": lambda: np.broadcast_to(reg_covar * np.eye(d), (n_components, d, d)).copy(),
+        "tied": lambda: reg_covar * np.eye(d),
+        "diag": lambda: np.full((n_components, d), float(reg_covar)),
+        "spherical": lambda: np.full(n_components, float(reg_covar)),
+    }[covariance_type]()
+    weights = np.full(n_components, 1.0 / n_components)
+    prec_chol = _math.precision_cholesky(cov, covariance_type)
+    return MixtureParams(weights, means, cov, prec_chol, covariance_type)
 
 
 def _random_resp(row_offset, n_rows, n_components, seed):

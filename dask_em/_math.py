@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import linalg
+from scipy.linalg import blas
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -147,86 +148,119 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
 
 
 # --------------------------------------------------------------------------------------
-# E-step: squared Mahalanobis distances of centred rows
+# E-step and moments on tiles of rows
+#
+# A block is processed in tiles of a few thousand rows so that every temporary stays in
+# cache; per tile, each covariance type builds a "design" Z from the centred rows,
+#   full, tied:  Z = [xc, 1]               (m, d+1)
+#   diag:        Z = [xc**2, xc, 1]        (m, 2d+1)
+#   spherical:   Z = [|xc|^2, xc, 1]       (m, d+2)
+# from which both the squared Mahalanobis distances (one GEMM per tile, or one per
+# component for full) and the moments (responsibilities times Z) follow, with the
+# offsets carried by the ones column instead of separate elementwise passes.
+# Per-component arrays are laid out (K, m) so reductions over components are vectorised.
 # --------------------------------------------------------------------------------------
-def _mahalanobis_full(xc, b, prec_chol):
-    n, d = xc.shape
-    k = b.shape[0]
-    out = np.empty((n, k))
-    xa = np.empty((n, d + 1))
-    xa[:, :d] = xc
-    xa[:, d] = 1.0
-    y = np.empty((n, d))
-    paug = np.empty((d + 1, d))
-    for j in range(k):
-        # y = (xc - b_j) @ P_j in one GEMM: the ones column carries the offset.
-        paug[:d] = prec_chol[j]
-        paug[d] = -(b[j] @ prec_chol[j])
-        np.matmul(xa, paug, out=y)
-        out[:, j] = np.einsum("ij,ij->i", y, y)
-    return out
+def design_width(covariance_type: str, n_features: int) -> int:
+    """Columns of the tile design matrix Z."""
+    d = n_features
+    return {"full": d + 1, "tied": d + 1, "diag": 2 * d + 1, "spherical": d + 2}[covariance_type]
 
 
-def _mahalanobis_tied(xc, b, prec_chol):
-    y = xc @ prec_chol
-    v = b @ prec_chol
-    # |y - v_j|^2 expanded: one GEMM for all components instead of K subtractions.
-    out = y @ (-2.0 * v.T)
-    out += np.einsum("ij,ij->i", y, y)[:, None]
-    out += np.einsum("ij,ij->i", v, v)[None, :]
-    return out
+def fill_design(z, x, center, covariance_type):
+    """Write the design of rows ``x`` centred on ``center`` into ``z`` (shape (m, q)).
+
+    ``x`` may be float32; the subtraction writes float64 directly.
+    """
+    d = x.shape[1]
+    if covariance_type in ("full", "tied"):
+        np.subtract(x, center, out=z[:, :d])
+        z[:, d] = 1.0
+    elif covariance_type == "diag":
+        xc = z[:, d : 2 * d]
+        np.subtract(x, center, out=xc)
+        np.multiply(xc, xc, out=z[:, :d])
+        z[:, 2 * d] = 1.0
+    else:
+        xc = z[:, 1 : d + 1]
+        np.subtract(x, center, out=xc)
+        z[:, 0] = np.einsum("ij,ij->i", xc, xc)
+        z[:, d + 1] = 1.0
+    return z
 
 
-def _mahalanobis_diag(xc, b, prec_chol):
-    prec = prec_chol**2
-    out = (xc * xc) @ prec.T
-    out -= xc @ (2.0 * b * prec).T
-    out += np.sum(b * b * prec, axis=1)[None, :]
-    return out
-
-
-def _mahalanobis_spherical(xc, b, prec_chol):
-    prec = prec_chol**2
-    out = xc @ (-2.0 * b.T)
-    out += np.einsum("ij,ij->i", xc, xc)[:, None]
-    out += np.einsum("ij,ij->i", b, b)[None, :]
-    out *= prec[None, :]
-    return out
-
-
-MAHALANOBIS = {
-    "full": _mahalanobis_full,
-    "tied": _mahalanobis_tied,
-    "diag": _mahalanobis_diag,
-    "spherical": _mahalanobis_spherical,
-}
-
-
-def weighted_log_prob(xc, b, weights, prec_chol, covariance_type):
-    """Per-row, per-component ``log(w_k) + log N(x | mu_k, Sigma_k)``.
+def prepare_log_prob(b, weights, prec_chol, covariance_type):
+    """Per-mixture matrices that turn a tile design into log-probabilities.
 
     Parameters
     ----------
-    xc : ndarray of shape (n, d), float64
-        Rows centred on ``c``.
     b : ndarray of shape (K, d)
-        Component means centred on the same ``c``.
+        Means minus the centring point.
     weights : ndarray of shape (K,)
-    prec_chol : ndarray
-        Precision Cholesky factors in the covariance type's shape.
+    prec_chol : ndarray in the covariance type's shape
 
     Returns
     -------
-    ndarray of shape (n, K)
+    tuple
+        ``(matrix, const)``; ``matrix`` is (K, d+1, d) for full (the precision factor with
+        the offset row ``-b_k P_k``), (d+1, d) plus ``-2 b P`` and ``|b P|^2`` for tied,
+        (K, q) for diag and spherical; ``const`` (K,) is ``log w_k + log det P_k -
+        d/2 log(2 pi)``.
     """
-    d = xc.shape[1]
-    maha = MAHALANOBIS[covariance_type](xc, b, prec_chol)
-    const = log_det_cholesky(prec_chol, covariance_type, d) - 0.5 * d * LOG_2PI
+    K, d = b.shape
     with np.errstate(divide="ignore"):
-        const = const + np.log(weights)
-    maha *= -0.5
-    maha += const
-    return maha
+        const = np.log(weights) + log_det_cholesky(prec_chol, covariance_type, d)
+    const = const - 0.5 * d * LOG_2PI
+    if covariance_type == "full":
+        m = np.empty((K, d + 1, d))
+        m[:, :d] = prec_chol
+        m[:, d] = -np.einsum("kj,kji->ki", b, prec_chol)
+        return m, const
+    if covariance_type == "tied":
+        p = np.zeros((d + 1, d))
+        p[:d] = prec_chol
+        v = b @ prec_chol
+        return (p, -2.0 * v, np.einsum("ij,ij->i", v, v)), const
+    prec = prec_chol**2
+    if covariance_type == "diag":
+        w = np.concatenate([prec, -2.0 * b * prec, np.sum(b * b * prec, axis=1)[:, None]], 1)
+        return w, const
+    w = np.concatenate(
+        [prec[:, None], -2.0 * b * prec[:, None], (prec * np.einsum("ij,ij->i", b, b))[:, None]],
+        axis=1,
+    )
+    return w, const
+
+
+def tile_log_prob(z, prepared, covariance_type, out, ybuf):
+    """Weighted log-probabilities of a tile, written into ``out`` of shape (K, m).
+
+    Parameters
+    ----------
+    z : ndarray of shape (m, q)
+        Tile design from :func:`fill_design`.
+    prepared : tuple
+        From :func:`prepare_log_prob`.
+    out : ndarray of shape (K, m)
+    ybuf : ndarray of shape (m, d)
+        Scratch space (full and tied).
+    """
+    matrix, const = prepared
+    if covariance_type == "full":
+        for k in range(matrix.shape[0]):
+            np.matmul(z, matrix[k], out=ybuf)
+            np.einsum("ij,ij->i", ybuf, ybuf, out=out[k])
+    elif covariance_type == "tied":
+        p, m2v, vv = matrix
+        np.matmul(z, p, out=ybuf)
+        # |y - v_k|^2 = |y|^2 - 2 v_k.y + |v_k|^2: one GEMM for all components.
+        np.matmul(m2v, ybuf.T, out=out)
+        out += np.einsum("ij,ij->i", ybuf, ybuf)[None, :]
+        out += vv[:, None]
+    else:
+        np.matmul(matrix, z.T, out=out)
+    out *= -0.5
+    out += const[:, None]
+    return out
 
 
 def normalize_log_prob(wlp):
@@ -234,110 +268,94 @@ def normalize_log_prob(wlp):
 
     Parameters
     ----------
-    wlp : ndarray of shape (n, K)
+    wlp : ndarray of shape (K, m)
         Weighted log-probabilities; overwritten with the responsibilities.
 
     Returns
     -------
-    log_norm : ndarray of shape (n,)
-        ``log sum_k exp(wlp[:, k])``.
-    resp : ndarray of shape (n, K)
-        Responsibilities (the same memory as ``wlp``).
+    log_norm : ndarray of shape (m,)
+        ``log sum_k exp(wlp[k])``; not finite where a row held NaN or infinity.
     """
-    if wlp.shape[0] == 0:
-        return np.zeros(0), wlp
-    m = wlp.max(axis=1)
-    # Rows whose maximum is not finite are reported by the caller; keep them from
-    # poisoning the arithmetic with warnings.
-    m_safe = np.where(np.isfinite(m), m, 0.0)
-    wlp -= m_safe[:, None]
-    np.exp(wlp, out=wlp)
-    s = wlp.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_norm = np.log(s) + m_safe
-        wlp /= s[:, None]
-    return log_norm, wlp
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        m = wlp.max(axis=0)
+        m_safe = np.where(np.isfinite(m), m, 0.0)
+        wlp -= m_safe
+        np.exp(wlp, out=wlp)
+        s = wlp.sum(axis=0)
+        wlp /= s
+        return np.log(s) + m_safe
 
 
-# --------------------------------------------------------------------------------------
-# Sufficient statistics of centred rows given responsibilities
-# --------------------------------------------------------------------------------------
-def _moments_full(xc, resp):
-    n, d = xc.shape
-    k = resp.shape[1]
-    xa = np.empty((n, d + 1))
-    xa[:, :d] = xc
-    xa[:, d] = 1.0
-    buf = np.empty_like(xa)
-    m = np.empty((k, d + 1, d + 1))
-    for j in range(k):
-        # One GEMM gives the scatter, the weighted sum and the weight sum together.
-        np.multiply(xa, resp[:, j : j + 1], out=buf)
-        np.matmul(buf.T, xa, out=m[j])
-    return m[:, d, d].copy(), m[:, d, :d].copy(), m[:, :d, :d].copy()
+def new_accumulator(covariance_type, n_components, n_features):
+    """Zeroed running sums for :func:`accumulate_moments`."""
+    q = design_width(covariance_type, n_features)
+    if covariance_type == "full":
+        # Fortran order so BLAS syrk updates each in place.
+        return [np.zeros((q, q), order="F") for _ in range(n_components)]
+    if covariance_type == "tied":
+        return [np.zeros((q, q), order="F"), np.zeros((n_components, q))]
+    return np.zeros((n_components, q))
 
 
-def _moments_tied(xc, resp, sample_weight=None):
-    n, d = xc.shape
-    xa = np.empty((n, d + 1))
-    xa[:, :d] = xc
-    xa[:, d] = 1.0
-    ra = resp.T @ xa
-    # The responsibilities of a row sum to its weight, so the pooled scatter
-    # sum_k sum_i r_ik xc xc^T is a single unweighted (or row-weighted) Gram matrix.
-    if sample_weight is None:
-        gram = xc.T @ xc
-    else:
-        gram = (xc * sample_weight[:, None]).T @ xc
-    return ra[:, d].copy(), ra[:, :d].copy(), gram
-
-
-def _moments_diag(xc, resp):
-    n, d = xc.shape
-    z = np.empty((n, 2 * d + 1))
-    np.multiply(xc, xc, out=z[:, :d])
-    z[:, d : 2 * d] = xc
-    z[:, 2 * d] = 1.0
-    rz = resp.T @ z
-    return rz[:, 2 * d].copy(), rz[:, d : 2 * d].copy(), rz[:, :d].copy()
-
-
-def _moments_spherical(xc, resp):
-    n, d = xc.shape
-    z = np.empty((n, d + 2))
-    z[:, 0] = np.einsum("ij,ij->i", xc, xc)
-    z[:, 1 : d + 1] = xc
-    z[:, d + 1] = 1.0
-    rz = resp.T @ z
-    return rz[:, d + 1].copy(), rz[:, 1 : d + 1].copy(), rz[:, 0].copy()
-
-
-def moments(xc, resp, covariance_type, sample_weight=None):
-    """Weighted zeroth, first and second moments of centred rows.
+def accumulate_moments(acc, z, resp, covariance_type, sample_weight=None, buf=None, offsets=None):
+    """Add a tile's weighted moments to the running sums ``acc``.
 
     Parameters
     ----------
-    xc : ndarray of shape (n, d), float64
-    resp : ndarray of shape (n, K)
-        Responsibilities, already multiplied by the row weights if there are any.
-    sample_weight : ndarray of shape (n,), optional
-        Row weights (only the tied Gram matrix needs them separately).
-
-    Returns
-    -------
-    nk : ndarray of shape (K,)
-        ``sum_i r_ik``
-    s1 : ndarray of shape (K, d)
-        ``sum_i r_ik xc_i``
-    s2 : ndarray
-        full (K, d, d) ``sum_i r_ik xc_i xc_i^T``; tied (d, d) the same summed over k;
-        diag (K, d) ``sum_i r_ik xc_i**2``; spherical (K,) ``sum_i r_ik |xc_i|^2``.
+    acc : from :func:`new_accumulator`
+    z : ndarray of shape (m, q)
+        Tile design.
+    resp : ndarray of shape (K, m)
+        Responsibilities already multiplied by the row weights (overwritten for full).
+    sample_weight : ndarray of shape (m,), optional
+        Row weights (the tied pooled scatter needs them on their own).
+    buf : ndarray of shape (m, q), optional
+        Scratch space (full and weighted tied).
+    offsets : ndarray of shape (K, d), optional
+        Full only: take component k's moments about ``c + offsets[k]`` (its current
+        mean) rather than about the tile's centre ``c``, so that the scatter keeps its
+        digits however far the components are from each other.
     """
+    if covariance_type == "full":
+        # r z z^T = (sqrt(r) z)(sqrt(r) z)^T: a symmetric rank-m update, half a GEMM.
+        np.sqrt(resp, out=resp)
+        if offsets is not None:
+            # [xc - o_k, 1] = z - [o_k, 0]: one contiguous pass per component.
+            offsets = np.concatenate([offsets, np.zeros((offsets.shape[0], 1))], axis=1)
+        for k in range(len(acc)):
+            if offsets is None:
+                np.multiply(z, resp[k][:, None], out=buf)
+            else:
+                np.subtract(z, offsets[k], out=buf)
+                buf *= resp[k][:, None]
+            acc[k] = blas.dsyrk(1.0, buf.T, beta=1.0, c=acc[k], trans=0, overwrite_c=1)
+    elif covariance_type == "tied":
+        zw = z
+        if sample_weight is not None:
+            zw = np.multiply(z, np.sqrt(sample_weight)[:, None], out=buf)
+        acc[0] = blas.dsyrk(1.0, zw.T, beta=1.0, c=acc[0], trans=0, overwrite_c=1)
+        acc[1] += resp @ z
+    else:
+        acc += resp @ z
+
+
+def _symmetric_from_upper(a):
+    return np.triu(a) + np.triu(a, 1).T
+
+
+def finish_moments(acc, covariance_type, n_features):
+    """Moments ``(nk, s1, s2)`` (see :class:`dask_em.SuffStats`) from running sums."""
+    d = n_features
+    if covariance_type == "full":
+        m = np.stack([_symmetric_from_upper(a) for a in acc])
+        return m[:, d, d].copy(), m[:, :d, d].copy(), m[:, :d, :d].copy()
     if covariance_type == "tied":
-        return _moments_tied(xc, resp, sample_weight)
-    return {"full": _moments_full, "diag": _moments_diag, "spherical": _moments_spherical}[
-        covariance_type
-    ](xc, resp)
+        gram, ra = acc
+        g = _symmetric_from_upper(gram)
+        return ra[:, d].copy(), ra[:, :d].copy(), g[:d, :d].copy()
+    if covariance_type == "diag":
+        return acc[:, 2 * d].copy(), acc[:, d : 2 * d].copy(), acc[:, :d].copy()
+    return acc[:, d + 1].copy(), acc[:, 1 : d + 1].copy(), acc[:, 0].copy()
 
 
 # --------------------------------------------------------------------------------------

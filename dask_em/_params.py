@@ -81,7 +81,7 @@ def m_step(stats: SuffStats, reg_covar: float, eps: float) -> MixtureParams:
     nk = nk_raw + 10.0 * eps
     weights = nk / nk.sum()
     delta = stats.s1 / nk[:, None]
-    means = stats.center[None, :] + delta
+    means = stats.reference + delta
     cov = _math.covariances_from_moments(
         nk_raw, nk, stats.s1, stats.s2, delta, reg_covar, stats.covariance_type
     )

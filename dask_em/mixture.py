@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _init, _math
 from ._em import EMProgress, best_candidate, logger, run_em, single_threaded_blas
+from ._math import normalize_log_prob
 from ._params import MixtureParams
 from ._stats import log_prob_block
 from ._validation import (
@@ -546,21 +547,17 @@ def _row_slices(n, chunks):
 
 
 def _log_norm(x, params):
-    from ._math import normalize_log_prob
-
-    log_norm, _ = normalize_log_prob(log_prob_block(x, params))
-    return log_norm
+    return normalize_log_prob(log_prob_block(x, params).T)
 
 
 def _proba(x, params):
-    from ._math import normalize_log_prob
-
-    _, resp = normalize_log_prob(log_prob_block(x, params))
-    return resp
+    lp = log_prob_block(x, params)
+    normalize_log_prob(lp.T)
+    return np.ascontiguousarray(lp)
 
 
 def _labels(x, params):
-    return np.argmax(log_prob_block(x, params), axis=1) if x.shape[0] else np.zeros(0, int)
+    return np.argmax(log_prob_block(x, params), axis=1)
 
 
 def _ensure_handler():

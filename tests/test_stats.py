@@ -1,0 +1,64 @@
+"""Sufficient statistics are an additive value."""
+
+import numpy as np
+import pytest
+from conftest import COV_TYPES, make_blobs
+
+from dask_em import GaussianMixture, SuffStats
+from dask_em._stats import block_statistics, tile_rows
+
+
+def _params(ct, X):
+    gm = GaussianMixture(3, covariance_type=ct, max_iter=2, random_state=0, tol=0)
+    with pytest.warns(UserWarning):
+        gm.fit(X)
+    return gm._params()
+
+
+def _assert_stats_equal(a, b, rtol=1e-12):
+    np.testing.assert_array_equal(a.reference, b.reference)
+    np.testing.assert_allclose(a.nk, b.nk, rtol=rtol)
+    np.testing.assert_allclose(a.s1, b.s1, rtol=rtol, atol=1e-9)
+    np.testing.assert_allclose(a.s2, b.s2, rtol=rtol)
+    np.testing.assert_allclose(a.loglik, b.loglik, rtol=rtol)
+    assert a.n_rows == b.n_rows
+    assert a.weight_total == b.weight_total
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_statistics_of_a_union_are_the_sum(ct):
+    X, _ = make_blobs(n=7000)
+    p = _params(ct, X)
+    # Split points off the tile grid, including a one-row and an empty part.
+    cuts = [0, 1, 1, 2500, 2500 + tile_rows(4) + 3, 7000]
+    parts = [block_statistics(X[a:b], [p])[0] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    (whole,) = block_statistics(X, [p])
+    total = SuffStats.zero(ct, whole.reference)
+    for s in parts:
+        total = total + s
+    _assert_stats_equal(total, whole)
+
+
+def test_statistics_of_several_candidates_equal_separate_calls():
+    X, _ = make_blobs(n=3000)
+    ps = [_params(ct, X) for ct in ("full", "diag")]
+    together = block_statistics(X, ps)
+    for p, s in zip(ps, together, strict=True):
+        _assert_stats_equal(s, block_statistics(X, [p])[0], rtol=0)
+
+
+def test_adding_statistics_about_different_centres_is_refused():
+    a = SuffStats.zero("diag", np.zeros((2, 2)))
+    b = SuffStats.zero("diag", np.ones((2, 2)))
+    with pytest.raises(ValueError, match="different references"):
+        a + b
+
+
+def test_float32_block_gives_float64_statistics():
+    X, _ = make_blobs(n=3000)
+    p = _params("full", X)
+    X32 = X.astype(np.float32)
+    (s32,) = block_statistics(X32, [p])
+    (s64,) = block_statistics(X32.astype(np.float64), [p])
+    assert s32.s2.dtype == np.float64
+    _assert_stats_equal(s32, s64, rtol=0)
