@@ -81,6 +81,8 @@ def _random_chunk(x, spec, row_offset, block_index, w=None):
             center,
             covariance_type,
             w,
+            row_offset,
+            block_index,
         )
         for seed in seeds
     )
@@ -105,8 +107,10 @@ def random_resp(
     list of MixtureParams, one per start
     """
     seeds = tuple(int(s) for s in rng.randint(0, 2**31 - 1, size=n_starts))
-    head = x[: min(x.shape[0], 1024)].compute()
-    center = np.asarray(head, dtype=np.float64).mean(axis=0)
+    head = np.asarray(x[: min(x.shape[0], 1024)].compute(), dtype=np.float64)
+    # A centre near the data; non-finite rows are left out here and reported by the pass.
+    finite = head[np.all(np.isfinite(head), axis=1)]
+    center = finite.mean(axis=0) if finite.size else np.zeros(x.shape[1])
     graph = tree_reduce(
         x,
         _random_chunk,

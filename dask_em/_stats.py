@@ -231,7 +231,9 @@ def block_statistics(x, params_list, row_offset=0, block_index=0, sample_weight=
     return tuple(out)
 
 
-def responsibility_statistics(x, resp, center, covariance_type, sample_weight=None):
+def responsibility_statistics(
+    x, resp, center, covariance_type, sample_weight=None, row_offset=0, block_index=0
+):
     """Statistics of one block for given responsibilities (used by initialisation).
 
     Parameters
@@ -239,6 +241,8 @@ def responsibility_statistics(x, resp, center, covariance_type, sample_weight=No
     x : ndarray of shape (n, d)
     resp : ndarray of shape (n, K)
     center : ndarray of shape (d,)
+    row_offset, block_index : int
+        Where the block sits (for error messages).
 
     Returns
     -------
@@ -253,7 +257,7 @@ def responsibility_statistics(x, resp, center, covariance_type, sample_weight=No
         z = _math.fill_design(tiles.z[:m], x[a:b], center, covariance_type)
         if not np.all(np.isfinite(z)):
             bad = np.flatnonzero(~np.isfinite(z).all(axis=1)) + a
-            _raise_non_finite(x, bad, 0, 0)
+            _raise_non_finite(x, bad, block_index, row_offset)
         r = np.array(resp[a:b].T, dtype=np.float64)
         sw = None
         if sample_weight is not None:

@@ -332,6 +332,12 @@ class GaussianMixture:
             )
             with single_threaded_blas():
                 starts = self._starts(X, rng, eps, weights)
+            for i, s in enumerate(starts):
+                if not s.is_finite():
+                    raise ValueError(
+                        f"Initialisation produced non-finite parameters (start {i}). "
+                        "Check the data for NaN or infinity, or scale it."
+                    )
         else:
             if self.n_features_in_ != d:
                 raise ValueError(

@@ -1,0 +1,252 @@
+"""The engine: chunking, schedulers, graphs, restarts, resume, warm starts."""
+
+import warnings
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import COV_TYPES, make_blobs
+
+from dask_em import ConvergenceWarning, EMProgress, GaussianMixture
+from dask_em._em import em_pass
+from dask_em._reduce import tree_reduce
+
+
+def _fit(X, ct="full", callback=None, resume=None, **kw):
+    params = dict(n_components=3, covariance_type=ct, max_iter=15, tol=0, random_state=0)
+    params.update(kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return GaussianMixture(**params).fit(X, callback=callback, resume=resume)
+
+
+def assert_same_fit(a, b, rtol=1e-12):
+    np.testing.assert_allclose(a.lower_bounds_, b.lower_bounds_, rtol=rtol)
+    np.testing.assert_allclose(a.weights_, b.weights_, rtol=rtol, atol=1e-14)
+    np.testing.assert_allclose(a.means_, b.means_, rtol=rtol, atol=1e-12)
+    np.testing.assert_allclose(a.covariances_, b.covariances_, rtol=rtol, atol=1e-12)
+    assert a.n_iter_ == b.n_iter_
+
+
+# (row chunks, split_every): one block, even, uneven with a one-row block, tiny blocks.
+CHUNKINGS = [
+    (-1, None),
+    (250, 2),
+    ((111, 300, 1, 288), 3),
+    (7, 2),
+    (7, 16),
+]
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_same_result_for_every_chunking_and_split_every(ct, blobs):
+    X = blobs[0][:700]
+    ref = _fit(X, ct)
+    for rows, split_every in CHUNKINGS:
+        Xd = da.from_array(X, chunks=(rows, -1))
+        got = _fit(Xd, ct, split_every=split_every)
+        try:
+            assert_same_fit(got, ref)
+        except AssertionError as exc:  # pragma: no cover - message only
+            raise AssertionError(f"chunks {Xd.chunks[0][:5]}..., {split_every}: {exc}") from None
+
+
+def test_empty_chunks_are_harmless(blobs):
+    X, _ = blobs
+    Xd = da.from_array(X, chunks=((0, 900, 0, 1100), 3))
+    assert 0 in Xd.chunks[0]
+    assert_same_fit(_fit(Xd), _fit(X))
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_distributed_equals_threaded(ct, blobs, client):
+    X, _ = blobs
+    Xd = da.from_array(X, chunks=(300, 3))
+    with dask.config.set(scheduler="threads"):
+        threaded = _fit(Xd, ct, n_init=2)
+    distributed = _fit(Xd, ct, n_init=2)  # the client fixture is the default scheduler
+    assert_same_fit(distributed, threaded)
+
+
+def test_distributed_numpy_input_is_scattered_once(blobs, client):
+    X, _ = blobs
+    gm = _fit(X, "diag")
+    assert_same_fit(gm, _fit(da.from_array(X, chunks=(500, 3)), "diag"))
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_lower_bound_never_decreases(ct):
+    X, _ = make_blobs(n=3000, k=4, seed=3)
+    gm = _fit(X, ct, n_components=4, max_iter=60, init_params="random")
+    lb = np.asarray(gm.lower_bounds_)
+    assert np.all(np.diff(lb) >= -1e-9 * np.abs(lb[1:]))
+
+
+def test_each_pass_builds_a_fresh_graph_of_the_same_size(blobs):
+    X, _ = blobs
+    Xd = da.from_array(X, chunks=(100, 3)).persist()
+    gm = _fit(Xd, max_iter=2)
+    p1 = gm._params()
+    gm2 = _fit(Xd, max_iter=3)
+    p2 = gm2._params()
+    g1 = tree_reduce(Xd, lambda *a: a, (p1,), split_every=4)
+    g2 = tree_reduce(Xd, lambda *a: a, (p2,), split_every=4)
+    assert len(g1.dask) == len(g2.dask)
+    assert g1.key != g2.key
+    names = {k[0] if isinstance(k, tuple) else k for k in g1.dask}
+    assert any(str(n).startswith("em-stats-") for n in names)
+    assert any(str(n).startswith("em-combine-") for n in names)
+    # The same inputs give the same graph (stable tokens).
+    assert tree_reduce(Xd, lambda *a: a, (p1,), split_every=4).key != g2.key
+    assert len(em_pass(Xd, [p1, p2])) == 2
+
+
+def test_statistics_tree_has_logarithmic_depth(blobs):
+    X, _ = blobs
+    Xd = da.from_array(X, chunks=(10, 3))  # 200 blocks
+    gm = _fit(X, max_iter=1)
+    graph = tree_reduce(Xd, lambda *a: a, (gm._params(),), split_every=4)
+    combine = [k for k in graph.dask if isinstance(k, tuple) and "combine" in str(k[0])]
+    levels = {k[1] for k in combine}
+    assert len(levels) == 3  # 200 -> 50 -> 13 -> 4 -> root
+
+
+def test_dask_dataframe_input(blobs):
+    X, _ = blobs
+    df = dd.from_pandas(pd.DataFrame(X, columns=list("abc")), npartitions=4)
+    assert_same_fit(_fit(df), _fit(X))
+
+
+def test_dask_input_gives_lazy_outputs_and_numpy_input_numpy(blobs):
+    X, _ = blobs
+    gm = _fit(X)
+    Xd = da.from_array(X, chunks=(700, 3))
+    for method in ("predict", "predict_proba", "score_samples"):
+        lazy = getattr(gm, method)(Xd)
+        eager = getattr(gm, method)(X)
+        assert isinstance(lazy, da.Array) and isinstance(eager, np.ndarray)
+        np.testing.assert_allclose(lazy.compute(), eager)
+    assert gm.predict_proba(Xd).chunks == (Xd.chunks[0], (3,))
+    np.testing.assert_allclose(gm.predict_proba(X).sum(1), 1.0)
+
+
+def test_fit_predict_equals_fit_then_predict(blobs):
+    X, _ = blobs
+    kw = dict(n_components=3, random_state=0, max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = GaussianMixture(**kw).fit_predict(X)
+        np.testing.assert_array_equal(labels, GaussianMixture(**kw).fit(X).predict(X))
+
+
+def test_float32_input_fits_like_float64(blobs):
+    X, _ = blobs
+    X32 = X.astype(np.float32)
+    a, b = _fit(X32), _fit(X32.astype(np.float64))
+    # Arithmetic is float64 either way; only scikit-learn's 10*eps weight guard uses
+    # the input dtype's epsilon (1.2e-6 for float32), visible on near-empty components.
+    assert_same_fit(a, b, rtol=1e-5)
+    assert a.means_.dtype == np.float64
+
+
+def test_restarts_keep_the_best_and_match_separate_fits(blobs):
+    X, _ = blobs
+    many = _fit(X, "full", n_init=4, init_params="random", max_iter=30, tol=1e-4)
+    rng = np.random.RandomState(0)
+    singles = []
+    from dask_em import _init
+
+    starts = _init.random_resp(
+        da.from_array(X, chunks=(X.shape[0], 3)), 4, 3, "full", 1e-6, np.finfo(float).eps, rng
+    )
+    for s in starts:
+        start = dict(
+            weights_init=s.weights,
+            means_init=s.means,
+            precisions_init=np.linalg.inv(s.covariances),
+        )
+        singles.append(_fit(X, "full", max_iter=30, tol=1e-4, **start))
+    best = max(singles, key=lambda g: g.lower_bound_)
+    np.testing.assert_allclose(many.lower_bound_, best.lower_bound_, rtol=1e-9)
+    np.testing.assert_allclose(many.means_, best.means_, rtol=1e-7, atol=1e-9)
+    assert many.lower_bound_ >= max(g.lower_bound_ for g in singles) - 1e-12
+
+
+def test_convergence_warning_and_converged_flag(blobs):
+    X, _ = blobs
+    with pytest.warns(ConvergenceWarning):
+        gm = GaussianMixture(3, max_iter=2, random_state=0).fit(X)
+    assert not gm.converged_ and gm.n_iter_ == 2
+    gm = GaussianMixture(3, max_iter=200, tol=1e-3, random_state=0).fit(X)
+    assert gm.converged_ and gm.n_iter_ < 200
+    assert abs(gm.lower_bounds_[-1] - gm.lower_bounds_[-2]) < 1e-3
+
+
+def test_warm_start_continues_the_same_path(blobs):
+    X, _ = blobs
+    full = _fit(X, max_iter=10)
+    warm = _fit(X, max_iter=4, warm_start=True)
+    warm.set_params(max_iter=6)
+    warm = warm.fit(X)
+    np.testing.assert_allclose(warm.means_, full.means_, rtol=1e-12)
+    np.testing.assert_allclose(warm.lower_bounds_, full.lower_bounds_[4:], rtol=1e-12)
+
+
+def test_resume_from_a_saved_progress_equals_an_uninterrupted_fit(blobs, tmp_path):
+    X, _ = blobs
+    uninterrupted = _fit(X, n_init=2, max_iter=12)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_3(progress):
+        np.savez(tmp_path / "ckpt.npz", **progress.to_arrays())
+        if progress.iteration == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(X, n_init=2, max_iter=12, callback=stop_after_3)
+    with np.load(tmp_path / "ckpt.npz", allow_pickle=False) as f:
+        progress = EMProgress.from_arrays(dict(f))
+    assert progress.iteration == 3
+    resumed = _fit(X, n_init=2, max_iter=12, resume=progress)
+    assert_same_fit(resumed, uninterrupted, rtol=0)
+
+
+def test_callback_sees_every_iteration(blobs):
+    X, _ = blobs
+    seen = []
+    _fit(X, max_iter=5, callback=seen.append)
+    assert [p.iteration for p in seen] == [1, 2, 3, 4, 5]
+    assert all(p.seconds > 0 for p in seen)
+    assert len(seen[-1].candidates[0].lower_bounds) == 5
+
+
+def test_fitted_arrays_round_trip(blobs, tmp_path):
+    X, _ = blobs
+    gm = _fit(X, "diag")
+    np.savez(tmp_path / "m.npz", **gm.fitted_arrays())
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
+        back = GaussianMixture.from_fitted_arrays(dict(f))
+    np.testing.assert_array_equal(back.predict(X), gm.predict(X))
+    np.testing.assert_allclose(back.score(X), gm.score(X), rtol=0)
+    assert back.covariance_type == "diag" and back.n_components == 3
+
+
+@pytest.mark.parametrize("persist", [True, False, "auto"])
+def test_persist_option_does_not_change_numbers(persist, blobs):
+    X, _ = blobs
+    Xd = da.from_array(X, chunks=(400, 3)) * 1.0  # a lazy graph, not a plain array
+    assert_same_fit(_fit(Xd, persist=persist), _fit(X))
+
+
+def test_sklearn_clone_and_params():
+    from sklearn.base import clone
+
+    gm = GaussianMixture(4, covariance_type="diag", tol=1e-4)
+    c = clone(gm)
+    assert c.get_params() == gm.get_params()
+    assert "covariance_type='diag'" in repr(gm)
