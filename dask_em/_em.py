@@ -137,15 +137,26 @@ def single_threaded_blas():
         yield
 
 
-def em_pass(x, params_list, *, weights=None, split_every=None):
+def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
     """One E-step pass over ``x`` for several candidates: statistics of each.
+
+    Parameters
+    ----------
+    kernel : callable, optional
+        ``kernel(block, params_list, row_offset, block_index, weights_block)`` returning
+        a tuple of :class:`SuffStats`; default the complete-data fused E-step.
 
     Returns
     -------
     tuple of SuffStats
     """
     graph = tree_reduce(
-        x, _em_chunk, tuple(params_list), weights=weights, split_every=split_every, prefix="em"
+        x,
+        kernel or _em_chunk,
+        tuple(params_list),
+        weights=weights,
+        split_every=split_every,
+        prefix="em",
     )
     with single_threaded_blas():
         (stats,) = dask.compute(graph)
@@ -167,6 +178,7 @@ def run_em(
     callback: Callable[[EMProgress], object] | None = None,
     log_level: int = logging.DEBUG,
     log_interval: int = 1,
+    kernel=None,
 ) -> EMProgress:
     """Run EM from several starts together, one pass over ``x`` per iteration.
 
@@ -193,6 +205,8 @@ def run_em(
         Continue from this state.
     callback : callable, optional
         Called with the :class:`EMProgress` after every iteration.
+    kernel : callable, optional
+        The per-block E-step (see :func:`em_pass`).
 
     Returns
     -------
@@ -217,7 +231,11 @@ def run_em(
         live = [i for i, c in enumerate(cands) if c.active]
         t0 = time.perf_counter()
         stats = em_pass(
-            x, [cands[i].params for i in live], weights=weights, split_every=split_every
+            x,
+            [cands[i].params for i in live],
+            weights=weights,
+            split_every=split_every,
+            kernel=kernel,
         )
         for i, st in zip(live, stats, strict=True):
             c = cands[i]
