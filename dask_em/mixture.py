@@ -436,13 +436,20 @@ class GaussianMixture:
 
     def bic(self, X):
         """Bayesian information criterion on ``X`` (lower is better)."""
-        n = X.shape[0]
+        X, n = self._with_row_count(X)
         return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
 
     def aic(self, X):
         """Akaike information criterion on ``X`` (lower is better)."""
-        n = X.shape[0]
+        X, n = self._with_row_count(X)
         return -2 * self.score(X) * n + 2 * self._n_parameters()
+
+    def _with_row_count(self, X):
+        # A dask DataFrame's length is lazy; its array form knows it.
+        if isinstance(X, (np.ndarray, da.Array)):
+            return X, int(X.shape[0])
+        Xd, from_numpy = check_array(X, n_features=self.n_features_in_)
+        return (Xd.compute() if from_numpy else Xd), int(Xd.shape[0])
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture (scikit-learn's draws for a seed).

@@ -250,3 +250,13 @@ def test_sklearn_clone_and_params():
     c = clone(gm)
     assert c.get_params() == gm.get_params()
     assert "covariance_type='diag'" in repr(gm)
+
+
+def test_bic_and_aic_accept_every_input_kind(blobs):
+    X, _ = blobs
+    gm = _fit(X, "diag")
+    df = dd.from_pandas(pd.DataFrame(X, columns=list("abc")), npartitions=3)
+    want = gm.bic(X)
+    np.testing.assert_allclose(gm.bic(da.from_array(X, chunks=(300, 3))), want, rtol=1e-12)
+    np.testing.assert_allclose(gm.bic(df), want, rtol=1e-12)
+    np.testing.assert_allclose(gm.aic(df), gm.aic(X), rtol=1e-12)
