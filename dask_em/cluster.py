@@ -86,18 +86,24 @@ def _local(cfg: ClusterConfig) -> Iterator:
         threads_per_worker=lc.threads_per_worker,
         memory_limit=lc.memory_limit,
         processes=lc.processes,
-        dashboard_address=lc.dashboard_address,
+        # Without a dashboard the scheduler and workers still serve HTTP (health,
+        # metrics); keep those on the loopback interface too.
+        dashboard_address=lc.dashboard_address or "127.0.0.1:0",
+        worker_dashboard_address="127.0.0.1:0",
     )
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if lc.dashboard_address is None:
-        kwargs["dashboard_address"] = None
+    if not lc.processes:
+        # Threads in this process talk over inproc://, which binds no port (and rejects a
+        # host); only the dashboard listens, on its explicit 127.0.0.1 address.
+        del kwargs["host"]
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(**kwargs)
     try:
         with Client(cluster) as client:
             n = len(cluster.workers)
             log.info("Local cluster: %d worker(s) on 127.0.0.1", n)
-            _dashboard(client)
+            if lc.dashboard_address is not None:
+                _dashboard(client)
             yield client
     finally:
         cluster.close()
@@ -112,9 +118,10 @@ def _address(cfg: ClusterConfig) -> Iterator:
         client = Client(cfg.address, timeout=cfg.timeout, security=security)
     except (OSError, TimeoutError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = "" if reason.startswith("Timed out") else f" ({reason})"
         raise JobError(
-            f"cannot reach the scheduler at {cfg.address} within {cfg.timeout:g} s "
-            f"({reason}); is `dask scheduler` running there?",
+            f"cannot reach the scheduler at {cfg.address} within {cfg.timeout:g} s"
+            f"{reason}; is `dask scheduler` running there?",
             key="cluster.address",
         ) from None
     try:

@@ -446,6 +446,20 @@ class JobConfig(_Model):
 
     _source: Path | None = PrivateAttr(default=None)
 
+    @model_validator(mode="after")
+    def _selection_without_init(self) -> JobConfig:
+        given = [
+            k
+            for k in ("weights_init", "means_init", "precisions_init")
+            if getattr(self.model, k) is not None
+        ]
+        if self.selection is not None and given:
+            raise ValueError(
+                f"model selection varies n_components, so model.{given[0]} cannot be used "
+                "with a 'selection' section"
+            )
+        return self
+
     @property
     def source(self) -> Path | None:
         """The job file this config was loaded from, if any."""

@@ -443,7 +443,7 @@ def _load_table(cfg: DataConfig, lengths: bool = True):
             key="data.columns",
         )
     # Casting the frame first turns nullable integer columns' <NA> into NaN, not objects.
-    x = df.astype(cfg.dtype).to_dask_array(lengths=lengths)
+    x = df.astype(cfg.dtype).to_dask_array(lengths=True if lengths else None)
     return x.rechunk((cfg.chunk_rows, x.shape[1])) if lengths else x
 
 

@@ -37,6 +37,7 @@ from dask_em.io import (
     atomic_savez,
     atomic_write_bytes,
     atomic_write_json,
+    check_data,
     data_summary,
     load_data,
     load_npz,
@@ -479,6 +480,10 @@ def _run_job(
     t_start = time.perf_counter()
     try:
         log.info("Job %s -> %s", config.job_name, folder.path)
+        if config.cluster.kind == "local":
+            # Fail on a missing file or column before starting a cluster. Not for remote
+            # clusters: their workers may see paths this machine does not.
+            check_data(config.data)
         with connect(config.cluster) as client:
             x = load_data(config.data)
             log.info(
