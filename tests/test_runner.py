@@ -1,0 +1,478 @@
+"""The job runner end to end: outputs, checkpoints and resume, selection, predict, clusters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dask_em.config import PROJECT_ROOT, JobError, load_job
+from dask_em.io import load_npz
+from dask_em.runner import (
+    data_config_for,
+    load_model,
+    make_data,
+    model_info,
+    plot_run,
+    predict_job,
+    run_job,
+)
+
+# One process, threads: starts in about a second.
+THREADS = {
+    "local": {
+        "processes": False,
+        "n_workers": 1,
+        "threads_per_worker": 2,
+        "dashboard_address": None,
+    }
+}
+
+
+def job_file(tmp_path: Path, name: str = "job", **sections) -> Path:
+    doc = {
+        "cluster": THREADS,
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"n_samples": 6000, "n_features": 2, "n_components": 3, "seed": 1},
+            "chunk_rows": 1500,
+        },
+        "model": {"n_components": 3, "tol": 1e-5, "max_iter": 200, "random_state": 0},
+        "output": {"dir": str(tmp_path / "runs" / name), "plot_sample": 500},
+    }
+    for key, value in sections.items():
+        if key != "cluster" and isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(n: int):
+    def hook(progress):
+        if progress.iteration >= n:
+            raise Stop(f"stopped after iteration {progress.iteration}")
+
+    return hook
+
+
+def assert_same_model(a: dict, b: dict, tol: float = 1e-12):
+    for key in ("weights", "means", "covariances", "precisions_cholesky", "lower_bounds"):
+        np.testing.assert_allclose(a[key], b[key], rtol=tol, atol=tol, err_msg=key)
+    assert int(a["n_iter"]) == int(b["n_iter"])
+
+
+def test_run_writes_the_run_folder(tmp_path):
+    config = load_job(job_file(tmp_path, output={"labels": True, "probabilities": True}))
+    result = run_job(config)
+    run = result.path
+    assert run == tmp_path / "runs" / "job"
+    names = {p.name for p in run.iterdir()}
+    assert names == {
+        "model.npz",
+        "model.json",
+        "metrics.json",
+        "sample.npz",
+        "plots",
+        "labels.zarr",
+        "probabilities.zarr",
+    }
+    assert {p.name for p in (run / "plots").iterdir()} == {"lower_bound.png", "density.png"}
+    # nothing left behind next to the run folder
+    assert sorted(p.name for p in run.parent.iterdir()) == ["job"]
+
+    arrays = np.load(run / "model.npz", allow_pickle=False)
+    gm = load_model(run)
+    np.testing.assert_array_equal(arrays["means"], gm.means_)
+
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["model"]["n_components"] == 3 and meta["data"]["shape"] == [6000, 2]
+    assert meta["config"]["model"]["tol"] == 1e-5
+    assert meta["data"]["fingerprint"].startswith("sha256:")
+    assert {"numpy", "dask", "distributed", "python"} <= set(meta["versions"])
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_iter"] == gm.n_iter_ == len(metrics["iterations"])
+    assert metrics["converged"] is True
+    first, second = metrics["iterations"][:2]
+    assert first["change"] is None
+    assert second["change"] == pytest.approx(second["lower_bound"] - first["lower_bound"])
+    assert all(r["seconds"] > 0 for r in metrics["iterations"])
+    # BIC/AIC from one scoring pass equal the estimator's own
+    from dask_em.io import load_data
+
+    x = load_data(config.data)
+    assert metrics["bic"] == pytest.approx(gm.bic(x), rel=1e-10)
+    assert metrics["aic"] == pytest.approx(gm.aic(x), rel=1e-10)
+
+    import dask.array as da
+
+    labels = da.from_zarr(str(run / "labels.zarr")).compute()
+    np.testing.assert_array_equal(labels, gm.predict(x).compute())
+    proba = da.from_zarr(str(run / "probabilities.zarr"))
+    assert proba.shape == (6000, 3)
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    config = load_job(job_file(tmp_path, model={"max_iter": 2}))
+    run_job(config)
+    stamp = (config.output_dir / "model.json").stat().st_mtime_ns
+    with pytest.raises(JobError) as info:
+        run_job(config)
+    assert info.value.key == "output.dir"
+    assert str(info.value).startswith(str(config.source))
+    assert (config.output_dir / "model.json").stat().st_mtime_ns == stamp
+    run_job(config, overwrite=True)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    full = run_job(load_job(job_file(tmp_path, "full", model={"n_init": 2})))
+    config = load_job(job_file(tmp_path, "parts", model={"n_init": 2}))
+    seen = []
+    with pytest.raises(Stop):
+        run_job(config, on_iteration=lambda p: (seen.append(p.iteration), stop_after(3)(p)))
+    assert seen == [1, 2, 3]
+    # a stopped run leaves no run folder, only the resumable staging folder
+    assert not config.output_dir.exists()
+    staging = config.output_dir.parent / ".parts.partial"
+    checkpoint = load_npz(staging / "checkpoint.npz")
+    assert int(checkpoint["em_iteration"]) == 3
+
+    resumed_from = []
+    result = run_job(config, resume=True, on_iteration=lambda p: resumed_from.append(p.iteration))
+    assert resumed_from[0] == 4
+    assert not staging.exists()
+    assert_same_model(load_npz(full.path / "model.npz"), load_npz(result.path / "model.npz"))
+    m_full = json.loads((full.path / "metrics.json").read_text())
+    m_res = json.loads((result.path / "metrics.json").read_text())
+    assert [r["lower_bound"] for r in m_full["iterations"]] == pytest.approx(
+        [r["lower_bound"] for r in m_res["iterations"]], rel=1e-12
+    )
+    assert all(r["seconds"] is not None for r in m_res["iterations"])  # history kept
+
+
+def test_resume_refuses_a_different_job(tmp_path):
+    config = load_job(job_file(tmp_path))
+    with pytest.raises(Stop):
+        run_job(config, on_iteration=stop_after(2))
+    changed = load_job(config.source, overrides=["model.tol=0.5"])
+    with pytest.raises(JobError, match="different"):
+        run_job(changed, resume=True)
+    with pytest.raises(JobError, match="nothing to resume"):
+        run_job(load_job(job_file(tmp_path, "fresh")), resume=True)
+
+
+def test_bad_input_leaves_nothing_behind(tmp_path):
+    config = load_job(
+        job_file(tmp_path, data={"source": "npy", "path": "missing.npy", "synthetic": None})
+    )
+    with pytest.raises(JobError) as info:
+        run_job(config)
+    assert str(info.value).startswith(f"{config.source}: data.path: file not found")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_estimator_rejections_are_bad_input(tmp_path):
+    config = load_job(job_file(tmp_path, model={"n_components": 7000}))
+    with pytest.raises(JobError) as info:
+        run_job(config)
+    assert info.value.key == "model" and "n_components" in str(info.value)
+
+
+@pytest.mark.parametrize("d,picture", [(1, "density.png"), (4, "pca.png")])
+def test_plots_for_other_dimensions(tmp_path, d, picture):
+    synthetic = {"n_samples": 3000, "n_features": d, "n_components": 2, "seed": 3}
+    config = load_job(
+        job_file(
+            tmp_path,
+            data={"synthetic": synthetic},
+            model={"n_components": 2, "covariance_type": "diag"},
+        )
+    )
+    run = run_job(config).path
+    assert (run / "plots" / picture).stat().st_size > 1000
+    (run / "plots" / picture).unlink()
+    written = plot_run(run)
+    assert run / "plots" / picture in written and (run / "plots" / picture).exists()
+
+
+def test_plot_axes_come_from_the_model():
+    from dask_em.plots import mixture_principal_axes
+
+    rng = np.random.default_rng(0)
+    w = np.array([0.3, 0.7])
+    means = rng.standard_normal((2, 3)) * 3
+    covs = np.stack([np.diag([1.0, 2.0, 0.5]), np.eye(3)])
+    labels = rng.random(200_000) < w[1]
+    x = np.where(
+        labels[:, None],
+        rng.multivariate_normal(means[1], covs[1], 200_000),
+        rng.multivariate_normal(means[0], covs[0], 200_000),
+    )
+    center, axes, var = mixture_principal_axes(w, means, covs)
+    vals, vecs = np.linalg.eigh(np.cov(x.T))
+    np.testing.assert_allclose(center, x.mean(axis=0), atol=0.05)
+    np.testing.assert_allclose(var, vals[::-1][:2], rtol=0.03)
+    assert abs(abs(axes[:, 0] @ vecs[:, -1]) - 1) < 1e-2
+
+
+def test_model_selection_picks_the_lowest_bic(tmp_path):
+    config = load_job(
+        job_file(
+            tmp_path,
+            model={"max_iter": 40, "tol": 1e-3},
+            selection={"n_components": [1, 3], "covariance_type": ["full", "spherical"]},
+        )
+    )
+    result = run_job(config)
+    run = result.path
+    sel = json.loads((run / "selection.json").read_text())
+    assert len(sel["candidates"]) == 4
+    best = min(sel["candidates"], key=lambda r: r["bic"])
+    assert sel["best"]["label"] == best["label"] and best["n_components"] == 3
+    assert result.model.n_components == 3
+    assert (run / "plots" / "selection.png").exists()
+    assert {p.name for p in (run / "candidates").iterdir()} == {
+        "full-k1",
+        "full-k3",
+        "spherical-k1",
+        "spherical-k3",
+    }
+    assert not (run / "checkpoints").exists()
+
+
+def test_model_selection_resumes(tmp_path):
+    extra = {"model": {"max_iter": 30}, "selection": {"n_components": [2, 3]}}
+    full = run_job(load_job(job_file(tmp_path, "full", **extra)))
+    config = load_job(job_file(tmp_path, "parts", **extra))
+    fits = []
+
+    def hook(progress):
+        if progress.iteration == 1:
+            fits.append(progress)
+        if len(fits) == 2 and progress.iteration == 2:  # inside the second candidate
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_job(config, on_iteration=hook)
+    result = run_job(config, resume=True)
+    assert_same_model(load_npz(full.path / "model.npz"), load_npz(result.path / "model.npz"))
+
+
+def test_predict_writes_labels(tmp_path):
+    import dask.array as da
+
+    run = run_job(load_job(job_file(tmp_path))).path
+    x = np.random.default_rng(1).standard_normal((700, 2)) * 4
+    np.save(tmp_path / "new.npy", x)
+    data = data_config_for(str(tmp_path / "new.npy"), model_path=run, chunk_rows=200)
+    cluster = load_job(job_file(tmp_path, "c")).cluster
+    out = predict_job(run, data, tmp_path / "pred", cluster=cluster, probabilities=True)
+    labels = da.from_zarr(str(out / "labels.zarr"))
+    assert labels.chunks == ((200, 200, 200, 100),)
+    np.testing.assert_array_equal(labels.compute(), load_model(run).predict(x))
+    summary = json.loads((out / "predict.json").read_text())
+    assert sum(summary["counts"]) == 700
+    # default data: the training data recorded in model.json
+    training = data_config_for(None, model_path=run)
+    assert training.source == "synthetic" and training.synthetic.n_samples == 6000
+    with pytest.raises(JobError, match="feature"):
+        np.save(tmp_path / "wide.npy", np.zeros((10, 5)))
+        predict_job(
+            run,
+            data_config_for(str(tmp_path / "wide.npy"), model_path=run),
+            tmp_path / "pred2",
+            cluster=cluster,
+        )
+    assert not (tmp_path / "pred2").exists()
+
+
+def test_model_info(tmp_path):
+    run = run_job(load_job(job_file(tmp_path))).path
+    info = model_info(run)
+    assert info["n_components"] == 3 and info["bic"] is not None
+    assert model_info(run / "model.npz")["weights"] == info["weights"]
+
+
+def test_make_data_writes_the_jobs_zarr(tmp_path):
+    spec = {"n_samples": 5000, "n_features": 3, "n_components": 2, "seed": 9}
+    path = tmp_path / "data" / "x.zarr"
+    config = load_job(
+        job_file(
+            tmp_path,
+            data={"source": "zarr", "path": str(path), "synthetic": spec, "chunk_rows": 2000},
+        )
+    )
+    with pytest.raises(JobError, match="make-data"):
+        run_job(config)
+    make_data(config)
+    from dask_em.io import load_data, synthetic_array
+
+    np.testing.assert_array_equal(
+        load_data(config.data).compute(), synthetic_array(config.data.synthetic, 2000).compute()
+    )
+    with pytest.raises(JobError, match="exists"):
+        make_data(config)
+    assert run_job(config).model.n_features_in_ == 3
+
+
+# ------------------------------------------------------------------------ real clusters
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(procs, grace: float = 6.0):
+    # after client.shutdown() they exit by themselves within a few seconds; a SIGTERM on
+    # top makes a nanny wait for the (gone) scheduler instead
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
+    import dask
+    from distributed import Client
+
+    dask_exe = Path(sys.executable).with_name("dask")
+    base = [str(dask_exe)] if dask_exe.exists() else [sys.executable, "-m", "dask"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep),
+    }
+    work = tmp_path_factory.mktemp("dask-cluster")
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                [*base, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                cwd=work,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        for i in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *base,
+                        "worker",
+                        address,
+                        "--host",
+                        "127.0.0.1",
+                        "--nthreads",
+                        "1",
+                        "--memory-limit",
+                        "1GiB",
+                        "--no-dashboard",
+                        "--name",
+                        f"w{i}",
+                        "--local-directory",
+                        str(work / f"w{i}"),
+                    ],
+                    cwd=work,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        # A scheduler-initiated shutdown is quicker than signalling each process. The
+        # outer config.set undoes Client.shutdown() leaving scheduler="dask.distributed"
+        # set globally (distributed 2026.8), which would break later tests' computes.
+        with dask.config.set(scheduler="sync"):
+            try:
+                with Client(address, timeout=5) as client:
+                    client.shutdown()
+            except Exception:
+                pass
+        _stop(procs)
+
+
+def test_job_on_a_real_scheduler_and_two_workers(tmp_path, dask_cluster):
+    config = load_job(job_file(tmp_path, output={"labels": True}), scheduler=dask_cluster)
+    assert config.cluster.kind == "address"
+    result = run_job(config)
+    threads = run_job(load_job(job_file(tmp_path, "threads")))
+    # same data, same start, same tree: same numbers wherever the blocks ran
+    assert_same_model(
+        load_npz(result.path / "model.npz"), load_npz(threads.path / "model.npz"), tol=1e-10
+    )
+    assert (result.path / "labels.zarr").exists()
+
+
+def test_unreachable_scheduler_fails_fast(tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    config = load_job(job_file(tmp_path, cluster={"address": address, "timeout": 2}))
+    t0 = time.perf_counter()
+    with pytest.raises(JobError) as info:
+        run_job(config)
+    assert time.perf_counter() - t0 < 15
+    assert info.value.key == "cluster.address" and address in str(info.value)
+    assert not config.output_dir.exists()
+    assert not (config.output_dir.parent / ".job.partial").exists()
+
+
+def test_tls_settings_become_security(tmp_path):
+    from dask_em.cluster import security_from_config
+
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("x")
+    tls = {
+        "ca_file": str(tmp_path / "ca.pem"),
+        "cert": str(tmp_path / "client.pem"),
+        "key": str(tmp_path / "client.key"),
+    }
+    config = load_job(job_file(tmp_path, cluster={"address": "tls://127.0.0.1:1", "tls": tls}))
+    sec = security_from_config(config.cluster)
+    assert sec.require_encryption and sec.tls_ca_file == tls["ca_file"]
+    assert sec.tls_client_cert == tls["cert"] and sec.tls_client_key == tls["key"]
+    (tmp_path / "ca.pem").unlink()
+    with pytest.raises(JobError) as info:
+        security_from_config(config.cluster)
+    assert info.value.key == "cluster.tls.ca_file"
+
+
+def test_jobqueue_kinds_are_an_allow_list():
+    from dask_em.cluster import JOBQUEUE_KINDS
+    from dask_em.config import JobqueueConfig
+
+    assert set(JOBQUEUE_KINDS) == set(JobqueueConfig.model_fields["kind"].annotation.__args__)
+    assert all(v.endswith("Cluster") and "." not in v for v in JOBQUEUE_KINDS.values())
