@@ -116,6 +116,13 @@ def _address(cfg: ClusterConfig) -> Iterator:
     security = security_from_config(cfg)
     try:
         client = Client(cfg.address, timeout=cfg.timeout, security=security)
+    except TypeError:
+        if security is None and cfg.address.startswith("tls://"):
+            # distributed's way of saying "no TLS context" for a tls:// address
+            raise JobError(
+                "a tls:// scheduler needs cluster.tls (ca_file, cert, key)", key="cluster.tls"
+            ) from None
+        raise
     except (OSError, TimeoutError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         reason = "" if reason.startswith("Timed out") else f" ({reason})"

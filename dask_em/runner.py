@@ -243,7 +243,10 @@ def _maybe_persist(x, client, persist) -> Any:
     if persist is False:
         return x
     if persist == "auto":
-        info = client.scheduler_info(n_workers=-1)
+        try:
+            info = client.scheduler_info(n_workers=-1)
+        except TypeError:  # distributed before n_workers= listed every worker anyway
+            info = client.scheduler_info()
         limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
         if not limits or not all(limits) or x.nbytes > 0.5 * sum(limits):
             return x

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -360,70 +361,15 @@ def _stop(procs, grace: float = 6.0):
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
-    import dask
     from distributed import Client
 
-    dask_exe = Path(sys.executable).with_name("dask")
-    base = [str(dask_exe)] if dask_exe.exists() else [sys.executable, "-m", "dask"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
-        ).rstrip(os.pathsep),
-    }
-    work = tmp_path_factory.mktemp("dask-cluster")
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    procs = []
+    address, procs = _start_cluster(tmp_path_factory.mktemp("dask-cluster"), 2, [])
     try:
-        procs.append(
-            subprocess.Popen(
-                [*base, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                cwd=work,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        for i in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *base,
-                        "worker",
-                        address,
-                        "--host",
-                        "127.0.0.1",
-                        "--nthreads",
-                        "1",
-                        "--memory-limit",
-                        "1GiB",
-                        "--no-dashboard",
-                        "--name",
-                        f"w{i}",
-                        "--local-directory",
-                        str(work / f"w{i}"),
-                    ],
-                    cwd=work,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=60)
         yield address
     finally:
-        # A scheduler-initiated shutdown is quicker than signalling each process. The
-        # outer config.set undoes Client.shutdown() leaving scheduler="dask.distributed"
-        # set globally (distributed 2026.8), which would break later tests' computes.
-        with dask.config.set(scheduler="sync"):
-            try:
-                with Client(address, timeout=5) as client:
-                    client.shutdown()
-            except Exception:
-                pass
-        _stop(procs)
+        _shutdown(address, procs)
 
 
 def test_job_on_a_real_scheduler_and_two_workers(tmp_path, dask_cluster):
@@ -448,6 +394,133 @@ def test_unreachable_scheduler_fails_fast(tmp_path):
     assert info.value.key == "cluster.address" and address in str(info.value)
     assert not config.output_dir.exists()
     assert not (config.output_dir.parent / ".job.partial").exists()
+
+
+def _start_cluster(work: Path, n_workers: int, extra: list[str], scheme: str = "tcp"):
+    """`dask scheduler` + `dask worker` subprocesses on 127.0.0.1; returns (address, procs)."""
+    dask_exe = Path(sys.executable).with_name("dask")
+    base = [str(dask_exe)] if dask_exe.exists() else [sys.executable, "-m", "dask"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep),
+    }
+    port = free_port()
+    address = f"{scheme}://127.0.0.1:{port}"
+    procs = [
+        subprocess.Popen(
+            [
+                *base,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-dashboard",
+                *extra,
+            ],
+            cwd=work,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    for i in range(n_workers):
+        procs.append(
+            subprocess.Popen(
+                [
+                    *base,
+                    "worker",
+                    address,
+                    "--host",
+                    "127.0.0.1",
+                    "--nthreads",
+                    "1",
+                    "--memory-limit",
+                    "1GiB",
+                    "--no-dashboard",
+                    "--name",
+                    f"w{i}",
+                    "--local-directory",
+                    str(work / f"w{i}"),
+                    *extra,
+                ],
+                cwd=work,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return address, procs
+
+
+def _shutdown(address: str, procs, security=None) -> None:
+    import dask
+    from distributed import Client
+
+    # A scheduler-initiated shutdown is quicker than signalling each process. The outer
+    # config.set undoes Client.shutdown() leaving scheduler="dask.distributed" set
+    # globally (distributed 2026.8), which would break later tests' computes.
+    with dask.config.set(scheduler="sync"):
+        try:
+            with Client(address, timeout=5, security=security) as client:
+                client.shutdown()
+        except Exception:
+            pass
+    _stop(procs)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_job_over_tls(tmp_path):
+    """A scheduler that requires TLS, reached with the certificate files from the config."""
+    from distributed import Client
+
+    from dask_em.cluster import security_from_config
+
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    files = ["--tls-ca-file", "cert.pem", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]
+    tls = {
+        "ca_file": str(tmp_path / "cert.pem"),
+        "cert": str(tmp_path / "cert.pem"),
+        "key": str(tmp_path / "key.pem"),
+    }
+    address, procs = _start_cluster(tmp_path, 1, files, scheme="tls")
+    config = load_job(job_file(tmp_path, cluster={"address": address, "tls": tls, "timeout": 20}))
+    security = security_from_config(config.cluster)
+    try:
+        with Client(address, timeout=30, security=security) as client:
+            client.wait_for_workers(1, timeout=60)
+        result = run_job(config)
+        assert result.metrics["converged"]
+        plain = load_job(job_file(tmp_path, "plain", cluster={"address": address}))
+        with pytest.raises(JobError) as info:
+            run_job(plain)
+        assert info.value.key == "cluster.tls"
+    finally:
+        _shutdown(address, procs, security)
 
 
 def test_tls_settings_become_security(tmp_path):
