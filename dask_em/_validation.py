@@ -129,6 +129,28 @@ def check_weights_like(sample_weight, X):
     return w
 
 
+def check_weight_values(w):
+    """Check the values of lazy row weights in one pass (numpy weights are checked eagerly
+    by :func:`check_weights_like`).
+
+    Parameters
+    ----------
+    w : dask.array.Array of shape (n,)
+
+    Raises
+    ------
+    ValueError
+        If a weight is negative or not finite, or all are zero.
+    """
+    import dask
+
+    finite, low, high = dask.compute(da.isfinite(w).all(), w.min(), w.max())
+    if not finite or low < 0:
+        raise ValueError("sample_weight must be finite and non-negative.")
+    if not high > 0:
+        raise ValueError("sample_weight is all zero; at least one row needs weight.")
+
+
 def check_scalar(value, name, kind, low=None, low_inclusive=True):
     """Check a scalar hyper-parameter and name it in the error."""
     is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -10,7 +10,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _init, _math
+from . import _init, _math, _missing
 from ._em import EMProgress, best_candidate, logger, run_em, single_threaded_blas
 from ._math import normalize_log_prob
 from ._params import MixtureParams
@@ -20,6 +20,7 @@ from ._validation import (
     check_means_init,
     check_precisions_init,
     check_scalar,
+    check_weight_values,
     check_weights_init,
     check_weights_like,
 )
@@ -110,6 +111,14 @@ class GaussianMixture:
         takes at most half the workers' memory; otherwise every iteration re-reads it.
     split_every : int, optional
         Fan-in of the tree reduction of the statistics (dask's ``split_every``).
+    missing : {'error', 'em'}, default='error'
+        What NaN in ``X`` means. 'error' raises :class:`NonFiniteError` naming the
+        first NaN's block and row. 'em' treats NaN as a value missing at random and fits
+        by the exact EM for incomplete data (Ghahramani & Jordan, 1994): responsibilities
+        from each row's observed features, expected statistics that complete the missing
+        ones; ``lower_bound_`` is then the observed-data log-likelihood per used row.
+        Rows with no observed value are skipped (``n_rows_skipped_``). Infinity is an
+        error either way. Prediction and scoring use the observed features of each row.
 
     Attributes
     ----------
@@ -123,6 +132,8 @@ class GaussianMixture:
     lower_bound_ : float
     lower_bounds_ : list of float
     n_features_in_ : int
+    n_rows_skipped_ : int
+        Rows without any observed value, left out of the fit (``missing='em'``).
     """
 
     def __init__(
@@ -144,6 +155,7 @@ class GaussianMixture:
         verbose_interval=10,
         persist="auto",
         split_every=None,
+        missing="error",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -161,6 +173,7 @@ class GaussianMixture:
         self.verbose_interval = verbose_interval
         self.persist = persist
         self.split_every = split_every
+        self.missing = missing
 
     # ----------------------------------------------------------------------------------
     # scikit-learn estimator protocol
@@ -182,6 +195,7 @@ class GaussianMixture:
         "verbose_interval",
         "persist",
         "split_every",
+        "missing",
     )
 
     def get_params(self, deep=True):
@@ -228,6 +242,11 @@ class GaussianMixture:
             raise ValueError(f"persist must be 'auto', True or False, got {self.persist!r}.")
         if self.split_every is not None:
             check_scalar(self.split_every, "split_every", "int", low=2)
+        if self.missing not in _missing.MISSING_OPTIONS:
+            raise ValueError(
+                f"Invalid value for missing: {self.missing!r}. "
+                f"Choose one of {list(_missing.MISSING_OPTIONS)}."
+            )
 
     def _check_is_fitted(self):
         if not hasattr(self, "precisions_cholesky_"):
@@ -277,8 +296,12 @@ class GaussianMixture:
         X : array-like or dask array of shape (n_samples, n_features)
         y : ignored
         sample_weight : array-like or dask array of shape (n_samples,), optional
-            Non-negative row weights; responsibilities and the log-likelihood are
-            weighted by them and mixture weights are normalised by their total.
+            Non-negative, finite row weights, not all zero (dask weights are checked in
+            one pass before fitting); responsibilities and the log-likelihood are
+            weighted by them and mixture weights are normalised by their total. An
+            integer weight equals repeating the row, a zero weight removing it. To score
+            weighted data, pass the same weights to :meth:`bic` and :meth:`aic` (then
+            ``n`` is the total weight).
         callback : callable, optional
             Called with an :class:`EMProgress` after every iteration. An exception it
             raises stops the fit.
@@ -315,6 +338,14 @@ class GaussianMixture:
         X = _prepare_data(X, self.persist, from_numpy)
         if weights is not None:
             weights = _prepare_data(weights, self.persist, not isinstance(sample_weight, da.Array))
+            if isinstance(sample_weight, da.Array):
+                check_weight_values(weights)
+        kernel, x_init, weights_init, n_skipped = None, X, weights, 0
+        if self.missing == "em":
+            # One pass counts what is missing; initialisation sees the incomplete rows
+            # mean-filled and the rows without any observed value at weight zero.
+            x_init, weights_init, summary = _missing.prepare_fit(X, weights, self.split_every)
+            kernel, n_skipped = _missing.missing_block_statistics, summary.n_skipped
 
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         initial = None
@@ -331,7 +362,7 @@ class GaussianMixture:
                 )
             )
             with single_threaded_blas():
-                starts = self._starts(X, rng, eps, weights)
+                starts = self._starts(x_init, rng, eps, weights_init)
             for i, s in enumerate(starts):
                 if not s.is_finite():
                     raise ValueError(
@@ -361,6 +392,7 @@ class GaussianMixture:
             callback=callback,
             log_level=log_level,
             log_interval=self.verbose_interval if self.verbose else 1,
+            kernel=kernel,
         )
         best = best_candidate(state)
         converged = bool(best.converged)
@@ -377,6 +409,7 @@ class GaussianMixture:
         self.lower_bound_ = best.lower_bound
         self.lower_bounds_ = list(best.lower_bounds)
         self.n_features_in_ = d
+        self.n_rows_skipped_ = n_skipped
         self.fit_state_ = state
 
     def _set_fitted(self, params: MixtureParams):
@@ -402,19 +435,24 @@ class GaussianMixture:
         self._check_is_fitted()
         Xd, from_numpy = check_array(X, n_features=self.n_features_in_)
         params = self._params()
+        out_dtype = np.int64 if func is _labels else np.float64
+        if getattr(self, "missing", "error") == "em":
+            func = _NAN_AWARE.get(func, func)
         if from_numpy:
             x = X if isinstance(X, np.ndarray) and X.dtype.kind == "f" else Xd.compute()
             with single_threaded_blas():
                 parts = [func(x[s], params) for s in _row_slices(x.shape[0], Xd.chunks[0])]
             return np.concatenate(parts) if parts else func(x, params)
         if out_cols is None:
-            return Xd.map_blocks(
-                func, params, drop_axis=1, dtype=np.float64 if func is not _labels else np.int64
-            )
+            return Xd.map_blocks(func, params, drop_axis=1, dtype=out_dtype)
         return Xd.map_blocks(func, params, chunks=(Xd.chunks[0], (out_cols,)), dtype=np.float64)
 
     def score_samples(self, X):
-        """Log-likelihood of each row, shape (n_samples,); lazy for dask input."""
+        """Log-likelihood of each row, shape (n_samples,); lazy for dask input.
+
+        With ``missing='em'``, rows may hold NaN: the log-likelihood is that of the
+        observed features (zero for a row with none).
+        """
         return self._map_rows(X, _log_norm, None)
 
     def score(self, X, y=None):
@@ -427,22 +465,61 @@ class GaussianMixture:
         return self._map_rows(X, _labels, None)
 
     def predict_proba(self, X):
-        """Responsibilities, shape (n_samples, n_components); lazy for dask input."""
+        """Responsibilities, shape (n_samples, n_components); lazy for dask input.
+
+        With ``missing='em'``, rows may hold NaN: responsibilities come from the observed
+        features (the mixture weights for a row with none).
+        """
         self._check_is_fitted()
         return self._map_rows(X, _proba, self.n_components)
+
+    def impute(self, X):
+        """Fill missing values (NaN) with their conditional expectation under the model.
+
+        ``E[x_m | x_o] = sum_k r_k(x_o) (mu_km + Sigma_k,mo Sigma_k,oo^-1 (x_o - mu_ko))``
+        with ``r_k(x_o)`` the responsibilities from the row's observed features; a row
+        with no observed value gets the mixture mean. Observed values are unchanged.
+
+        Parameters
+        ----------
+        X : array-like or dask array of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray or dask array of shape (n_samples, n_features), float64
+            Lazy for dask input, numpy for numpy input.
+        """
+        self._check_is_fitted()
+        return self._map_rows(X, _missing.impute_block, self.n_features_in_)
 
     def _n_parameters(self):
         return _math.n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
 
-    def bic(self, X):
-        """Bayesian information criterion on ``X`` (lower is better)."""
-        X, n = self._with_row_count(X)
-        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
+    def bic(self, X, sample_weight=None):
+        """Bayesian information criterion on ``X`` (lower is better).
 
-    def aic(self, X):
-        """Akaike information criterion on ``X`` (lower is better)."""
-        X, n = self._with_row_count(X)
-        return -2 * self.score(X) * n + 2 * self._n_parameters()
+        With ``sample_weight`` the log-likelihood is weighted and ``n`` is the total
+        weight, as if each row were repeated by its (integer) weight.
+        """
+        loglik, n = self._total_loglik(X, sample_weight)
+        return -2 * loglik + self._n_parameters() * math.log(n)
+
+    def aic(self, X, sample_weight=None):
+        """Akaike information criterion on ``X`` (lower is better); weighted as :meth:`bic`."""
+        loglik, _ = self._total_loglik(X, sample_weight)
+        return -2 * loglik + 2 * self._n_parameters()
+
+    def _total_loglik(self, X, sample_weight):
+        if sample_weight is None:
+            X, n = self._with_row_count(X)
+            return self.score(X) * n, n
+        self._check_is_fitted()
+        Xd, _ = check_array(X, n_features=self.n_features_in_)
+        w = check_weights_like(sample_weight, Xd)
+        if isinstance(sample_weight, da.Array):
+            check_weight_values(w)
+        loglik, n = dask.compute((w * self.score_samples(Xd)).sum(), w.sum())
+        return float(loglik), float(n)
 
     def _with_row_count(self, X):
         # A dask DataFrame's length is lazy; its array form knows it.
@@ -571,6 +648,24 @@ def _proba(x, params):
 
 def _labels(x, params):
     return np.argmax(log_prob_block(x, params), axis=1)
+
+
+def _log_norm_missing(x, params):
+    return normalize_log_prob(_missing.log_prob_missing(x, params).T)
+
+
+def _proba_missing(x, params):
+    lp = _missing.log_prob_missing(x, params)
+    normalize_log_prob(lp.T)
+    return np.ascontiguousarray(lp)
+
+
+def _labels_missing(x, params):
+    return np.argmax(_missing.log_prob_missing(x, params), axis=1)
+
+
+# Under missing='em', inference uses each row's observed features.
+_NAN_AWARE = {_log_norm: _log_norm_missing, _proba: _proba_missing, _labels: _labels_missing}
 
 
 def _ensure_handler():

@@ -1,0 +1,777 @@
+"""Exact EM for rows with missing values (Ghahramani & Jordan, 1994), one block at a time.
+
+A value is missing when it is NaN; infinity is still an error. Missing values are taken
+to be missing at random, each row with its own set ``m`` of missing features and ``o`` of
+observed ones. For component ``k`` with mean ``mu`` and precision ``L`` (the inverse
+covariance), the E-step needs
+
+- the marginal density of the observed features, ``N(x_o; mu_o, Sigma_oo)``, for the
+  responsibilities and the (observed-data) log-likelihood;
+- the conditional law of the missing features, ``x_m | x_o ~ N(x_hat_m, C)``, for the
+  expected sufficient statistics: ``E[x] = x_hat`` and ``E[x x^T] = x_hat x_hat^T + C``
+  with ``C`` zero outside the missing block.
+
+Full and tied covariances work from the precision, where everything reduces to the small
+missing block ``L_mm`` (``|m| x |m|``, usually a handful of features):
+
+- ``C = inv(L_mm)`` and ``x_hat_m = mu_m - C L_mo (x_o - mu_o)``;
+- ``log det Sigma_oo = log det Sigma + log det L_mm``;
+- with ``e`` the row minus ``mu`` and zeros at the missing features,
+  ``(x_o - mu_o)^T inv(Sigma_oo) (x_o - mu_o) = e^T L e - h^T C h`` where ``h = (L e)_m``
+  (the Schur complement: completing ``x_m`` by ``x_hat_m`` minimises the full quadratic
+  form, and the minimum is the marginal one).
+
+So per (missingness pattern, component) a block factorises one ``|m| x |m|`` matrix,
+batched over all patterns with the same ``|m|``, and per row the work is two small GEMMs
+like the complete-data E-step (``e P`` and ``(e P) P^T`` with ``P P^T = L``) plus a
+``|m|``-sized solve. Diagonal and spherical covariances need no factorisation at all: the
+missing features are independent of the observed ones, so the observed mask enters the
+tile design as extra columns and everything stays one GEMM per tile.
+
+Complete rows go through the complete-data fused kernel
+(:func:`dask_em._stats.block_statistics`) unchanged; the statistics of the incomplete
+rows are taken about the same references and simply added. Rows with no observed value
+carry no information: they are skipped (counted in ``n_rows`` but not in
+``weight_total``, so the lower bound is the observed-data log-likelihood per used row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import blas
+
+from . import _math
+from ._math import LOG_2PI, normalize_log_prob
+from ._stats import (
+    NonFiniteError,
+    SuffStats,
+    block_statistics,
+    component_reference,
+    log_prob_block,
+)
+
+MISSING_OPTIONS = ("error", "em")
+
+# Rows per tile for the incomplete rows: the per-component temporaries (K x rows x d
+# float64) stay near 1 MB, within L2.
+_TILE_BYTES = 2**20
+
+
+def _tile_rows(n_components, n_features):
+    return int(min(4096, max(128, _TILE_BYTES // (8 * n_components * max(n_features, 1)))))
+
+
+# --------------------------------------------------------------------------------------
+# Layout of a block: complete rows, incomplete rows grouped by pattern, skipped rows
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class PatternGroup:
+    """Incomplete rows of a block that miss the same number ``j`` of features.
+
+    Attributes
+    ----------
+    rows : ndarray of shape (n_g,)
+        Row indices in the block, sorted by pattern.
+    pattern : ndarray of shape (n_g,)
+        Index of each row's pattern in ``missing``.
+    missing : ndarray of shape (U, j)
+        Missing features of each pattern, ascending.
+    starts : ndarray of shape (U,)
+        Position in ``rows`` of each pattern's first row.
+    """
+
+    rows: np.ndarray
+    pattern: np.ndarray
+    missing: np.ndarray
+    starts: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class BlockLayout:
+    """Which rows of a block are complete, incomplete or without any observed value.
+
+    Attributes
+    ----------
+    complete : ndarray of shape (n_c,) or None
+        Indices of complete rows; None when every row is complete.
+    incomplete : ndarray of shape (n_i,)
+        Rows with at least one observed and one missing value (ascending).
+    skipped : ndarray of shape (n_s,)
+        Rows with no observed value.
+    groups : tuple of PatternGroup
+        The incomplete rows, by number of missing features.
+    """
+
+    complete: np.ndarray | None
+    incomplete: np.ndarray
+    skipped: np.ndarray
+    groups: tuple
+
+    @property
+    def all_complete(self) -> bool:
+        return self.complete is None
+
+
+def _pattern_codes(miss):
+    """One sortable key per row of a boolean (n, d) mask: uint64 for d <= 64."""
+    packed = np.packbits(miss, axis=1, bitorder="little")
+    width = packed.shape[1]
+    if width <= 8:
+        padded = np.zeros((packed.shape[0], 8), dtype=np.uint8)
+        padded[:, :width] = packed
+        return padded.view(np.uint64).ravel()
+    return np.ascontiguousarray(packed).view(np.dtype((np.void, width))).ravel()
+
+
+def _raise_infinite(x, block_index, row_offset):
+    inf_rows = np.isinf(x).any(axis=1)
+    row = int(np.flatnonzero(inf_rows)[0])
+    col = int(np.flatnonzero(np.isinf(x[row]))[0])
+    where = f"block {block_index} (rows {row_offset}-{row_offset + x.shape[0] - 1})"
+    raise NonFiniteError(
+        f"Input contains infinity: {where}, first at row {row_offset + row}, column {col} "
+        f"({x[row, col]!r}), {int(inf_rows.sum())} bad row(s) in this block. "
+        "missing='em' treats only NaN as missing; remove or clip infinite values."
+    )
+
+
+def block_layout(x, row_offset=0, block_index=0) -> BlockLayout:
+    """Split the rows of a block by missingness (NaN) and group them by pattern.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+    row_offset, block_index : int
+        Where the block sits (for error messages).
+
+    Returns
+    -------
+    BlockLayout
+
+    Raises
+    ------
+    NonFiniteError
+        If the block holds infinity.
+    """
+    n, d = x.shape
+    nan = np.isnan(x)
+    empty = np.empty(0, dtype=np.intp)
+    if not nan.any():
+        # Infinity, if any, is reported by the complete-data kernel.
+        return BlockLayout(None, empty, empty, ())
+    if np.isinf(x).any():
+        _raise_infinite(x, block_index, row_offset)
+    codes = _pattern_codes(nan)
+    if d <= 64 and hasattr(np, "bitwise_count"):
+        n_miss = np.bitwise_count(codes).astype(np.int64)
+    else:
+        n_miss = nan.sum(axis=1)
+    incomplete = np.flatnonzero((n_miss > 0) & (n_miss < d))
+    groups = []
+    if incomplete.size:
+        # One sort by (number missing, pattern) makes every group, and every pattern
+        # within it, a contiguous run of rows.
+        n_inc = n_miss[incomplete]
+        if d <= 58:
+            key = codes[incomplete].astype(np.int64) | (n_inc << d)
+        else:
+            _, inverse = np.unique(codes[incomplete], return_inverse=True)
+            key = inverse.ravel().astype(np.int64) | (n_inc << 32)
+        order = np.argsort(key)
+        rows, key = incomplete[order], key[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        label = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, rows.size]))
+        pattern_j = n_miss[rows[starts]]
+        pattern_mask = nan[rows[starts]]
+        bounds = np.flatnonzero(np.r_[True, pattern_j[1:] != pattern_j[:-1], True])
+        for p0, p1 in zip(bounds[:-1], bounds[1:], strict=True):
+            r0 = starts[p0]
+            r1 = starts[p1] if p1 < starts.size else rows.size
+            groups.append(
+                PatternGroup(
+                    rows[r0:r1],
+                    label[r0:r1] - p0,
+                    np.nonzero(pattern_mask[p0:p1])[1].reshape(p1 - p0, int(pattern_j[p0])),
+                    starts[p0:p1] - r0,
+                )
+            )
+    return BlockLayout(
+        np.flatnonzero(n_miss == 0), incomplete, np.flatnonzero(n_miss == d), tuple(groups)
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Full and tied: per (pattern, component) factorisation of the missing precision block
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class _DenseModel:
+    means: np.ndarray  # (K, d)
+    offsets: np.ndarray  # (K, d), means minus the centre
+    offsets_tiled: np.ndarray  # (K, rows * d), offsets repeated for a whole tile
+    precision: np.ndarray  # (K, d, d)
+    const: np.ndarray  # (K,) log w + log det P - d/2 log 2 pi
+
+    @classmethod
+    def of(cls, params, tile_rows):
+        K, d = params.means.shape
+        P = params.precisions_cholesky
+        if params.covariance_type == "tied":
+            P = np.broadcast_to(P, (K, d, d))
+        with np.errstate(divide="ignore"):
+            const = np.log(params.weights) + _math.log_det_cholesky(P, "full", d)
+        means = np.asarray(params.means, dtype=np.float64)
+        offsets = means - params.center
+        return cls(
+            means,
+            offsets,
+            np.tile(offsets, (1, tile_rows)),
+            np.einsum("kij,klj->kil", P, P),
+            const - 0.5 * d * LOG_2PI,
+        )
+
+
+def spd_inverse(a):
+    """Inverses and log-determinants of many small symmetric positive definite matrices.
+
+    Gauss-Jordan elimination without pivoting, vectorised over the stack: ``j`` steps of
+    whole-array operations, where LAPACK would cost a call per tiny matrix. The pivots
+    of a positive definite matrix are the leading entries of its Schur complements, all
+    positive, so no pivoting is needed; their logarithms sum to the log-determinant.
+    The matrix axes come first so that every operation runs over contiguous stacks.
+
+    Parameters
+    ----------
+    a : ndarray of shape (j, j, ...)
+
+    Returns
+    -------
+    inverse : ndarray of shape (j, j, ...)
+    log_det : ndarray of shape (...)
+    """
+    a = np.array(a, dtype=np.float64, copy=True)
+    log_det = np.zeros(a.shape[2:])
+    for p in range(a.shape[0]):
+        piv = a[p, p].copy()
+        log_det += np.log(piv)
+        a[p, p] = 1.0
+        a[p] /= piv
+        f = a[:, p].copy()
+        f[p] = 0.0
+        a[:, p] = 0.0
+        a[p, p] = 1.0 / piv
+        a -= f[:, None] * a[p][None]
+    return 0.5 * (a + np.swapaxes(a, 0, 1)), log_det
+
+
+def _factor_patterns(model, missing):
+    """Conditional covariances and log-density corrections of each (component, pattern).
+
+    Parameters
+    ----------
+    model : _DenseModel
+    missing : ndarray of shape (U, j)
+
+    Returns
+    -------
+    cond_cov : ndarray of shape (j, j, K, U)
+        ``inv(L_mm)``, the covariance of the missing features given the observed ones.
+    corr : ndarray of shape (K, U)
+        ``(j log 2 pi - log det L_mm) / 2``, added to the log-density to marginalise.
+    """
+    j = missing.shape[1]
+    m = missing.T
+    lmm = model.precision.transpose(1, 2, 0)[m[:, None, :], m[None, :, :]]  # (j, j, U, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov, log_det = spd_inverse(lmm.transpose(0, 1, 3, 2))
+    if not np.all(np.isfinite(log_det)):
+        raise ValueError(_math._ILL_DEFINED)
+    return cov, 0.5 * (j * LOG_2PI - log_det)
+
+
+def _dense_tile(x_rows, center, model, mi, cov_rows, corr_rows):
+    """Marginal log-densities and conditional means of a tile of rows missing ``j`` values.
+
+    Parameters
+    ----------
+    x_rows : ndarray of shape (n, d)
+        Rows with NaN at the missing features.
+    center : ndarray of shape (d,)
+    model : _DenseModel
+    mi : ndarray of shape (n, j)
+        Missing features of each row.
+    cov_rows : ndarray of shape (j, j, K, n)
+        Conditional covariance of each row's missing features under each component.
+    corr_rows : ndarray of shape (K, n)
+
+    Returns
+    -------
+    log_prob : ndarray of shape (K, n)
+        Weighted log-densities of the observed features.
+    dev : ndarray of shape (K, n, d)
+        ``x_hat_k - mu_k``: the row minus each component's mean, its missing features
+        completed by their conditional expectation under that component.
+    """
+    K, d = model.means.shape
+    n, j = mi.shape
+    # The shared centre first, so that x - mu keeps its digits when both are large.
+    xc = np.subtract(x_rows, center, dtype=np.float64)
+    dev = np.empty((K, n, d))
+    flat = dev.reshape(K, n * d)
+    # Against a pre-tiled copy of the offsets: one long loop instead of n short ones.
+    np.subtract(xc.reshape(1, n * d), model.offsets_tiled[:, : n * d], out=flat)
+    at_missing = (np.arange(n)[:, None] * d + mi).ravel()
+    flat[:, at_missing] = 0.0
+    # e = dev with zeros at the missing features; e^T L e and h = (L e)_m from one GEMM.
+    g = np.matmul(dev, model.precision)
+    quad = np.einsum("kij,kij->ki", dev, g)
+    g = g.reshape(K, n * d)
+    base = np.arange(n) * d
+    h = [g[:, base + mi[:, a]] for a in range(j)]
+    if j <= 8:
+        # j^2 whole-array products beat einsum's tiny per-row matrix products.
+        ch = [sum(cov_rows[a, b] * h[b] for b in range(j)) for a in range(j)]
+    else:
+        ch = list(np.einsum("abkn,bkn->akn", cov_rows, np.stack(h)))
+    for a in range(j):
+        quad -= h[a] * ch[a]
+    log_prob = corr_rows - 0.5 * quad
+    log_prob += model.const[:, None]
+    flat[:, at_missing] = -np.stack(ch, axis=-1).reshape(K, n * j)
+    return log_prob, dev
+
+
+def _iter_dense(x, layout, params):
+    """Yield ``(group, a, b, cond_cov, log_prob, dev)`` per tile ``rows[a:b]`` of a group."""
+    K, d = params.means.shape
+    step = _tile_rows(K, d)
+    model = _DenseModel.of(params, step)
+    center = params.center
+    for g in layout.groups:
+        cond_cov, corr = _factor_patterns(model, g.missing)
+        for a in range(0, g.rows.size, step):
+            b = min(g.rows.size, a + step)
+            rows, pat = g.rows[a:b], g.pattern[a:b]
+            log_prob, dev = _dense_tile(
+                x[rows], center, model, g.missing[pat], cond_cov[..., pat], corr[:, pat]
+            )
+            yield g, a, b, cond_cov, log_prob, dev
+
+
+# --------------------------------------------------------------------------------------
+# Diagonal and spherical: the observed mask as design columns
+# --------------------------------------------------------------------------------------
+def _diagonal_design(x_rows, center, covariance_type):
+    """Tile design ``[xc**2 or |xc|^2, xc, missing mask, 1]`` with zeros at missing xc."""
+    n, d = x_rows.shape
+    miss = np.isnan(x_rows)
+    first = d if covariance_type == "diag" else 1
+    z = np.empty((n, first + 2 * d + 1))
+    xc = z[:, first : first + d]
+    np.subtract(x_rows, center, out=xc)
+    xc[miss] = 0.0
+    if covariance_type == "diag":
+        np.multiply(xc, xc, out=z[:, :d])
+    else:
+        z[:, 0] = np.einsum("ij,ij->i", xc, xc)
+    z[:, first + d : first + 2 * d] = miss
+    z[:, -1] = 1.0
+    return z
+
+
+def _diagonal_matrix(params):
+    """(K, q) matrix turning the design into ``-2 (log p - log w)``, and ``log w``."""
+    ct = params.covariance_type
+    b = params.means - params.center
+    P = params.precisions_cholesky
+    with np.errstate(divide="ignore"):
+        log_w = np.log(params.weights)
+    prec = P**2
+    if ct == "spherical":
+        prec = prec[:, None]
+        P = np.broadcast_to(P[:, None], b.shape)
+    # Per observed feature: prec (x - mu)^2 + log 2 pi - 2 log P. The constant parts
+    # sum over all features, minus those of the missing ones (the mask columns).
+    per_feature = prec * b * b + LOG_2PI - 2.0 * np.log(P)
+    first = prec if ct == "diag" else prec[:, :1]
+    matrix = np.concatenate(
+        [first, -2.0 * prec * b, -per_feature, per_feature.sum(axis=1, keepdims=True)], axis=1
+    )
+    return matrix, log_w
+
+
+def _diagonal_log_prob(z, matrix, log_w):
+    out = matrix @ z.T
+    out *= -0.5
+    out += log_w[:, None]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The kernel
+# --------------------------------------------------------------------------------------
+def _check_log_norm(log_norm, rows, block_index, row_offset, n):
+    if not np.all(np.isfinite(log_norm)):
+        row = int(rows[np.flatnonzero(~np.isfinite(log_norm))[0]])
+        raise NonFiniteError(
+            f"Numerical overflow in the E-step: block {block_index} (rows {row_offset}-"
+            f"{row_offset + n - 1}), row {row_offset + row} has a non-finite observed-data "
+            "log-likelihood. Scale the input data or increase reg_covar."
+        )
+
+
+def _dense_statistics(x, layout, params, sample_weight, row_offset, block_index):
+    ct = params.covariance_type
+    K, d = params.means.shape
+    # Moments of each component about its current mean, like the complete-data kernel
+    # for full covariances; tied ones are moved to the shared reference at the end.
+    nk = np.zeros(K)
+    s1 = np.zeros((K, d))
+    s2 = [np.zeros((d, d), order="F") for _ in range(K)]
+    cond = np.zeros(K * d * d)
+    loglik = 0.0
+    weight_total = 0.0
+    group = pattern_weight = group_cov = None
+    for g, a, b, cond_cov, log_prob, dev in _iter_dense(x, layout, params):
+        if g is not group:
+            _add_conditional_covariance(cond, group, pattern_weight, group_cov, d)
+            group, group_cov = g, cond_cov
+            pattern_weight = np.zeros((K, g.missing.shape[0]))
+        rows = g.rows[a:b]
+        log_norm = normalize_log_prob(log_prob)
+        _check_log_norm(log_norm, rows, block_index, row_offset, x.shape[0])
+        resp = log_prob
+        if sample_weight is None:
+            loglik += float(log_norm.sum())
+            weight_total += rows.size
+        else:
+            sw = sample_weight[rows]
+            resp *= sw
+            loglik += float(sw @ log_norm)
+            weight_total += float(sw.sum())
+        nk += resp.sum(axis=1)
+        # r (x_hat x_hat^T) = (sqrt(r) x_hat)(sqrt(r) x_hat)^T: a rank update per component.
+        root = np.sqrt(resp)
+        dev *= root[..., None]
+        s1 += np.matmul(root[:, None, :], dev)[:, 0]
+        for k in range(K):
+            s2[k] = blas.dsyrk(1.0, dev[k].T, beta=1.0, c=s2[k], trans=0, overwrite_c=1)
+        # Rows are sorted by pattern: the weight of each pattern is a segmented sum.
+        pat = g.pattern[a:b]
+        first = np.flatnonzero(np.r_[True, pat[1:] != pat[:-1]])
+        pattern_weight[:, pat[first]] += np.add.reduceat(resp, first, axis=1)
+    _add_conditional_covariance(cond, group, pattern_weight, group_cov, d)
+    s2 = np.stack([_math._symmetric_from_upper(s) for s in s2]) + cond.reshape(K, d, d)
+    reference = component_reference(params)
+    if ct == "tied":
+        # About the shared reference c: x - c = (x - mu_k) + (mu_k - c).
+        b = params.means - reference
+        cross = s1[:, :, None] * b[:, None, :]
+        s2 = (
+            s2
+            + cross
+            + cross.transpose(0, 2, 1)
+            + nk[:, None, None] * (b[:, :, None] * b[:, None, :])
+        )
+        s2 = s2.sum(axis=0)
+        s1 = s1 + nk[:, None] * b
+    return nk, s1, s2, reference, loglik, weight_total
+
+
+def _add_conditional_covariance(cond, group, pattern_weight, cond_cov, d):
+    """``cond[k] += sum_p weight[k, p] * C_kp`` placed at pattern p's missing block."""
+    if group is None:
+        return
+    K, U = pattern_weight.shape
+    m = group.missing
+    cells = (m[:, :, None] * d + m[:, None, :]).transpose(1, 2, 0)  # (j, j, U)
+    index = cells[:, :, None, :] + (np.arange(K) * d * d)[None, None, :, None]
+    cond += np.bincount(index.ravel(), (cond_cov * pattern_weight).ravel(), minlength=K * d * d)
+
+
+def _diagonal_statistics(x, layout, params, sample_weight, row_offset, block_index):
+    ct = params.covariance_type
+    K, d = params.means.shape
+    c = params.center
+    matrix, log_w = _diagonal_matrix(params)
+    rows_all = layout.incomplete
+    step = _tile_rows(K, d)
+    acc = np.zeros((K, matrix.shape[1]))
+    loglik = 0.0
+    weight_total = 0.0
+    for a in range(0, rows_all.size, step):
+        rows = rows_all[a : a + step]
+        z = _diagonal_design(x[rows], c, ct)
+        resp = _diagonal_log_prob(z, matrix, log_w)
+        log_norm = normalize_log_prob(resp)
+        _check_log_norm(log_norm, rows, block_index, row_offset, x.shape[0])
+        if sample_weight is None:
+            loglik += float(log_norm.sum())
+            weight_total += rows.size
+        else:
+            sw = sample_weight[rows]
+            resp *= sw
+            loglik += float(sw @ log_norm)
+            weight_total += float(sw.sum())
+        acc += resp @ z
+    b = params.means - c
+    var = 1.0 / params.precisions_cholesky**2
+    first = d if ct == "diag" else 1
+    nk = acc[:, -1].copy()
+    s1 = acc[:, first : first + d].copy()
+    n_missing = acc[:, first + d : first + 2 * d]
+    # A missing feature contributes its conditional mean mu_kf and variance.
+    s1 += n_missing * b
+    if ct == "diag":
+        s2 = acc[:, :d] + n_missing * (b * b + var)
+    else:
+        s2 = acc[:, 0] + np.sum(n_missing * (b * b + var[:, None]), axis=1)
+    return nk, s1, s2, component_reference(params), loglik, weight_total
+
+
+def missing_block_statistics(x, params_list, row_offset=0, block_index=0, sample_weight=None):
+    """The E-step of one block whose rows may hold NaN (missing values).
+
+    A drop-in kernel for :func:`dask_em._em.run_em`: the same :class:`SuffStats`, about
+    the same references, as :func:`dask_em._stats.block_statistics`, with expected
+    sufficient statistics for the missing values and the observed-data log-likelihood.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+        One block of rows, float32 or float64; NaN marks a missing value.
+    params_list : sequence of MixtureParams
+    row_offset : int
+        Global index of the block's first row (for error messages).
+    block_index : int
+    sample_weight : ndarray of shape (n,), optional
+
+    Returns
+    -------
+    tuple of SuffStats, one per candidate
+        ``n_rows`` counts every row of the block; ``weight_total`` and ``loglik`` only
+        rows with at least one observed value.
+
+    Raises
+    ------
+    NonFiniteError
+        If the block holds infinity, or the E-step overflows.
+    """
+    layout = block_layout(x, row_offset, block_index)
+    if layout.all_complete:
+        return block_statistics(x, params_list, row_offset, block_index, sample_weight)
+    sw_complete = None if sample_weight is None else sample_weight[layout.complete]
+    try:
+        complete = block_statistics(
+            x[layout.complete], params_list, row_offset, block_index, sw_complete
+        )
+    except NonFiniteError:
+        # Row numbers in the subset are not the block's: say where, without them.
+        raise NonFiniteError(
+            f"Numerical overflow in the E-step: block {block_index} (rows {row_offset}-"
+            f"{row_offset + x.shape[0] - 1}). Scale the input data or increase reg_covar."
+        ) from None
+    out = []
+    n_other = layout.incomplete.size + layout.skipped.size
+    for params, st in zip(params_list, complete, strict=True):
+        ct = params.covariance_type
+        func = _dense_statistics if ct in ("full", "tied") else _diagonal_statistics
+        nk, s1, s2, reference, loglik, weight_total = func(
+            x, layout, params, sample_weight, row_offset, block_index
+        )
+        out.append(st + SuffStats(ct, reference, nk, s1, s2, loglik, n_other, float(weight_total)))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------
+# Inference: marginal log-densities and conditional expectations
+# --------------------------------------------------------------------------------------
+def _incomplete_log_prob(x, layout, params, want_dev=False):
+    """Per-component log-densities of the incomplete rows, and conditional means.
+
+    Returns
+    -------
+    log_prob : ndarray of shape (n_i, K)
+        In the order of ``layout.incomplete``.
+    cond_means : ndarray of shape (K, n_i, d) or None
+        Each row completed by its conditional expectation under each component.
+    """
+    K, d = params.means.shape
+    index = np.empty(x.shape[0], dtype=np.intp)
+    index[layout.incomplete] = np.arange(layout.incomplete.size)
+    out = np.empty((layout.incomplete.size, K))
+    cond = np.empty((K, layout.incomplete.size, d)) if want_dev else None
+    if params.covariance_type in ("full", "tied"):
+        for g, a, b, _, log_prob, dev in _iter_dense(x, layout, params):
+            pos = index[g.rows[a:b]]
+            out[pos] = log_prob.T
+            if want_dev:
+                cond[:, pos] = dev + params.means[:, None, :]
+        return out, cond
+    matrix, log_w = _diagonal_matrix(params)
+    step = _tile_rows(K, d)
+    for a in range(0, layout.incomplete.size, step):
+        rows = layout.incomplete[a : a + step]
+        z = _diagonal_design(x[rows], params.center, params.covariance_type)
+        out[a : a + rows.size] = _diagonal_log_prob(z, matrix, log_w).T
+    if want_dev:
+        xi = np.asarray(x[layout.incomplete], dtype=np.float64)
+        cond[:] = xi
+        miss = np.isnan(xi)
+        # Given the component, a missing feature is independent of the others.
+        cond[:, miss] = np.broadcast_to(params.means[:, None, :], cond.shape)[:, miss]
+    return out, cond
+
+
+def log_prob_missing(x, params):
+    """Weighted log-densities of the observed features of each row, shape (n, K).
+
+    A row with no observed value has the mixture weights' logarithms (the density of an
+    empty observation is one), so its responsibilities are the mixture weights.
+    """
+    layout = block_layout(x)
+    if layout.all_complete:
+        return log_prob_block(x, params)
+    out = np.empty((x.shape[0], params.n_components))
+    if layout.complete.size:
+        out[layout.complete] = log_prob_block(x[layout.complete], params)
+    if layout.incomplete.size:
+        out[layout.incomplete] = _incomplete_log_prob(x, layout, params)[0]
+    with np.errstate(divide="ignore"):
+        out[layout.skipped] = np.log(params.weights)
+    return out
+
+
+def impute_block(x, params):
+    """Conditional expectation of the missing values of a block under a mixture.
+
+    ``E[x_m | x_o] = sum_k r_k(x_o) E_k[x_m | x_o]`` with ``r_k(x_o)`` the
+    responsibilities from the observed features; a row with no observed value gets the
+    mixture mean. Observed values are returned unchanged.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+    params : MixtureParams
+
+    Returns
+    -------
+    ndarray of shape (n, d), float64
+    """
+    layout = block_layout(x)
+    out = np.array(x, dtype=np.float64, copy=True)
+    if layout.all_complete:
+        return out
+    if layout.incomplete.size:
+        log_prob, cond = _incomplete_log_prob(x, layout, params, want_dev=True)
+        resp = log_prob.T
+        normalize_log_prob(resp)
+        filled = np.einsum("kn,knd->nd", resp, cond)
+        rows = layout.incomplete
+        miss = np.isnan(out[rows])
+        part = out[rows]
+        part[miss] = filled[miss]
+        out[rows] = part
+    if layout.skipped.size:
+        out[layout.skipped] = params.weights @ params.means
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The pass before fitting: what is missing, and column means for initialisation
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class MissingSummary:
+    """Counts of missing values over the whole input.
+
+    Attributes
+    ----------
+    column_means : ndarray of shape (d,)
+        Mean of the observed values of each feature (NaN where none is observed).
+    n_observed : ndarray of shape (d,)
+        Observed values per feature.
+    n_incomplete : int
+        Rows with at least one missing value (skipped rows included).
+    n_skipped : int
+        Rows with no observed value.
+    """
+
+    column_means: np.ndarray
+    n_observed: np.ndarray
+    n_incomplete: int
+    n_skipped: int
+
+
+def _summary_chunk(x, _shared, row_offset, block_index, w=None):
+    nan = np.isnan(x)
+    inf = np.isinf(x)
+    if inf.any():
+        _raise_infinite(x, block_index, row_offset)
+    n_nan = nan.sum(axis=1)
+    col_sum = np.where(nan, 0.0, x).sum(axis=0, dtype=np.float64)
+    return (
+        col_sum,
+        (~nan).sum(axis=0),
+        int(np.count_nonzero(n_nan)),
+        int(np.count_nonzero(n_nan == x.shape[1])),
+    )
+
+
+def missing_summary(x, split_every=None) -> MissingSummary:
+    """Count the missing values of a dask array in one pass (a tree reduction)."""
+    import dask
+
+    from ._reduce import tree_reduce
+
+    graph = tree_reduce(x, _summary_chunk, None, split_every=split_every, prefix="missing-scan")
+    ((col_sum, n_obs, n_incomplete, n_skipped),) = dask.compute(graph)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = col_sum / n_obs
+    return MissingSummary(means, n_obs, int(n_incomplete), int(n_skipped))
+
+
+def prepare_fit(x, weights=None, split_every=None):
+    """Count what is missing, and what initialisation should see instead of ``x``.
+
+    Initialisation (a few chosen rows, or random responsibilities) has no model to
+    condition on, so it sees each missing value replaced by its feature's observed mean
+    and the rows without any observed value at weight zero. EM itself never sees these.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+    weights : dask.array.Array of shape (n,), optional
+
+    Returns
+    -------
+    x_init : dask.array.Array of shape (n, d)
+        ``x`` itself when nothing is missing.
+    weights_init : dask.array.Array of shape (n,) or None
+        ``weights`` itself when no row is entirely missing.
+    summary : MissingSummary
+
+    Raises
+    ------
+    ValueError
+        If a feature or every row has no observed value.
+    """
+    import dask.array as da
+
+    summary = missing_summary(x, split_every)
+    n = x.shape[0]
+    if summary.n_skipped == n:
+        raise ValueError("Every row of X is entirely missing (NaN); there is nothing to fit.")
+    empty = np.flatnonzero(summary.n_observed == 0)
+    if empty.size:
+        raise ValueError(
+            f"Feature {int(empty[0])} of X has no observed value (all NaN); drop it before "
+            "fitting."
+        )
+    if summary.n_incomplete == 0:
+        return x, weights, summary
+    x_init = da.where(da.isnan(x), summary.column_means.astype(x.dtype), x)
+    if summary.n_skipped:
+        keep = ~da.isnan(x).all(axis=1)
+        weights = keep.astype(np.float64) if weights is None else weights * keep
+    return x_init, weights, summary
