@@ -25,7 +25,7 @@ from ._validation import (
     check_weights_like,
 )
 
-INIT_METHODS = ("random_from_data", "random")
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 PERSIST_OPTIONS = ("auto", True, False)
 
 
@@ -94,7 +94,12 @@ class GaussianMixture:
     n_init : int, default=1
         Number of starts. All starts advance together, sharing each pass over the data;
         the one with the highest final lower bound is kept.
-    init_params : {'random_from_data', 'random'}, default='random_from_data'
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
+        'kmeans': labels of a distributed k-means (k-means|| seeding, Lloyd passes);
+        'k-means++': one component on each of K rows chosen by greedy k-means++;
+        'random': uniform random responsibilities; 'random_from_data': K rows drawn
+        uniformly. Each is deterministic for a ``random_state`` whatever the chunking
+        or scheduler; see :mod:`dask_em._kmeans` for passes and empty clusters.
     weights_init : array-like of shape (n_components,), optional
     means_init : array-like of shape (n_components, n_features), optional
     precisions_init : array-like, optional
@@ -145,7 +150,7 @@ class GaussianMixture:
         reg_covar=1e-6,
         max_iter=100,
         n_init=1,
-        init_params="random_from_data",
+        init_params="kmeans",
         weights_init=None,
         means_init=None,
         precisions_init=None,
@@ -279,13 +284,19 @@ class GaussianMixture:
         if w0 is not None and m0 is not None and p0 is not None:
             # Given entirely; every start is the same, as in scikit-learn.
             return [_init.from_arrays(w0, m0, p0, self.covariance_type)] * self.n_init
-        args = (K, self.covariance_type, self.reg_covar, eps)
-        if self.init_params == "random_from_data":
-            starts = [_init.random_from_data(X, *args, rng) for _ in range(self.n_init)]
-        else:
-            starts = _init.random_resp(
-                X, self.n_init, *args, rng, weights=weights, split_every=self.split_every
-            )
+        from ._starts import StartRequest, make_starts
+
+        # Like scikit-learn, a start is computed even when means or precisions are given:
+        # the arrays given replace its parts and the rest (e.g. covariances) is kept.
+        (starts,) = make_starts(
+            X,
+            [StartRequest(K, self.covariance_type, self.n_init, rng)],
+            self.init_params,
+            reg_covar=self.reg_covar,
+            eps=eps,
+            weights=weights,
+            split_every=self.split_every,
+        )
         return [_init.override(s, w0, m0, p0) for s in starts]
 
     def fit(self, X, y=None, *, sample_weight=None, callback=None, resume=None):

@@ -1,0 +1,227 @@
+"""Initial parameters for many candidate mixtures at once, sharing the passes over the data.
+
+A request is one candidate: a number of components, a covariance type, a number of
+starts and the ``RandomState`` they are drawn from. ``GaussianMixture`` asks for one
+candidate; model selection asks for the whole grid, so that for example the k-means runs
+of every number of components advance in the same passes, and a k-means run is shared
+by all covariance types with the same number of components and seed.
+
+Every candidate's starts depend only on its own request (never on the other requests
+of the batch), so a candidate fitted within a grid starts exactly where it would start
+fitted alone with the same ``random_state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dask
+import numpy as np
+
+from . import _init, _kmeans, _math
+from ._em import single_threaded_blas
+from ._params import MixtureParams, m_step
+from ._reduce import add_tuples, tree_reduce
+
+# The seed range _init.random_resp draws from; every method draws its seeds the same way.
+_SEED_HIGH = 2**31 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class StartRequest:
+    """The starts one candidate needs.
+
+    Attributes
+    ----------
+    n_components : int
+    covariance_type : str
+    n_init : int
+    random_state : numpy.random.RandomState
+        Advanced by the draws, like scikit-learn's single ``RandomState`` for all starts.
+    """
+
+    n_components: int
+    covariance_type: str
+    n_init: int
+    random_state: np.random.RandomState
+
+
+def params_on_rows(rows, covariance_type, reg_covar) -> MixtureParams:
+    """A start with one component on each given row (scikit-learn's one-hot start).
+
+    Parameters
+    ----------
+    rows : ndarray of shape (K, d)
+    covariance_type : str
+    reg_covar : float
+
+    Returns
+    -------
+    MixtureParams
+        Means on the rows, covariances ``reg_covar * I`` (a one-row scatter is zero),
+        equal weights; as :func:`dask_em._init.random_from_data`.
+    """
+    means = np.array(rows, dtype=np.float64)
+    k, d = means.shape
+    cov = {
+        "full": lambda: np.broadcast_to(reg_covar * np.eye(d), (k, d, d)).copy(),
+        "tied": lambda: reg_covar * np.eye(d),
+        "diag": lambda: np.full((k, d), float(reg_covar)),
+        "spherical": lambda: np.full(k, float(reg_covar)),
+    }[covariance_type]()
+    prec_chol = _math.precision_cholesky(cov, covariance_type)
+    return MixtureParams(np.full(k, 1.0 / k), means, cov, prec_chol, covariance_type)
+
+
+def _seeds(request: StartRequest) -> list[int]:
+    return [int(s) for s in request.random_state.randint(0, _SEED_HIGH, size=request.n_init)]
+
+
+def _m_step_or_error(stats, reg_covar, eps, on_error):
+    try:
+        return m_step(stats, reg_covar, eps)
+    except ValueError as exc:
+        if on_error == "raise":
+            raise
+        return exc
+
+
+def _random_chunk(x, groups, row_offset, block_index, w=None):
+    out = ()
+    for spec in groups:
+        out = out + _init._random_chunk(x, spec, row_offset, block_index, w)
+    return out
+
+
+def _random_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
+    """Uniform random responsibilities for every request in one pass.
+
+    Draws its seeds and centres its statistics exactly as
+    :func:`dask_em._init.random_resp` does, so a single request gives its numbers.
+    """
+    center = _kmeans.reference_point(x)
+    groups = tuple((tuple(_seeds(r)), r.n_components, center, r.covariance_type) for r in requests)
+    graph = tree_reduce(
+        x,
+        _random_chunk,
+        groups,
+        combine=add_tuples,
+        weights=weights,
+        split_every=split_every,
+        prefix="init-random",
+    )
+    with single_threaded_blas():
+        (stats,) = dask.compute(graph)
+    out, i = [], 0
+    for r in requests:
+        out.append(
+            [_m_step_or_error(s, reg_covar, eps, on_error) for s in stats[i : i + r.n_init]]
+        )
+        i += r.n_init
+    return out
+
+
+def _kmeans_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
+    seeds = [_seeds(r) for r in requests]
+    runs: dict[tuple[int, int], list[str]] = {}
+    for r, ss in zip(requests, seeds, strict=True):
+        for s in ss:
+            cts = runs.setdefault((r.n_components, s), [])
+            if r.covariance_type not in cts:
+                cts.append(r.covariance_type)
+    keys = list(runs)
+    results = _kmeans.kmeans(
+        x, [(k, s, tuple(runs[(k, s)])) for k, s in keys], weights=weights, split_every=split_every
+    )
+    by_key = dict(zip(keys, results, strict=True))
+    return [
+        [
+            _m_step_or_error(
+                by_key[(r.n_components, s)].statistics[r.covariance_type], reg_covar, eps, on_error
+            )
+            for s in ss
+        ]
+        for r, ss in zip(requests, seeds, strict=True)
+    ]
+
+
+def _kmeanspp_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
+    seeds = [_seeds(r) for r in requests]
+    keys = sorted({(r.n_components, s) for r, ss in zip(requests, seeds, strict=True) for s in ss})
+    results = _kmeans.kmeans_plusplus(x, keys, weights=weights, split_every=split_every)
+    rows = {key: centers for key, (centers, _) in zip(keys, results, strict=True)}
+    out = []
+    for r, ss in zip(requests, seeds, strict=True):
+        starts = []
+        for s in ss:
+            try:
+                starts.append(
+                    params_on_rows(rows[(r.n_components, s)], r.covariance_type, reg_covar)
+                )
+            except ValueError as exc:
+                if on_error == "raise":
+                    raise
+                starts.append(exc)
+        out.append(starts)
+    return out
+
+
+def make_starts(
+    x,
+    requests: Sequence[StartRequest],
+    init_params: str,
+    *,
+    reg_covar: float,
+    eps: float,
+    weights=None,
+    split_every=None,
+    on_error: str = "raise",
+) -> list[list]:
+    """The starts of every request, computed together.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+    requests : sequence of StartRequest
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}
+    reg_covar : float
+    eps : float
+        Machine epsilon of the input dtype (the M-step's weight guard).
+    weights : dask.array.Array of shape (n,), optional
+    split_every : int, optional
+    on_error : {'raise', 'return'}
+        What to do when a start's covariances are not positive definite: raise the
+        ValueError, or return it in that start's place.
+
+    Returns
+    -------
+    list of list
+        Per request, its ``n_init`` starts (MixtureParams, or a ValueError).
+    """
+    args = (x, requests, reg_covar, eps, weights, split_every, on_error)
+    if init_params == "kmeans":
+        return _kmeans_starts(*args)
+    if init_params == "k-means++":
+        return _kmeanspp_starts(*args)
+    if init_params == "random":
+        return _random_starts(*args)
+    if init_params == "random_from_data":
+        # scikit-learn's draws, start after start; reading K rows is not a pass.
+        out = []
+        for r in requests:
+            starts = []
+            for _ in range(r.n_init):
+                try:
+                    starts.append(
+                        _init.random_from_data(
+                            x, r.n_components, r.covariance_type, reg_covar, eps, r.random_state
+                        )
+                    )
+                except ValueError as exc:
+                    if on_error == "raise":
+                        raise
+                    starts.append(exc)
+            out.append(starts)
+        return out
+    raise ValueError(f"unknown init_params {init_params!r}")
