@@ -4,6 +4,7 @@ from ._em import CandidateState, EMProgress
 from ._params import MixtureParams
 from ._stats import NonFiniteError, SuffStats
 from .mixture import ConvergenceWarning, GaussianMixture
+from .selection import select_model
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,6 @@ __all__ = [
     "MixtureParams",
     "NonFiniteError",
     "SuffStats",
+    "select_model",
     "__version__",
 ]

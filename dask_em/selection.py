@@ -1,0 +1,499 @@
+"""Model selection: fit a grid of Gaussian mixtures in shared passes, rank by BIC or AIC.
+
+Every candidate (number of components x covariance type) and every restart is one start
+of a single :func:`dask_em._em.run_em`, so each EM iteration reads the data once for the
+whole grid: every block computes the statistics of every live candidate while it is in
+memory, and converged candidates drop out. Initialisation is shared the same way (see
+:mod:`dask_em._starts`), and one last pass computes the log-likelihood of every
+candidate's final parameters for the criteria.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import _math
+from ._em import CandidateState, EMProgress, best_candidate, run_em, single_threaded_blas
+from ._reduce import tree_reduce
+from ._starts import StartRequest, make_starts
+from ._stats import _raise_non_finite, log_prob_block
+from ._validation import check_array, check_weights_like
+from .mixture import GaussianMixture, _ensure_handler, _prepare_data
+
+logger = logging.getLogger("dask_em")
+
+CRITERIA = ("bic", "aic")
+TABLE_COLUMNS = (
+    "n_components",
+    "covariance_type",
+    "log_likelihood",
+    "n_parameters",
+    "bic",
+    "aic",
+    "converged",
+    "n_iter",
+    "lower_bound",
+    "error",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class SelectionResult:
+    """The outcome of :func:`select_model`.
+
+    Attributes
+    ----------
+    table : list of dict
+        One row per candidate, in grid order (covariance types outer, numbers of
+        components inner), with keys ``TABLE_COLUMNS``: ``log_likelihood`` is the total
+        (weighted) log-likelihood of the final parameters, ``bic = -2 log_likelihood +
+        n_parameters log(n)`` and ``aic = -2 log_likelihood + 2 n_parameters`` (lower is
+        better, scikit-learn's sign), ``n`` the number of rows (the total weight with
+        ``sample_weight``); ``lower_bound`` is scikit-learn's ``lower_bound_`` (the mean
+        log-likelihood of the last E-step, i.e. of the parameters before the last
+        M-step). A candidate that failed has NaN criteria and its ``error`` message.
+    criterion : {'bic', 'aic'}
+    best_index : int
+        Row of the table with the lowest criterion.
+    models : list of GaussianMixture or None
+        The fitted model of each row (None where it failed).
+    random_state : int
+        The seed every candidate's starts were drawn from: refitting a row alone with
+        ``GaussianMixture(..., random_state=random_state)`` gives the same model.
+    n_samples : float
+        ``n`` of the criteria.
+    seconds : float
+        Wall time of the whole selection.
+    """
+
+    table: list
+    criterion: str
+    best_index: int
+    models: list
+    random_state: int
+    n_samples: float
+    seconds: float
+
+    @property
+    def best_model(self) -> GaussianMixture:
+        """The fitted model with the lowest criterion."""
+        return self.models[self.best_index]
+
+    @property
+    def best(self) -> dict:
+        """The table row of the best model."""
+        return self.table[self.best_index]
+
+    def to_dataframe(self):
+        """The table as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.table, columns=list(TABLE_COLUMNS))
+
+    def plot_bic(self, path, criterion: str | None = None) -> Path:
+        """Write an mclust-style plot of the criterion against n_components (PNG).
+
+        One line per covariance type, its own colour and marker; the best model is
+        ringed. The y axis is scikit-learn's BIC, so lower is better (mclust plots the
+        opposite sign, higher is better).
+
+        Parameters
+        ----------
+        path : str or Path
+        criterion : {'bic', 'aic'}, optional
+            Default: the criterion of the selection.
+
+        Returns
+        -------
+        Path
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        crit = criterion or self.criterion
+        if crit not in CRITERIA:
+            raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {crit!r}")
+        fig = Figure(figsize=(7.0, 5.0), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        markers = {"full": "o", "tied": "s", "diag": "^", "spherical": "D"}
+        types = list(dict.fromkeys(r["covariance_type"] for r in self.table))
+        for i, ct in enumerate(types):
+            rows = sorted(
+                (r for r in self.table if r["covariance_type"] == ct),
+                key=lambda r: r["n_components"],
+            )
+            ax.plot(
+                [r["n_components"] for r in rows],
+                [r[crit] for r in rows],
+                marker=markers.get(ct, "o"),
+                color=f"C{i}",
+                label=ct,
+                mfc="none" if i % 2 else f"C{i}",
+            )
+        valid = [r for r in self.table if np.isfinite(r[crit])]
+        if valid:
+            best = min(valid, key=lambda r: r[crit])
+            ax.plot(
+                best["n_components"],
+                best[crit],
+                "o",
+                ms=16,
+                mfc="none",
+                mec="k",
+                label=f"best: {best['covariance_type']}, {best['n_components']} components",
+            )
+        ks = sorted({r["n_components"] for r in self.table})
+        ax.set_xticks(ks)
+        ax.set_xlabel("Number of components")
+        ax.set_ylabel(f"{crit.upper()} (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(title="covariance type", loc="best")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, format="png")
+        return path
+
+
+def _seed(random_state) -> int:
+    if random_state is None:
+        return int(np.random.mtrand._rand.randint(0, 2**31 - 1))
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    raise ValueError(
+        f"random_state must be None, an int or a numpy RandomState, got {random_state!r}"
+    )
+
+
+def _loglik_chunk(x, params_list, row_offset, block_index, w=None):
+    out = []
+    for params in params_list:
+        lp = log_prob_block(x, params).T  # (K, n) and C-contiguous: normalised in place
+        log_norm = _math.normalize_log_prob(lp)
+        if not np.all(np.isfinite(log_norm)):
+            _raise_non_finite(x, np.flatnonzero(~np.isfinite(log_norm)), block_index, row_offset)
+        out.append(float(log_norm.sum() if w is None else w @ log_norm))
+    out.append(float(x.shape[0] if w is None else w.sum()))
+    return tuple(out)
+
+
+def final_log_likelihoods(x, params_list, *, weights=None, split_every=None):
+    """Total (weighted) log-likelihood of several mixtures, in one pass.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+    params_list : sequence of MixtureParams
+    weights : dask.array.Array of shape (n,), optional
+    split_every : int, optional
+
+    Returns
+    -------
+    logliks : list of float
+        ``sum_i w_i log p(x_i)`` under each mixture.
+    n : float
+        Number of rows, or the total weight.
+    """
+    graph = tree_reduce(
+        x,
+        _loglik_chunk,
+        tuple(params_list),
+        weights=weights,
+        split_every=split_every,
+        prefix="select-loglik",
+    )
+    with single_threaded_blas():
+        (out,) = dask.compute(graph)
+    return list(out[:-1]), float(out[-1])
+
+
+_START_ERROR = re.compile(r"\(start (\d+), iteration \d+\)")
+
+
+def _run_em_dropping_failures(x, starts, failures, **kw):
+    """run_em, but a start whose M-step fails is dropped and the others go on.
+
+    run_em raises on the first failing start, naming it "(start i, iteration j)"; the
+    state after the previous iteration (from the callback) is resumed with that start
+    stopped, so the other candidates of the grid lose only that one pass.
+    """
+    last = []
+    max_iter = kw["max_iter"]
+
+    def keep(progress):
+        last[:] = [progress]
+
+    resume = None
+    while True:
+        try:
+            return run_em(x, starts, resume=resume, callback=keep, **kw)
+        except ValueError as exc:
+            match = _START_ERROR.search(str(exc))
+            if match is None:
+                raise
+            i = int(match.group(1))
+            failures[i] = str(exc)
+            base = (
+                last[0]
+                if last
+                else EMProgress(
+                    0,
+                    0.0,
+                    tuple(
+                        CandidateState(j, p, (), False, max_iter > 0) for j, p in enumerate(starts)
+                    ),
+                )
+            )
+            cands = list(base.candidates)
+            cands[i] = replace(cands[i], active=False, converged=False)
+            resume = EMProgress(base.iteration, base.seconds, tuple(cands))
+            logger.warning("select_model: start %d dropped: %s", i, exc)
+
+
+def _fitted(proto: GaussianMixture, best: CandidateState, group, d) -> GaussianMixture:
+    gm = GaussianMixture(**proto.get_params())
+    gm._set_fitted(best.params)
+    gm.converged_ = bool(best.converged)
+    gm.n_iter_ = best.n_iter
+    gm.lower_bound_ = best.lower_bound
+    gm.lower_bounds_ = list(best.lower_bounds)
+    gm.n_features_in_ = d
+    gm.fit_state_ = EMProgress(
+        max((c.n_iter for c in group), default=0),
+        0.0,
+        tuple(replace(c, index=j) for j, c in enumerate(group)),
+    )
+    return gm
+
+
+def select_model(
+    X,
+    n_components: Sequence[int] = tuple(range(1, 10)),
+    covariance_types: Sequence[str] = _math.COVARIANCE_TYPES,
+    *,
+    criterion: str = "bic",
+    n_init: int = 1,
+    init_params: str = "kmeans",
+    random_state=None,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    max_iter: int = 100,
+    sample_weight=None,
+    persist="auto",
+    split_every: int | None = None,
+    verbose: int = 0,
+) -> SelectionResult:
+    """Fit every (n_components, covariance_type) pair in shared passes; rank them.
+
+    Each candidate equals ``GaussianMixture(n_components=k, covariance_type=t,
+    random_state=seed, ...)`` fitted alone with the same settings, but the whole grid
+    reads the data once per EM iteration (and shares the initialisation passes) instead
+    of once per candidate per iteration.
+
+    Parameters
+    ----------
+    X : array-like, dask array or dask DataFrame of shape (n_samples, n_features)
+    n_components : sequence of int, default=1..9
+    covariance_types : sequence of {'full', 'tied', 'diag', 'spherical'}, default=all
+    criterion : {'bic', 'aic'}, default='bic'
+        Lower is better (scikit-learn's sign).
+    n_init : int, default=1
+        Starts per candidate; the one with the highest final lower bound is kept.
+    init_params : {'kmeans', 'k-means++', 'random', 'random_from_data'}, default='kmeans'
+    random_state : int, RandomState or None
+        Every candidate draws its starts from ``RandomState(seed)``: ``seed`` is this
+        int, or one int drawn from the RandomState (or numpy's global one).
+    tol, reg_covar, max_iter : as :class:`GaussianMixture`
+    sample_weight : array-like or dask array of shape (n_samples,), optional
+        Row weights; the log-likelihood is weighted and ``n`` is the total weight.
+    persist : {'auto', True, False}, default='auto'
+        As :class:`GaussianMixture` (False: every pass re-reads the data).
+    split_every : int, optional
+    verbose : int, default=0
+        1 or more logs every iteration at INFO level on the ``dask_em`` logger.
+
+    Returns
+    -------
+    SelectionResult
+        The table, the fitted models and the best one by ``criterion``.
+
+    Raises
+    ------
+    ValueError
+        For bad parameters or data, or when every candidate failed (the message lists
+        why); a failing candidate alone only gets NaN criteria and an ``error``.
+    """
+    t_start = time.perf_counter()
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
+    ks = list(dict.fromkeys(n_components))
+    cts = list(dict.fromkeys(covariance_types))
+    if not ks or not cts:
+        raise ValueError("n_components and covariance_types must each list at least one value")
+    seed = _seed(random_state)
+    grid = [(k, ct) for ct in cts for k in ks]
+    protos = []
+    for k, ct in grid:
+        gm = GaussianMixture(
+            k,
+            covariance_type=ct,
+            tol=tol,
+            reg_covar=reg_covar,
+            max_iter=max_iter,
+            n_init=n_init,
+            init_params=init_params,
+            random_state=seed,
+            persist=persist,
+            split_every=split_every,
+            verbose=verbose,
+        )
+        gm._check_parameters()
+        protos.append(gm)
+
+    x, from_numpy = check_array(X, min_rows=2)
+    n, d = x.shape
+    if n < max(ks):
+        raise ValueError(
+            f"Expected n_samples >= n_components but got n_components = {max(ks)}, n_samples = {n}"
+        )
+    weights = None
+    if sample_weight is not None:
+        weights = check_weights_like(sample_weight, x)
+    eps = float(np.finfo(x.dtype).eps)
+    log_level = logging.INFO if verbose else logging.DEBUG
+    if verbose:
+        _ensure_handler()
+    x = _prepare_data(x, persist, from_numpy)
+    if weights is not None:
+        weights = _prepare_data(weights, persist, not isinstance(sample_weight, da.Array))
+
+    requests = [StartRequest(k, ct, n_init, np.random.RandomState(seed)) for k, ct in grid]
+    t0 = time.perf_counter()
+    with single_threaded_blas():
+        per_candidate = make_starts(
+            x,
+            requests,
+            init_params,
+            reg_covar=reg_covar,
+            eps=eps,
+            weights=weights,
+            split_every=split_every,
+            on_error="return",
+        )
+    logger.log(
+        log_level,
+        "select_model: %d starts in %.3f s",
+        len(grid) * n_init,
+        time.perf_counter() - t0,
+    )
+
+    starts, owner, errors = [], [], {}
+    for c, group in enumerate(per_candidate):
+        for s in group:
+            if isinstance(s, Exception):
+                errors.setdefault(c, f"initialisation: {s}")
+            elif not s.is_finite():
+                errors.setdefault(c, "initialisation produced non-finite parameters")
+            else:
+                starts.append(s)
+                owner.append(c)
+
+    failures: dict[int, str] = {}
+    state = None
+    if starts:
+        state = _run_em_dropping_failures(
+            x,
+            starts,
+            failures,
+            tol=tol,
+            max_iter=max_iter,
+            reg_covar=reg_covar,
+            eps=eps,
+            weights=weights,
+            split_every=split_every,
+            log_level=log_level,
+            log_interval=1,
+        )
+    best_states: dict[int, CandidateState] = {}
+    groups: dict[int, list] = {}
+    for j, c in enumerate(owner):
+        if j in failures:
+            errors.setdefault(c, failures[j])
+            continue
+        groups.setdefault(c, []).append(state.candidates[j])
+    for c, group in groups.items():
+        best_states[c] = best_candidate(EMProgress(0, 0.0, tuple(group)))
+
+    order = sorted(best_states)
+    logliks, n_eff = [], float(n)
+    if order:
+        logliks, n_eff = final_log_likelihoods(
+            x, [best_states[c].params for c in order], weights=weights, split_every=split_every
+        )
+    loglik_of = dict(zip(order, logliks, strict=True))
+
+    table, models = [], []
+    for c, ((k, ct), proto) in enumerate(zip(grid, protos, strict=True)):
+        p = _math.n_parameters(ct, k, d)
+        if c in best_states:
+            b = best_states[c]
+            ll = loglik_of[c]
+            row = {
+                "n_components": k,
+                "covariance_type": ct,
+                "log_likelihood": ll,
+                "n_parameters": p,
+                "bic": -2.0 * ll + p * math.log(n_eff),
+                "aic": -2.0 * ll + 2.0 * p,
+                "converged": bool(b.converged),
+                "n_iter": b.n_iter,
+                "lower_bound": b.lower_bound,
+                "error": None,
+            }
+            models.append(_fitted(proto, b, groups[c], d))
+        else:
+            row = dict.fromkeys(TABLE_COLUMNS, math.nan)
+            row.update(
+                n_components=k,
+                covariance_type=ct,
+                n_parameters=p,
+                converged=False,
+                n_iter=0,
+                error=errors.get(c, "failed"),
+            )
+            models.append(None)
+        table.append(row)
+
+    valid = [i for i, r in enumerate(table) if np.isfinite(r[criterion])]
+    if not valid:
+        details = "; ".join(
+            f"{r['covariance_type']} k={r['n_components']}: {r['error']}" for r in table
+        )
+        raise ValueError(f"Every candidate failed: {details}")
+    best_index = min(valid, key=lambda i: table[i][criterion])
+    seconds = time.perf_counter() - t_start
+    best = table[best_index]
+    logger.log(
+        log_level,
+        "select_model: best by %s: %s with %d components (%s %.6g), %d candidates, %.3f s",
+        criterion.upper(),
+        best["covariance_type"],
+        best["n_components"],
+        criterion.upper(),
+        best[criterion],
+        len(grid),
+        seconds,
+    )
+    return SelectionResult(table, criterion, best_index, models, seed, n_eff, seconds)
