@@ -357,6 +357,35 @@ def test_complete_rows_score_as_on_the_complete_data_path(fitted):
     np.testing.assert_array_equal(gm.score_samples(X)[complete], plain.score_samples(X[complete]))
 
 
+@pytest.mark.parametrize("condition", [1e2, 1e8])
+def test_marginal_log_density_keeps_its_digits_for_ill_conditioned_covariances(condition):
+    from dask_em._math import precision_cholesky
+    from dask_em._missing import log_prob_missing
+    from dask_em._params import MixtureParams
+
+    rng = np.random.default_rng(0)
+    d = 6
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    cov = q @ np.diag(np.logspace(0, np.log10(condition), d)) @ q.T
+    covs = np.stack([cov, 1.5 * cov])
+    covs = 0.5 * (covs + covs.transpose(0, 2, 1))
+    means = rng.normal(size=(2, d)) + 1e3
+    params = MixtureParams(
+        np.array([0.4, 0.6]), means, covs, precision_cholesky(covs, "full"), "full"
+    )
+    X = _with_missing(rng.multivariate_normal(means[0], cov, 200), 0.3, seed=1, n_empty=0)
+    got = log_prob_missing(X, params)
+    for i, x in enumerate(X):
+        o = ~np.isnan(x)
+        for k in range(2):
+            # Directly from the observed block's Cholesky factor.
+            chol = np.linalg.cholesky(covs[k][np.ix_(o, o)])
+            z = np.linalg.solve(chol, x[o] - means[k][o])
+            log_det = 2.0 * np.log(np.diag(chol)).sum()
+            ref = np.log(params.weights[k]) - 0.5 * (o.sum() * np.log(2 * np.pi) + log_det + z @ z)
+            assert abs(got[i, k] - ref) <= 1e-9 * max(1.0, abs(ref)), (i, k)
+
+
 def test_impute_is_the_conditional_expectation(fitted):
     gm, X = fitted
     log_prob, x_hat, _ = reference_e_step(
