@@ -1,0 +1,968 @@
+"""dask-em side by side with its peers, in one run.
+
+    python benchmarks/run.py [--quick] [--only NAME ...] [--repeats R] [--out DIR]
+
+Suites (``--only``): em, spark, ooc, scaling, float32. Every figure is seconds per EM
+iteration unless said; each is the min and the median over repeats, and every ratio is
+taken between figures of the same run (the machines these run on are noisy). The run
+writes ``benchmark-<time>.json`` (every figure, the environment, load averages) and
+``benchmark-<time>.md`` (the tables) into ``--out`` and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness as h  # noqa: E402
+import peers  # noqa: E402
+
+SUITES = ("em", "spark", "ooc", "scaling", "float32")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    repeats: int = 5
+    max_rows: int | None = None
+    malloc_trim: str = "both"
+    keep_data: bool = False
+    data_dir: str | None = None
+    spark_rdd: bool = False
+    log: object = field(default=sys.stderr, repr=False)
+
+    def n(self, full: float, quick: float) -> int:
+        n = int(quick if self.quick else full)
+        return min(n, self.max_rows) if self.max_rows else n
+
+    def say(self, msg: str):
+        print(msg, file=self.log, flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# dask-em measurements
+# --------------------------------------------------------------------------------------
+def daskem_fit(
+    x, start: h.Start, n_iter: int, *, tol=0.0, persist="auto", callback=None, **kwargs
+) -> dict:
+    """Fit dask-em from ``start`` and record every iteration's wall time (the
+    ``EMProgress.seconds`` the engine reports: E-step pass, reduction and M-step).
+    ``callback(state)`` runs after each iteration, outside the timed part."""
+    import dask_em
+
+    seconds = []
+
+    def record(state):
+        seconds.append(state.seconds)
+        if callback is not None:
+            callback(state)
+
+    gm = dask_em.GaussianMixture(
+        start.means.shape[0],
+        covariance_type=start.covariance_type,
+        max_iter=n_iter,
+        tol=tol,
+        persist=persist,
+        **start.kwargs(),
+        **kwargs,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dask_em.ConvergenceWarning)
+        t0 = time.perf_counter()
+        gm.fit(x, callback=record)
+        total = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        # The first iteration also waits for data a LocalCluster is still receiving
+        # (persist is asynchronous) and for the workers' first imports; leave it out.
+        "times": seconds[1:] if len(seconds) > 1 else seconds,
+        "first_iteration": seconds[0] if seconds else None,
+        "fit_seconds": total,
+        "lower_bounds": list(gm.lower_bounds_),
+        "lower_bound": float(gm.lower_bound_),
+        "n_iter": int(gm.n_iter_),
+        "converged": bool(gm.converged_),
+        "model": gm,
+    }
+
+
+def daskem_default_fit(x, k: int, max_iter: int, tol: float, **kwargs) -> dict:
+    """Fit dask-em with its default initialisation (as a user would)."""
+    import dask_em
+
+    gm = dask_em.GaussianMixture(k, covariance_type="full", max_iter=max_iter, tol=tol, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dask_em.ConvergenceWarning)
+        t0 = time.perf_counter()
+        gm.fit(x)
+        total = time.perf_counter() - t0
+    return {
+        "fit_seconds": total,
+        "lower_bound": float(gm.lower_bound_),
+        "n_iter": int(gm.n_iter_),
+        "converged": bool(gm.converged_),
+        "model": gm,
+    }
+
+
+def engine_chunk_rows(n: int, d: int) -> int:
+    from dask_em._validation import auto_chunk_rows
+
+    return auto_chunk_rows(n, d, 8)
+
+
+def block_limit(x, params, chunk_rows: int, repeats: int) -> dict:
+    """One block's fused E+M time (BLAS at 1 thread) × blocks ÷ cores: the floor of a
+    design that runs one block per core."""
+    from threadpoolctl import threadpool_limits
+
+    from dask_em._stats import block_statistics
+
+    block = np.ascontiguousarray(x[:chunk_rows])
+    times = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        block_statistics(block, [params])
+        for _ in range(max(3, repeats)):
+            t, _ = h.timed(block_statistics, block, [params])
+            times.append(t)
+    s = h.summary(times)
+    n_blocks = x.shape[0] / block.shape[0]
+    cores = h.cores()
+    return {
+        "block_rows": int(block.shape[0]),
+        "n_blocks": n_blocks,
+        "cores": cores,
+        "block": s,
+        "times": [t * n_blocks / cores for t in times],
+    }
+
+
+def max_rel_diff(a, b) -> float | None:
+    n = min(len(a), len(b))
+    if n == 0:
+        return None
+    a, b = np.asarray(a[:n]), np.asarray(b[:n])
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
+def _row(case, tool, times, **extra) -> dict:
+    return {"case": case, "tool": tool, **h.summary(times), **extra}
+
+
+def _ratio(num, den):
+    if num is None or den is None or den == 0:
+        return None
+    return num / den
+
+
+def _target(what, value, op, goal, note="") -> dict:
+    ok = None
+    if value is not None:
+        ok = bool(value >= goal) if op == ">=" else bool(value <= goal)
+    return {"what": what, "value": value, "target": f"{op} {goal:g}", "ok": ok, "note": note}
+
+
+def _cluster_variants(settings: Settings):
+    variants = {
+        "dask": ("LocalCluster 2×1", "dask"),
+        "unset": ("LocalCluster 2×1, MALLOC_TRIM unset", None),
+    }
+    keys = ["dask", "unset"] if settings.malloc_trim == "both" else [settings.malloc_trim]
+    return [variants[k] for k in keys]
+
+
+# --------------------------------------------------------------------------------------
+# Suite 1: in memory, per iteration, vs scikit-learn and the block limit
+# --------------------------------------------------------------------------------------
+def suite_em(s: Settings) -> dict:
+    cases = [
+        ("full", s.n(1e6, 2e5), 16, 8),
+        ("diag", s.n(1e6, 2e5), 16, 8),
+        ("full", s.n(2e6, 4e5), 32, 16),
+    ]
+    r = s.repeats
+    rows, targets, notes, state = [], [], [], []
+    for ct, n, d, k in cases:
+        name = f"{ct} N={h.fmt_n(n)} d={d} K={k}"
+        x = h.make_data(n, d, k)
+        start = h.make_start(x, k, ct)
+        s.say(f"[em] {name}: scikit-learn")
+        sk = peers.sklearn_iterations(x, start, r + 1)
+        sk_times = sk["times"][1:] if len(sk["times"]) > 1 else sk["times"]
+        rows.append(_row(name, "scikit-learn", sk_times, method=sk["method"]))
+        s.say(f"[em] {name}: dask-em threads")
+        th = daskem_fit(x, start, r + 1)
+        chunk = engine_chunk_rows(n, d)
+        rows.append(
+            _row(
+                name,
+                "dask-em threads",
+                th["times"],
+                chunk_rows=chunk,
+                first_iteration=th["first_iteration"],
+                lower_bounds_vs_sklearn=max_rel_diff(th["lower_bounds"], sk["lower_bounds"]),
+            )
+        )
+        s.say(f"[em] {name}: block limit")
+        lim = block_limit(x, th["model"]._params(), chunk, r)
+        rows.append(_row(name, "block limit", lim.pop("times"), **lim))
+        state.append((name, ct, x, start, th["lower_bounds"]))
+
+    for label, trim in _cluster_variants(s):
+        s.say(f"[em] starting {label}")
+        with h.local_cluster(2, 1, malloc_trim=trim):
+            for name, _ct, x, start, lbs in state:
+                s.say(f"[em] {name}: dask-em {label}")
+                cl = daskem_fit(x, start, r + 1)
+                rows.append(
+                    _row(
+                        name,
+                        f"dask-em {label}",
+                        cl["times"],
+                        first_iteration=cl["first_iteration"],
+                        lower_bounds_vs_threads=max_rel_diff(cl["lower_bounds"], lbs),
+                    )
+                )
+    state.clear()
+
+    # Ratios against the peers of the same case.
+    by_case: dict = {}
+    for row in rows:
+        by_case.setdefault(row["case"], {})[row["tool"]] = row
+    for case, tools in by_case.items():
+        sk, lim = tools["scikit-learn"], tools["block limit"]
+        for row in tools.values():
+            if row["tool"].startswith("dask-em"):
+                row["speedup_vs_sklearn"] = _ratio(sk["min"], row["min"])
+                row["speedup_vs_sklearn_median"] = _ratio(sk["median"], row["median"])
+                row["of_block_limit"] = _ratio(lim["min"], row["min"])
+        full = case.startswith("full")
+        th = tools["dask-em threads"]
+        goal = 3.5 if full else 3.0
+        targets.append(
+            _target(f"{case}: threads vs scikit-learn", th["speedup_vs_sklearn"], ">=", goal)
+        )
+        if full:
+            cl = next((v for t, v in tools.items() if t.startswith("dask-em LocalCluster")), None)
+            if cl is not None:
+                targets.append(
+                    _target(
+                        f"{case}: {cl['tool'][8:]} vs scikit-learn",
+                        cl["speedup_vs_sklearn"],
+                        ">=",
+                        3.0,
+                    )
+                )
+            targets.append(
+                _target(
+                    f"{case}: threads, fraction of block limit", th["of_block_limit"], ">=", 0.8
+                )
+            )
+        lb = th.get("lower_bounds_vs_sklearn")
+        notes.append(
+            f"{case}: lower bounds of dask-em (threads) and scikit-learn from the same start "
+            f"agree to {lb:.1e} relative over {r + 1} iterations."
+            if lb is not None
+            else f"{case}: no lower bounds to compare"
+        )
+    notes.append(
+        "scikit-learn: one `_e_step` + `_m_step` per iteration (the body of its `fit` loop), "
+        "BLAS at its default threads. dask-em: `EMProgress.seconds` from `fit(callback=...)` "
+        "(pass, reduction and M-step), first iteration left out. Block limit: "
+        "`block_statistics` on one engine-sized block, BLAS 1 thread, × blocks ÷ cores."
+    )
+
+    header = ["case", "tool", "min s/iter", "median s/iter", "vs scikit-learn", "of block limit"]
+    table = []
+    for row in rows:
+        table.append(
+            [
+                row["case"],
+                row["tool"],
+                h.fmt_seconds(row["min"]),
+                h.fmt_seconds(row["median"]),
+                h.fmt_ratio(row.get("speedup_vs_sklearn"), 1),
+                h.fmt_ratio(row.get("of_block_limit")),
+            ]
+        )
+    order = list(by_case)
+    table.sort(key=lambda t: order.index(t[0]))  # stable: tools keep their order
+    return {
+        "title": "In memory, per EM iteration (same data, same start)",
+        "rows": rows,
+        "targets": targets,
+        "notes": notes,
+        "markdown": h.md_table(header, table),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Suite 2: Spark MLlib
+# --------------------------------------------------------------------------------------
+def suite_spark(s: Settings) -> dict:
+    n, d, k = s.n(1e6, 1e5), 16, 8
+    n_iter = 5 if s.quick else 10
+    tol_mean, max_iter = 1e-6, 300
+    seeds = [h.SEED % 2**31 + i for i in range(2 if s.quick else 3)]
+    name = f"full N={h.fmt_n(n)} d={d} K={k}"
+    missing = peers.spark_missing()
+    if missing:
+        s.say(f"[spark] skipped: {missing}")
+        return {"title": "Spark MLlib", "skipped": missing, "rows": [], "targets": []}
+    x = h.make_data(n, d, k)
+    start = h.make_start(x, k, "full")
+    rows, targets, notes, conv = [], [], [], []
+
+    def record(tool, start_label, seed, fit, params, own=None):
+        conv.append(
+            {
+                "tool": tool,
+                "start": start_label,
+                "seed": seed,
+                "n_iter": fit["n_iter"],
+                "converged": fit["n_iter"] < max_iter,
+                "own_loglik_mean": own,
+                # Every final model scored by one function on the same float64 rows.
+                "scored": peers.mean_loglik(x, *params),
+                "seconds": fit.get("fit_seconds", fit.get("seconds")),
+            }
+        )
+
+    for dtype in ("float64", "float32"):
+        xi = x if dtype == "float64" else x.astype(np.float32)
+        tool = f"dask-em threads {dtype}"
+        s.say(f"[spark] {tool}: {n_iter} iterations")
+        fit = daskem_fit(xi, start, n_iter)
+        rows.append(_row(name, tool, fit["times"], n_iter=n_iter))
+        if s.spark_rdd:  # the same-start comparison partner of Spark's RDD API
+            s.say(f"[spark] {tool}: to convergence from the benchmark start")
+            c = daskem_fit(xi, start, max_iter, tol=tol_mean)
+            gm = c["model"]
+            record(
+                tool,
+                "benchmark start",
+                None,
+                c,
+                (gm.weights_, gm.means_, gm.covariances_),
+                c["lower_bound"],
+            )
+        for seed in seeds:
+            s.say(f"[spark] {tool}: to convergence, default init, random_state={seed}")
+            c = daskem_default_fit(xi, k, max_iter, tol_mean, random_state=seed)
+            gm = c["model"]
+            record(
+                tool,
+                f"default ({gm.init_params})",
+                seed,
+                c,
+                (gm.weights_, gm.means_, gm.covariances_),
+                c["lower_bound"],
+            )
+
+    s.say("[spark] starting Spark local[2]")
+    runner = peers.SparkRunner(cores=2)
+    try:
+        s.say(f"[spark] JVM + session {runner.start_seconds:.1f} s; building the DataFrame")
+        runner.load(x)
+        s.say(f"[spark] DataFrame {runner.frame_seconds:.1f} s; per-iteration fits")
+        sp = runner.per_iteration(k, n_iter, max(1, min(s.repeats, 3)), seed=seeds[0])
+        rows.append(
+            _row(
+                name,
+                "Spark MLlib local[2]",
+                sp.pop("times"),
+                jvm_start_seconds=runner.start_seconds,
+                dataframe_seconds=runner.frame_seconds,
+                **sp,
+            )
+        )
+        for seed in seeds:
+            s.say(f"[spark] Spark to convergence, its random start, seed={seed}")
+            f = runner.fit(k, max_iter, tol_mean * n, seed)
+            record(
+                "Spark MLlib local[2]",
+                "default (random)",
+                seed,
+                f,
+                (f["weights"], f["means"], f["covariances"]),
+                f["loglik_mean"],
+            )
+        if s.spark_rdd:
+            s.say("[spark] building the RDD (RDD-based API)")
+            runner.load_rdd(x)
+            s.say(f"[spark] RDD {runner.rdd_seconds:.1f} s; RDD API from the benchmark start")
+            f = runner.fit_rdd(start, max_iter, tol_mean * n, seeds[0])
+            rows.append(
+                _row(
+                    name,
+                    "Spark MLlib local[2], RDD API",
+                    f["iteration_times"][1:],
+                    rdd_seconds=runner.rdd_seconds,
+                    fit_seconds=f["seconds"],
+                )
+            )
+            record(
+                "Spark MLlib local[2], RDD API",
+                "benchmark start",
+                None,
+                f,
+                (f["weights"], f["means"], f["covariances"]),
+            )
+    finally:
+        runner.stop()
+
+    spark_row = next(r_ for r_ in rows if r_["tool"] == "Spark MLlib local[2]")
+    for row in rows:
+        if row["tool"].startswith("dask-em"):
+            row["speedup_vs_spark"] = _ratio(spark_row["min"], row["min"])
+            row["speedup_vs_spark_median"] = _ratio(spark_row["median"], row["median"])
+    f64, f32 = rows[0], rows[1]
+    targets.append(
+        _target("float64: dask-em vs Spark, per iteration", f64["speedup_vs_spark"], ">=", 3.0)
+    )
+    targets.append(
+        _target("float32: dask-em vs Spark, per iteration", f32["speedup_vs_spark"], ">=", 5.0)
+    )
+
+    def median_scored(tool, start_prefix):
+        vals = [
+            c["scored"] for c in conv if c["tool"] == tool and c["start"].startswith(start_prefix)
+        ]
+        return float(np.median(vals)) if vals else None
+
+    spark_ll = median_scored("Spark MLlib local[2]", "default")
+    for dtype in ("float64", "float32"):
+        ours = median_scored(f"dask-em threads {dtype}", "default")
+        diff = None if ours is None or spark_ll is None else ours - spark_ll
+        targets.append(
+            _target(
+                f"{dtype}: median final mean log-likelihood over {len(seeds)} seeds, "
+                "dask-em (default init) − Spark (default init)",
+                diff,
+                ">=",
+                -1e-6 * abs(spark_ll or 1.0),
+                note="equal or better at convergence",
+            )
+        )
+    notes.append(
+        f"Per iteration: dask-em from `fit(callback=...)` over {n_iter} iterations (first left "
+        f"out); Spark (`pyspark.ml.clustering.GaussianMixture`) from its job records (one job "
+        f"per EM iteration; the gap between consecutive completions) over fits of {n_iter} "
+        "iterations after a warm-up fit, first iteration of each left out. Spark's JVM start, "
+        "DataFrame build and each fit's caching, random start and summary pass are not in "
+        "the per-iteration figures."
+    )
+    notes.append(
+        f"Convergence: tol {tol_mean:g} on the change of the mean log-likelihood for all "
+        f"(Spark's tol is on the total, so it gets tol × N), at most {max_iter} iterations, "
+        f"seeds {seeds}. Spark's ml API takes no initial model. 'scored' is the mean "
+        "log-likelihood of each final model on the same float64 rows by one scorer (scipy); "
+        "Spark's own figure is higher because its E-step adds machine epsilon to every "
+        "weighted density (rows whose density is below ~1e-15 get uniform "
+        "responsibilities and a floored log-likelihood)."
+    )
+    header = ["case", "tool", "min s/iter", "median s/iter", "Spark / dask-em"]
+    table = [
+        [
+            r_["case"],
+            r_["tool"],
+            h.fmt_seconds(r_["min"]),
+            h.fmt_seconds(r_["median"]),
+            h.fmt_ratio(r_.get("speedup_vs_spark"), 1),
+        ]
+        for r_ in rows
+    ]
+    conv_table = [
+        [
+            c["tool"],
+            c["start"] + ("" if c["seed"] is None else f", seed {c['seed']}"),
+            c["n_iter"],
+            "yes" if c["converged"] else "no",
+            "-" if c["own_loglik_mean"] is None else f"{c['own_loglik_mean']:.5f}",
+            f"{c['scored']:.5f}",
+            h.fmt_seconds(c["seconds"]),
+        ]
+        for c in conv
+    ]
+    md = h.md_table(header, table)
+    md += "\n\n" + h.md_table(
+        [
+            "to convergence",
+            "start",
+            "iterations",
+            "converged",
+            "own lower bound",
+            "scored",
+            "fit s",
+        ],
+        conv_table,
+    )
+    md += (
+        f"\n\nSpark fixed costs: JVM + session {runner.start_seconds:.1f} s, DataFrame build "
+        f"{runner.frame_seconds:.1f} s, per fit outside the iterations "
+        f"{h.fmt_seconds(spark_row['fit_outside_iterations']['min'])} s"
+        + (f", RDD build {runner.rdd_seconds:.1f} s." if runner.rdd_seconds else ".")
+    )
+    return {
+        "title": "Spark MLlib GaussianMixture (pyspark, local[2])",
+        "rows": rows,
+        "convergence": conv,
+        "targets": targets,
+        "notes": notes,
+        "markdown": md,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Suite 3: out of core
+# --------------------------------------------------------------------------------------
+def _evict(path: Path):
+    """Drop one store's files from the page cache (theirs only; no root needed)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for f in path.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return True
+
+
+def write_zarr(path: Path, n: int, d: int, k: int, chunk_rows: int) -> float:
+    """The seeded data as uncompressed zarr (written on the threaded scheduler)."""
+    import dask
+    import dask.array as da
+    import zarr
+
+    x = h.dask_data(n, d, k, chunk_rows)
+    nocompress = (
+        {"compressors": None} if int(zarr.__version__.split(".")[0]) >= 3 else {"compressor": None}
+    )
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads"):
+        da.to_zarr(x, str(path), overwrite=True, **nocompress)
+    return time.perf_counter() - t0
+
+
+def suite_ooc(s: Settings) -> dict:
+    import dask.array as da
+
+    n, d, chunk = s.n(2e7, 2e6), 16, 250_000
+    if s.max_rows:
+        chunk = min(chunk, max(1000, n // 8))
+    n_small = max(chunk, n // 10)
+    n_mem = min(n, s.n(2e6, 5e5))
+    r = max(1, min(s.repeats, 3))
+    cases = [("diag", 4), ("full", 8)]
+    rows, targets, notes = [], [], []
+    base = Path(s.data_dir or tempfile.gettempdir())
+    tmp = Path(tempfile.mkdtemp(prefix="dask-em-bench-", dir=base))
+    path = tmp / f"x_{n}x{d}.zarr"
+    try:
+        s.say(f"[ooc] writing {h.fmt_n(n)}×{d} float64 to {path}")
+        write_seconds = write_zarr(path, n, d, 8, chunk)
+        head = h.make_data(min(n, h.START_ROWS), d, 8)
+        with h.local_cluster(2, 1, memory_limit="1GiB") as client:
+            x = da.from_zarr(str(path))
+            for cache in ("warm", "cold"):
+                times = []
+                for _ in range(r + 1):
+                    if cache == "cold":
+                        _evict(path)
+                    t, _ = h.timed(lambda: x.sum().compute())
+                    times.append(t)
+                rows.append(_row("read pass", f"da.from_zarr(p).sum(), cache {cache}", times[1:]))
+                s.say(f"[ooc] read pass, {cache}: {min(times[1:]):.2f} s")
+            for ct, k in cases:
+                name = f"{ct} K={k}"
+                start = h.make_start(head, k, ct)
+                # In memory on the same cluster, scaled to N.
+                xm = client.persist(x[:n_mem])
+                from distributed import wait
+
+                wait(xm)
+                mem = daskem_fit(xm, start, r + 1, persist=False)
+                del xm
+                scale = n / n_mem
+                rows.append(
+                    _row(
+                        name,
+                        f"in memory at N={h.fmt_n(n_mem)}, × {scale:g}",
+                        [t * scale for t in mem["times"]],
+                    )
+                )
+                for cache in ("warm", "cold"):
+                    s.say(f"[ooc] {name}: EM from zarr, cache {cache}")
+
+                    def evict(_state, cache=cache):
+                        if cache == "cold":
+                            _evict(path)
+
+                    if cache == "cold":
+                        _evict(path)
+                    with h.WorkerMemory(client) as wm:
+                        fit = daskem_fit(x, start, r + 1, persist=False, callback=evict)
+                    rows.append(
+                        _row(
+                            name,
+                            f"EM from zarr, cache {cache}",
+                            fit["times"],
+                            peak_worker_rss=wm.peak,
+                            baseline_worker_rss=wm.baseline,
+                            n_rows=n,
+                        )
+                    )
+                s.say(f"[ooc] {name}: EM from zarr at N={h.fmt_n(n_small)} (memory)")
+                with h.WorkerMemory(client) as wm:
+                    daskem_fit(x[:n_small], start, 2, persist=False)
+                rows.append(
+                    _row(
+                        name,
+                        f"EM from zarr at N={h.fmt_n(n_small)} (memory only)",
+                        [],
+                        peak_worker_rss=wm.peak,
+                        baseline_worker_rss=wm.baseline,
+                        n_rows=n_small,
+                    )
+                )
+    finally:
+        if s.keep_data:
+            s.say(f"[ooc] data kept at {path}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    by = {(row["case"], row["tool"]): row for row in rows}
+    read_warm = by[("read pass", "da.from_zarr(p).sum(), cache warm")]["min"]
+    read_cold = by[("read pass", "da.from_zarr(p).sum(), cache cold")]["min"]
+    for ct, k in cases:
+        name = f"{ct} K={k}"
+        mem = next(row for row in rows if row["case"] == name and row["tool"].startswith("in m"))
+        for cache, read in (("warm", read_warm), ("cold", read_cold)):
+            em = by[(name, f"EM from zarr, cache {cache}")]
+            bound = max(read, mem["min"])
+            em["vs_bound"] = _ratio(em["min"], bound)
+            targets.append(
+                _target(
+                    f"{name}, cache {cache}: iteration / max(read pass, in-memory × N)",
+                    em["vs_bound"],
+                    "<=",
+                    1.2,
+                )
+            )
+        big = by[(name, "EM from zarr, cache warm")]
+        small = by[(name, f"EM from zarr at N={h.fmt_n(n_small)} (memory only)")]
+        growth = _ratio(big["peak_worker_rss"], small["peak_worker_rss"])
+        targets.append(
+            _target(
+                f"{name}: peak worker memory at N={h.fmt_n(n)} / at N={h.fmt_n(n_small)}",
+                growth,
+                "<=",
+                1.2,
+                note="does not grow with N",
+            )
+        )
+    notes.append(
+        f"{h.fmt_n(n)}×{d} float64, uncompressed zarr, {chunk}-row chunks "
+        f"({chunk * d * 8 / 2**20:.0f} MiB), written in {write_seconds:.1f} s; LocalCluster 2 "
+        "workers × 1 thread, 1 GiB each, data not persisted. 'cold' drops the store's files "
+        "from the page cache (posix_fadvise) before every pass. Peak memory: resident size "
+        "of the worker processes sampled every 0.2 s."
+    )
+    header = ["case", "measure", "min s", "median s", "÷ max(read, in-memory)", "peak worker MiB"]
+    table = [
+        [
+            row["case"],
+            row["tool"],
+            h.fmt_seconds(row["min"]),
+            h.fmt_seconds(row["median"]),
+            h.fmt_ratio(row.get("vs_bound")),
+            f"{row['peak_worker_rss'] / 2**20:.0f}" if row.get("peak_worker_rss") else "-",
+        ]
+        for row in rows
+    ]
+    return {
+        "title": f"Out of core (zarr on local disk, N={h.fmt_n(n)}, d={d})",
+        "rows": rows,
+        "targets": targets,
+        "notes": notes,
+        "markdown": h.md_table(header, table),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Suite 4: scaling in N
+# --------------------------------------------------------------------------------------
+def suite_scaling(s: Settings) -> dict:
+    d, k = 16, 8
+    sizes = [s.n(v, v / 4) for v in (1e6, 2e6, 4e6, 8e6)]
+    sizes = sorted(set(sizes))
+    x_all = h.make_data(sizes[-1], d, k)
+    start = h.make_start(x_all, k, "full")
+    rows = []
+    for n in sizes:
+        s.say(f"[scaling] N={h.fmt_n(n)}")
+        fit = daskem_fit(x_all[:n], start, s.repeats + 1)
+        row = _row(f"full N={h.fmt_n(n)} d={d} K={k}", "dask-em threads", fit["times"], n_rows=n)
+        row["ns_per_row"] = row["min"] / n * 1e9
+        row["ns_per_row_median"] = row["median"] / n * 1e9
+        rows.append(row)
+    per_row = [row["ns_per_row"] for row in rows]
+    spread = max(per_row) / min(per_row) - 1.0
+    targets = [_target("per-row time, (max − min) / min over N", spread, "<=", 0.15)]
+    header = ["N", "min s/iter", "median s/iter", "ns/row (min)", "ns/row (median)"]
+    table = [
+        [
+            h.fmt_n(row["n_rows"]),
+            h.fmt_seconds(row["min"]),
+            h.fmt_seconds(row["median"]),
+            f"{row['ns_per_row']:.0f}",
+            f"{row['ns_per_row_median']:.0f}",
+        ]
+        for row in rows
+    ]
+    return {
+        "title": f"Scaling in N (full, d={d}, K={k}, dask-em threads)",
+        "rows": rows,
+        "targets": targets,
+        "notes": [],
+        "markdown": h.md_table(header, table),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Suite 5: float32 vs float64
+# --------------------------------------------------------------------------------------
+def suite_float32(s: Settings) -> dict:
+    n, d, k = s.n(1e6, 2e5), 16, 8
+    n_iter = max(s.repeats + 1, 10 if s.quick else 20)
+    x64 = h.make_data(n, d, k)
+    x32 = x64.astype(np.float32)
+    rows, targets = [], []
+    for ct in ("full", "diag"):
+        start = h.make_start(x64, k, ct)
+        name = f"{ct} N={h.fmt_n(n)} d={d} K={k}"
+        fits = {}
+        for dtype, x in (("float64", x64), ("float32", x32)):
+            s.say(f"[float32] {name}: {dtype}")
+            fits[dtype] = daskem_fit(x, start, n_iter)
+            rows.append(
+                _row(
+                    name,
+                    f"dask-em threads {dtype}",
+                    fits[dtype]["times"],
+                    final_loglik_mean=fits[dtype]["lower_bound"],
+                    n_iter=n_iter,
+                )
+            )
+        lim32 = block_limit(x32, fits["float32"]["model"]._params(), engine_chunk_rows(n, d), 3)
+        rows.append(_row(name, "block limit float32", lim32.pop("times"), **lim32))
+        speed = _ratio(rows[-3]["min"], rows[-2]["min"])
+        ll64, ll32 = fits["float64"]["lower_bound"], fits["float32"]["lower_bound"]
+        rel = abs(ll32 - ll64) / abs(ll64)
+        rows[-2]["speedup_vs_float64"] = speed
+        rows[-2]["rel_loglik_change"] = rel
+        targets.append(_target(f"{name}: float32 speed-up over float64", speed, ">=", 1.8))
+        targets.append(
+            _target(f"{name}: relative change of the final log-likelihood", rel, "<=", 1e-6)
+        )
+    header = ["case", "tool", "min s/iter", "median s/iter", "speed-up", "rel. LL change"]
+    table = [
+        [
+            row["case"],
+            row["tool"],
+            h.fmt_seconds(row["min"]),
+            h.fmt_seconds(row["median"]),
+            h.fmt_ratio(row.get("speedup_vs_float64")),
+            f"{row['rel_loglik_change']:.1e}" if "rel_loglik_change" in row else "-",
+        ]
+        for row in rows
+    ]
+    return {
+        "title": "float32 vs float64 (dask-em threads)",
+        "rows": rows,
+        "targets": targets,
+        "notes": [
+            f"Same rows rounded to float32, same start, {n_iter} iterations each (tol=0); "
+            "log-likelihood compared after the last one."
+        ],
+        "markdown": h.md_table(header, table),
+    }
+
+
+RUNNERS = {
+    "em": suite_em,
+    "spark": suite_spark,
+    "ooc": suite_ooc,
+    "scaling": suite_scaling,
+    "float32": suite_float32,
+}
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+def render_markdown(result: dict) -> str:
+    env = result["environment"]
+    blas = ", ".join(
+        f"{b['internal_api']} {b['version']} ({b['architecture']}, {b['num_threads']} threads)"
+        for b in env["blas"]
+    )
+    v = env["versions"]
+    lines = [
+        "# dask-em benchmarks",
+        "",
+        f"`{result['command']}`",
+        "",
+        f"{env['time_utc']} · {env['cores']} cores ({env['cpu_model']}), "
+        f"{env['memory_gib']} GiB · BLAS: {blas} · dask-em {v.get('dask-em')} "
+        f"(commit {env['git_commit']}{', engine modified' if env['engine_modified'] else ''}) "
+        f"· numpy {v.get('numpy')} · dask {v.get('dask')} · scikit-learn "
+        f"{v.get('scikit-learn')} · pyspark {v.get('pyspark')} · {env.get('java')}",
+        "",
+        f"Load average (1, 5, 15 min) at start {result['load_start']}, at end "
+        f"{result.get('load_end')}.",
+    ]
+    for name, suite in result["suites"].items():
+        lines += ["", f"## {name}: {suite['title']}", ""]
+        if suite.get("skipped"):
+            lines.append(f"skipped: {suite['skipped']}")
+            continue
+        if suite.get("error"):
+            lines.append(f"failed: {suite['error']}")
+            continue
+        lines.append(suite["markdown"])
+        lines.append("")
+        lines.append(
+            f"Load average at start {suite['load'][0]}, at end {suite['load'][1]}; "
+            f"{suite['seconds']:.0f} s."
+        )
+        if suite.get("targets"):
+            lines += ["", "| target | value | goal | met |", "|---|---|---|---|"]
+            for t in suite["targets"]:
+                val = t["value"]
+                shown = "-" if val is None else (f"{val:.3g}" if abs(val) < 1e3 else f"{val:.4g}")
+                met = {True: "yes", False: "**no**", None: "-"}[t["ok"]]
+                lines.append(f"| {t['what']} | {shown} | {t['target']} | {met} |")
+        if suite.get("notes"):
+            lines.append("")
+            lines += [f"- {note}" for note in suite["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _strip(obj):
+    """Drop non-serialisable objects (fitted models) from suite results."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k != "model"}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, for development")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=SUITES,
+        metavar="NAME",
+        help=f"suites to run ({', '.join(SUITES)}); default all",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats (iterations) per figure; default 5, 3 with --quick",
+    )
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and Markdown"
+    )
+    p.add_argument("--keep-data", action="store_true", help="keep the out-of-core zarr data")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the out-of-core data goes (a temp "
+        "folder inside it); default the system temp folder",
+    )
+    p.add_argument(
+        "--malloc-trim",
+        choices=("dask", "unset", "both"),
+        default="both",
+        help="LocalCluster variants in the em suite: dask's worker environment "
+        "(MALLOC_TRIM_THRESHOLD_=65536), the variable unset, or both",
+    )
+    p.add_argument(
+        "--spark-rdd",
+        action="store_true",
+        help="also run Spark's RDD-based API from the benchmark start (slow)",
+    )
+    p.add_argument("--max-rows", type=int, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    settings = Settings(
+        quick=args.quick,
+        repeats=args.repeats or (3 if args.quick else 5),
+        max_rows=args.max_rows,
+        malloc_trim=args.malloc_trim,
+        keep_data=args.keep_data,
+        data_dir=args.data_dir,
+        spark_rdd=args.spark_rdd,
+    )
+    names = [n for n in SUITES if not args.only or n in args.only]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"benchmark-{stamp}.json"
+    md_path = args.out / f"benchmark-{stamp}.md"
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {
+        "command": command.strip(),
+        "settings": {k: v for k, v in vars(settings).items() if k != "log"},
+        "environment": h.environment(),
+        "load_start": h.loadavg(),
+        "suites": {},
+    }
+    settings.say(f"load average {result['load_start']}; suites: {', '.join(names)}")
+    for name in names:
+        load0, t0 = h.loadavg(), time.perf_counter()
+        try:
+            suite = RUNNERS[name](settings)
+        except Exception as exc:  # keep the other suites' figures
+            import traceback
+
+            traceback.print_exc()
+            suite = {"title": name, "error": f"{type(exc).__name__}: {exc}", "rows": []}
+        suite["load"] = [load0, h.loadavg()]
+        suite["seconds"] = time.perf_counter() - t0
+        result["suites"][name] = _strip(suite)
+        result["load_end"] = h.loadavg()
+        h.write_json(json_path, result)
+        md_path.write_text(render_markdown(result))
+    md = render_markdown(result)
+    print(md)
+    settings.say(f"wrote {json_path} and {md_path}")
+    result["paths"] = {"json": str(json_path), "markdown": str(md_path)}
+    return result
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

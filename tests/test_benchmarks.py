@@ -1,0 +1,77 @@
+"""The benchmark harness still runs end to end (tiny sizes; no timing assertions)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("dask_em_bench_run", BENCH / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # puts benchmarks/ on sys.path for harness, peers
+    yield module
+    sys.modules.pop("dask_em_bench_run", None)
+
+
+def test_data_is_seeded_and_shared_across_sizes_and_chunkings(bench):
+    h = bench.h
+    small = h.make_data(1000, 4, 3)
+    assert np.array_equal(small, h.make_data(1000, 4, 3))
+    assert np.array_equal(small, h.make_data(3000, 4, 3)[:1000])
+    lazy = h.dask_data(3000, 4, 3, chunk_rows=700).compute(scheduler="sync")
+    assert np.array_equal(lazy[:1000], small)
+    for ct, shape in (("full", (3, 4, 4)), ("diag", (3, 4))):
+        start = h.make_start(small, 3, ct)
+        assert start.precisions.shape == shape
+        assert np.isclose(start.weights.sum(), 1.0)
+
+
+def test_em_suite_runs_and_writes_json_and_markdown(bench, tmp_path):
+    result = bench.main(
+        [
+            "--quick",
+            "--only",
+            "em",
+            "--repeats",
+            "1",
+            "--max-rows",
+            "3000",
+            "--malloc-trim",
+            "dask",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    suite = result["suites"]["em"]
+    assert "error" not in suite, suite.get("error")
+    tools = {(r["case"], r["tool"]) for r in suite["rows"]}
+    assert len({c for c, _ in tools}) == 3
+    for case in {c for c, _ in tools}:
+        for tool in ("scikit-learn", "dask-em threads", "block limit", "dask-em LocalCluster 2×1"):
+            assert (case, tool) in tools
+    for row in suite["rows"]:
+        assert row["min"] > 0 and row["median"] >= row["min"]
+        if row["tool"] == "dask-em threads":
+            # The harness compares the same computation: same start, same numbers.
+            assert row["lower_bounds_vs_sklearn"] < 1e-8
+            assert row["speedup_vs_sklearn"] > 0
+    assert suite["targets"]
+    saved = json.loads(Path(result["paths"]["json"]).read_text())
+    assert saved["environment"]["cores"] >= 1
+    assert saved["environment"]["blas"]
+    assert "## em" in Path(result["paths"]["markdown"]).read_text()
+
+
+def test_spark_suite_skips_with_a_reason(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.peers, "spark_missing", lambda: "pyspark is not installed")
+    result = bench.main(["--quick", "--only", "spark", "--out", str(tmp_path)])
+    assert result["suites"]["spark"]["skipped"] == "pyspark is not installed"
+    assert "skipped: pyspark is not installed" in Path(result["paths"]["markdown"]).read_text()
