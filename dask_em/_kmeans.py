@@ -40,7 +40,7 @@ Empty clusters
 --------------
 As in scikit-learn's ``KMeans``: after a Lloyd pass, an empty cluster is re-seeded on
 the row farthest from its centre (the worst-explained row), which leaves its old
-cluster; each pass carries the K farthest rows for that. If the final labels still
+cluster; only then does one more pass find the K farthest rows. If the final labels still
 leave a cluster empty, its centre is re-seeded the same way and the statistics pass is
 repeated. Centres are cluster means or data rows, so they lie inside the data's range,
 and a row at distance zero from a centre is never drawn, so they are distinct, unless
@@ -63,7 +63,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dask
 import numpy as np
@@ -238,19 +238,22 @@ class _Race:
 
 @dataclass(frozen=True, eq=False)
 class _LloydPart:
-    """Per-cluster weight sums and sums of ``w (x - base_k)``, cost, farthest rows."""
+    """Per-cluster weight sums and sums of ``w (x - base_k)``, cost, farthest rows.
+
+    ``far`` is None in a plain Lloyd pass (see :class:`_FarTask`).
+    """
 
     counts: np.ndarray
     sums: np.ndarray
     inertia: float
-    far: _Sample
+    far: _Sample | None
 
     def __add__(self, other):
         return _LloydPart(
             self.counts + other.counts,
             self.sums + other.sums,
             self.inertia + other.inertia,
-            self.far + other.far,
+            None if self.far is None else self.far + other.far,
         )
 
 
@@ -284,9 +287,14 @@ class _Tile:
 
     def __init__(self, x, ref, row0, w):
         self.x = x
-        self.xc = np.subtract(x, ref, dtype=np.float64)
-        self.m = x.shape[0]
+        self.m, d = x.shape
+        # z = [xc, 1]: one GEMM with [-2 c, |c|^2] gives |c|^2 - 2 xc.c for every centre.
+        self.z = np.empty((self.m, d + 1))
+        self.xc = self.z[:, :d]
+        np.subtract(x, ref, out=self.xc, dtype=np.float64)
+        self.z[:, d] = 1.0
         self.index = np.arange(row0, row0 + self.m, dtype=np.int64)
+        self.weighted = w is not None
         self.w = np.ones(self.m) if w is None else np.asarray(w, dtype=np.float64)
         self._xx = None
         self._x64 = None
@@ -310,27 +318,56 @@ def _tile_rows(d: int) -> int:
     return int(min(65536, max(1024, 2**21 // (8 * max(d, 1)))))
 
 
+# Above this many clusters, per-cluster sums use bincount rather than a one-hot GEMM.
+_ONE_HOT_MAX = 32
+
+
+def _affine(cc, c_sq):
+    """``[-2 c, |c|^2]`` (K, d+1): the design ``[xc, 1]`` times its transpose is
+    ``|c|^2 - 2 xc.c``, the squared distance less ``|xc|^2``."""
+    return np.concatenate([-2.0 * cc, c_sq[:, None]], axis=1)
+
+
 def _nearest(t, cc, c_sq):
-    """Nearest centre of each row and its score ``|c|^2 - 2 xc.c`` (one GEMM)."""
+    """Label of each row's nearest centre (ties to the first), one GEMM and an argmin."""
     if cc.shape[0] == 1:
-        return np.zeros(t.m, np.intp), c_sq[0] - 2.0 * (t.xc @ cc[0])
-    s = t.xc @ cc.T
-    s *= -2.0
-    s += c_sq
-    labels = np.argmin(s, axis=1)
-    return labels, s[np.arange(t.m), labels]
+        return np.zeros(t.m, np.intp)
+    return np.argmin(t.z @ _affine(cc, c_sq).T, axis=1)
 
 
-def _exact_sq(t, cc, labels):
-    dev = t.xc - cc[labels]
-    return np.einsum("ij,ij->i", dev, dev)
+def _min_sq_dist(t, cc, c_sq):
+    """Squared distance of each row to its nearest centre, exactly zero on a centre.
+
+    The expanded form ``|xc|^2 + min_k (|c_k|^2 - 2 xc.c_k)`` (a GEMM and a minimum
+    along contiguous rows, no labels) is off by round-off of order
+    ``eps (|xc|^2 + |c|^2)``; where it is that small it is recomputed as
+    ``min_k |xc - c_k|^2``, so a row equal to a centre gets exactly zero.
+    """
+    if cc.shape[0] == 1:
+        d2 = t.xx + t.z @ _affine(cc, c_sq)[0]
+    else:
+        d2 = t.xx + (_affine(cc, c_sq) @ t.z.T).min(axis=0)
+    slack = 8.0 * (cc.shape[1] + 2) * np.finfo(np.float64).eps
+    near = np.flatnonzero(d2 <= slack * (t.xx + c_sq.max()))
+    if near.size:
+        dev = t.xc[near][:, None, :] - cc[None, :, :]
+        d2[near] = np.einsum("ikj,ikj->ik", dev, dev).min(axis=1)
+    return d2
 
 
-def _group_sum(labels, values, k):
-    """Per-label sums of the rows of ``values`` (m, d), shape (k, d); in row order."""
+def _cluster_sums(labels, values, w, k, weighted):
+    """Per-cluster weight sums (k,) and sums of ``w * values`` (k, d)."""
+    counts = np.bincount(labels, weights=w if weighted else None, minlength=k).astype(np.float64)
+    if k <= _ONE_HOT_MAX:
+        # A one-hot GEMM: several times faster than bincount over every value.
+        onehot = np.equal(labels, np.arange(k)[:, None]).astype(np.float64)
+        if weighted:
+            onehot *= w
+        return counts, onehot @ values
     m, d = values.shape
+    wv = values * w[:, None] if weighted else values
     flat = (labels[:, None] * d + np.arange(d)).ravel()
-    return np.bincount(flat, weights=values.ravel(), minlength=k * d).reshape(k, d)
+    return counts, np.bincount(flat, weights=wv.ravel(), minlength=k * d).reshape(k, d)
 
 
 def _centred(centers, ref):
@@ -375,8 +412,7 @@ class _RoundTask:
     cap: int
 
     def tile(self, t):
-        labels, _ = _nearest(t, self.cc, self.c_sq)
-        d2 = _exact_sq(t, self.cc, labels)
+        d2 = _min_sq_dist(t, self.cc, self.c_sq)
         with np.errstate(divide="ignore"):
             keys = _exponentials(self.key, t.index) / (t.w * d2)
         return _Sample.of(self.cap, keys, t.index, t.x, np.empty((t.m, 0)))
@@ -393,7 +429,7 @@ class _WeighTask:
     c_sq: np.ndarray
 
     def tile(self, t):
-        labels, _ = _nearest(t, self.cc, self.c_sq)
+        labels = _nearest(t, self.cc, self.c_sq)
         return np.bincount(labels, weights=t.w, minlength=self.cc.shape[0])
 
     def zero(self, d):
@@ -409,51 +445,69 @@ def _far_sample(t, mind, labels, n_far):
 
 @dataclass(frozen=True, eq=False)
 class _LloydTask:
-    """One Lloyd pass: counts and sums of w xc per nearest centre, and farthest rows."""
+    """One Lloyd pass: weight sums and sums of w xc per nearest centre."""
 
     cc: np.ndarray
     c_sq: np.ndarray
 
     def tile(self, t):
         k = self.cc.shape[0]
-        labels, score = _nearest(t, self.cc, self.c_sq)
-        # Only ranks the farthest rows and reports the cost: the expanded form is enough.
-        mind = np.maximum(t.xx + score, 0.0)
-        return _LloydPart(
-            np.bincount(labels, weights=t.w, minlength=k),
-            _group_sum(labels, t.xc * t.w[:, None], k),
-            float(t.w @ mind),
-            _far_sample(t, mind, labels, k),
-        )
+        labels = _nearest(t, self.cc, self.c_sq)
+        counts, sums = _cluster_sums(labels, t.xc, t.w, k, t.weighted)
+        return _LloydPart(counts, sums, 0.0, None)
 
     def zero(self, d):
         k = self.cc.shape[0]
-        return _LloydPart(np.zeros(k), np.zeros((k, d)), 0.0, _Sample.empty(k, d, 2))
+        return _LloydPart(np.zeros(k), np.zeros((k, d)), 0.0, None)
 
 
-def _onehot_statistics(dev, sw, w, labels, k, centers, covariance_type, n_rows):
-    """SuffStats of one-hot responsibilities, moments about each row's own centre."""
-    d = dev.shape[1]
-    wdev = dev * w[:, None]
-    nk = np.bincount(labels, weights=w, minlength=k)
-    s1 = _group_sum(labels, wdev, k)
-    if covariance_type == "full":
-        s2 = np.zeros((k, d, d))
-        a = dev * sw[:, None]
-        order = np.argsort(labels, kind="stable")
-        bounds = np.searchsorted(labels[order], np.arange(k + 1))
-        for j in range(k):
-            rows = a[order[bounds[j] : bounds[j + 1]]]
-            if rows.shape[0]:
-                s2[j] = rows.T @ rows
-    elif covariance_type == "tied":
-        a = dev * sw[:, None]
-        s2 = a.T @ a
+@dataclass(frozen=True, eq=False)
+class _FarTask:
+    """The rows farthest from their nearest centre (to re-seed empty clusters).
+
+    Only run after a Lloyd pass left a cluster empty, so the common pass stays lean.
+    """
+
+    cc: np.ndarray
+    c_sq: np.ndarray
+
+    def tile(self, t):
+        labels = _nearest(t, self.cc, self.c_sq)
+        dev = t.xc - self.cc[labels]
+        return _far_sample(t, np.einsum("ij,ij->i", dev, dev), labels, self.cc.shape[0])
+
+    def zero(self, d):
+        return _Sample.empty(self.cc.shape[0], d, 2)
+
+
+def _onehot_statistics(dev, w, labels, nk, s1, centers, covariance_type, n_rows, weighted):
+    """SuffStats of one-hot responsibilities, moments about each row's own centre.
+
+    ``nk`` and ``s1`` are the per-cluster weight sums and sums of ``w * dev``.
+    """
+    k, d = s1.shape
+    if covariance_type in ("full", "tied"):
+        a = dev * np.sqrt(w)[:, None] if weighted else dev
+        if covariance_type == "tied":
+            s2 = a.T @ a
+        else:
+            s2 = np.zeros((k, d, d))
+            # A counting sort of small labels, then one GEMM per cluster on its rows.
+            small = labels.astype(np.uint8 if k < 256 else np.uint16)
+            order = np.argsort(small, kind="stable")
+            bounds = np.searchsorted(small[order], np.arange(k + 1))
+            a = a[order]
+            for j in range(k):
+                rows = a[bounds[j] : bounds[j + 1]]
+                if rows.shape[0]:
+                    s2[j] = rows.T @ rows
     elif covariance_type == "diag":
-        s2 = _group_sum(labels, wdev * dev, k)
+        _, s2 = _cluster_sums(labels, dev * dev, w, k, weighted)
     else:
-        s2 = np.bincount(labels, weights=np.einsum("ij,ij->i", wdev, dev), minlength=k)
-    return SuffStats(covariance_type, centers, nk, s1, s2, 0.0, int(n_rows), float(w.sum()))
+        sq = np.einsum("ij,ij->i", dev, dev)
+        s2 = np.bincount(labels, weights=sq * w if weighted else sq, minlength=k)
+    total = float(w.sum()) if weighted else float(n_rows)
+    return SuffStats(covariance_type, centers, nk, s1, s2, 0.0, int(n_rows), total)
 
 
 @dataclass(frozen=True, eq=False)
@@ -471,20 +525,15 @@ class _StatsTask:
 
     def tile(self, t):
         k = self.cc.shape[0]
-        labels, _ = _nearest(t, self.cc, self.c_sq)
+        labels = _nearest(t, self.cc, self.c_sq)
         dev = t.x64 - self.centers[labels]
         mind = np.einsum("ij,ij->i", dev, dev)
-        sw = np.sqrt(t.w)
+        counts, sums = _cluster_sums(labels, dev, t.w, k, t.weighted)
         stats = tuple(
-            _onehot_statistics(dev, sw, t.w, labels, k, self.centers, ct, t.m)
+            _onehot_statistics(dev, t.w, labels, counts, sums, self.centers, ct, t.m, t.weighted)
             for ct in self.covariance_types
         )
-        lloyd = _LloydPart(
-            np.bincount(labels, weights=t.w, minlength=k),
-            _group_sum(labels, dev * t.w[:, None], k),
-            float(t.w @ mind),
-            _far_sample(t, mind, labels, k),
-        )
+        lloyd = _LloydPart(counts, sums, float(t.w @ mind), _far_sample(t, mind, labels, k))
         return _StatsPart(lloyd, stats)
 
     def zero(self, d):
@@ -511,14 +560,14 @@ class _PlusPlusTask:
     keys: tuple
 
     def tile(self, t):
-        labels, _ = _nearest(t, self.cc, self.c_sq)
-        d2 = _exact_sq(t, self.cc, labels)
+        d2 = _min_sq_dist(t, self.cc, self.c_sq)
         h = self.trials.shape[0]
         if h:
+            t_sq = np.einsum("ij,ij->i", self.trials, self.trials)
             hyp = np.empty((t.m, h))
             for i in range(h):
-                dev = t.xc - self.trials[i]
-                np.minimum(d2, np.einsum("ij,ij->i", dev, dev), out=hyp[:, i])
+                one = slice(i, i + 1)
+                np.minimum(d2, _min_sq_dist(t, self.trials[one], t_sq[one]), out=hyp[:, i])
             pots = t.w @ hyp
         else:
             hyp, pots = d2[:, None], np.zeros(0)
@@ -656,7 +705,7 @@ def _local_kmeans(points, weights, n_clusters, seed):
             break
         labels = new
         counts = np.bincount(labels, weights=weights, minlength=n_clusters)
-        sums = _group_sum(labels, points * weights[:, None], n_clusters)
+        sums = _cluster_sums(labels, points, weights, n_clusters, True)[1]
         for k in np.flatnonzero(counts == 0):
             # Empty cluster: re-seed on the point worst explained by its centre.
             far = int(np.argmax(dist[np.arange(p), labels] * (counts[labels] > weights)))
@@ -691,7 +740,8 @@ def _relocate(part, centers, base):
     counts, sums = part.counts.copy(), part.sums.copy()
     empty = np.flatnonzero(counts <= 0)
     # scikit-learn's _relocate_empty_clusters: the farthest rows move to empty clusters.
-    for k, row, (label, wt) in zip(empty, part.far.rows, part.far.extra, strict=False):
+    far = part.far if empty.size else _Sample.empty(0, centers.shape[1], 2)
+    for k, row, (label, wt) in zip(empty, far.rows, far.extra, strict=False):
         donor = int(label)
         counts[donor] -= wt
         sums[donor] -= wt * (row - base[donor])
@@ -720,6 +770,7 @@ class _KMeansRun:
         self.n_iter = 0
         self.converged = False
         self.relocations = 0
+        self._pending = None
         self.candidates = None
         self.centers = None
         self.statistics = None
@@ -750,12 +801,23 @@ class _KMeansRun:
             return _WeighTask(*_centred(self.candidates, ref))
         if self.phase == "lloyd":
             return _LloydTask(*_centred(self.centers, ref))
+        if self.phase == "far":
+            return _FarTask(*_centred(self.centers, ref))
         if self.phase == "stats":
             return _StatsTask(self.centers, *_centred(self.centers, ref), self.covariance_types)
         return None
 
+    def _update(self, part):
+        """Lloyd's update from a pass's sums; empty clusters re-seeded from ``part.far``."""
+        base = np.broadcast_to(self.ctx.ref, self.centers.shape)
+        new, _ = _relocate(part, self.centers, base)
+        shift = float(np.sum((new - self.centers) ** 2))
+        self.centers = new
+        self.n_iter += 1
+        self.converged = shift <= self.tol * self.ctx.tol_scale
+        self.phase = "stats" if self.converged or self.n_iter >= self.max_iter else "lloyd"
+
     def receive(self, result):
-        ref = self.ctx.ref
         if self.phase == "first":
             if not np.isfinite(result.keys[0]):
                 raise ValueError("Every sample weight is zero; give some rows positive weight.")
@@ -778,14 +840,15 @@ class _KMeansRun:
                 self.centers = _local_kmeans(points, wts, self.k, self.seed)
                 self.phase = "lloyd" if self.max_iter > 0 else "stats"
         elif self.phase == "lloyd":
-            base = np.broadcast_to(ref, self.centers.shape)
-            new, _ = _relocate(result, self.centers, base)
-            shift = float(np.sum((new - self.centers) ** 2))
-            self.centers = new
-            self.n_iter += 1
-            self.converged = shift <= self.tol * self.ctx.tol_scale
-            if self.converged or self.n_iter >= self.max_iter:
-                self.phase = "stats"
+            if np.any(result.counts <= 0):
+                # Rare: re-seeding an empty cluster needs the farthest rows, one more pass.
+                self._pending = result
+                self.phase = "far"
+            else:
+                self._update(result)
+        elif self.phase == "far":
+            self._update(replace(self._pending, far=result))
+            self._pending = None
         elif self.phase == "stats":
             lloyd = result.lloyd
             n_empty = int(np.sum(lloyd.counts <= 0))
