@@ -55,8 +55,8 @@ from ._stats import (
 
 MISSING_OPTIONS = ("error", "em")
 
-# Rows per tile for the incomplete rows: the per-component temporaries (K x rows x d
-# float64) stay near 1 MB, within L2.
+# Rows per tile for the incomplete rows: each per-component temporary (K x d x rows
+# float64) stays near 1 MB, so a tile's working set fits in L2.
 _TILE_BYTES = 2**20
 
 
@@ -79,14 +79,11 @@ class PatternGroup:
         Index of each row's pattern in ``missing``.
     missing : ndarray of shape (U, j)
         Missing features of each pattern, ascending.
-    starts : ndarray of shape (U,)
-        Position in ``rows`` of each pattern's first row.
     """
 
     rows: np.ndarray
     pattern: np.ndarray
     missing: np.ndarray
-    starts: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,7 +199,6 @@ def block_layout(x, row_offset=0, block_index=0) -> BlockLayout:
                     rows[r0:r1],
                     label[r0:r1] - p0,
                     np.nonzero(pattern_mask[p0:p1])[1].reshape(p1 - p0, int(pattern_j[p0])),
-                    starts[p0:p1] - r0,
                 )
             )
     return BlockLayout(
