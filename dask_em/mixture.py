@@ -124,6 +124,10 @@ class GaussianMixture:
         ones; ``lower_bound_`` is then the observed-data log-likelihood per used row.
         Rows with no observed value are skipped (``n_rows_skipped_``). Infinity is an
         error either way. Prediction and scoring use the observed features of each row.
+        'em' costs one extra pass before fitting (counting what is missing), and
+        initialisation, having no model to condition on, sees each missing value
+        replaced by its feature's observed mean, and rows with nothing observed at
+        weight zero ('random_from_data', which draws rows uniformly, may still draw one).
 
     Attributes
     ----------

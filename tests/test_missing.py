@@ -449,7 +449,7 @@ def test_bad_missing_option_and_hopeless_data():
         GaussianMixture(2, missing="em").fit(np.full((10, 3), np.nan))
 
 
-@pytest.mark.parametrize("init", ["random_from_data", "random"])
+@pytest.mark.parametrize("init", ["kmeans", "k-means++", "random_from_data", "random"])
 def test_initialisation_copes_with_incomplete_and_empty_rows(init):
     X = _with_missing(make_blobs(n=500, d=5)[0], 0.3, seed=0, n_empty=40)
     with warnings.catch_warnings():
