@@ -22,12 +22,12 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import _math
+from . import _math, _missing
 from ._em import CandidateState, EMProgress, best_candidate, run_em, single_threaded_blas
 from ._reduce import tree_reduce
 from ._starts import StartRequest, make_starts
 from ._stats import _raise_non_finite, log_prob_block
-from ._validation import check_array, check_weights_like
+from ._validation import check_array, check_weight_values, check_weights_like
 from .mixture import GaussianMixture, _ensure_handler, _prepare_data
 
 logger = logging.getLogger("dask_em")
@@ -177,10 +177,12 @@ def _seed(random_state) -> int:
     )
 
 
-def _loglik_chunk(x, params_list, row_offset, block_index, w=None):
+def _loglik_chunk(x, spec, row_offset, block_index, w=None):
+    params_list, missing = spec
     out = []
     for params in params_list:
-        lp = log_prob_block(x, params).T  # (K, n) and C-contiguous: normalised in place
+        lp = (_missing.log_prob_missing if missing else log_prob_block)(x, params)
+        lp = np.ascontiguousarray(lp.T)  # (K, n), normalised in place
         log_norm = _math.normalize_log_prob(lp)
         if not np.all(np.isfinite(log_norm)):
             _raise_non_finite(x, np.flatnonzero(~np.isfinite(log_norm)), block_index, row_offset)
@@ -189,7 +191,7 @@ def _loglik_chunk(x, params_list, row_offset, block_index, w=None):
     return tuple(out)
 
 
-def final_log_likelihoods(x, params_list, *, weights=None, split_every=None):
+def final_log_likelihoods(x, params_list, *, weights=None, split_every=None, missing=False):
     """Total (weighted) log-likelihood of several mixtures, in one pass.
 
     Parameters
@@ -198,6 +200,9 @@ def final_log_likelihoods(x, params_list, *, weights=None, split_every=None):
     params_list : sequence of MixtureParams
     weights : dask.array.Array of shape (n,), optional
     split_every : int, optional
+    missing : bool
+        NaN are missing values: each row contributes the log-likelihood of its observed
+        features (zero for a row with none), as ``GaussianMixture(missing='em')`` scores.
 
     Returns
     -------
@@ -209,7 +214,7 @@ def final_log_likelihoods(x, params_list, *, weights=None, split_every=None):
     graph = tree_reduce(
         x,
         _loglik_chunk,
-        tuple(params_list),
+        (tuple(params_list), bool(missing)),
         weights=weights,
         split_every=split_every,
         prefix="select-loglik",
@@ -262,8 +267,9 @@ def _run_em_dropping_failures(x, starts, failures, **kw):
             logger.warning("select_model: start %d dropped: %s", i, exc)
 
 
-def _fitted(proto: GaussianMixture, best: CandidateState, group, d) -> GaussianMixture:
+def _fitted(proto, best: CandidateState, group, d, n_skipped) -> GaussianMixture:
     gm = GaussianMixture(**proto.get_params())
+    gm.n_rows_skipped_ = n_skipped
     gm._set_fitted(best.params)
     gm.converged_ = bool(best.converged)
     gm.n_iter_ = best.n_iter
@@ -293,6 +299,7 @@ def select_model(
     sample_weight=None,
     persist="auto",
     split_every: int | None = None,
+    missing: str = "error",
     verbose: int = 0,
 ) -> SelectionResult:
     """Fit every (n_components, covariance_type) pair in shared passes; rank them.
@@ -321,6 +328,10 @@ def select_model(
     persist : {'auto', True, False}, default='auto'
         As :class:`GaussianMixture` (False: every pass re-reads the data).
     split_every : int, optional
+    missing : {'error', 'em'}, default='error'
+        As :class:`GaussianMixture`: with 'em', NaN are values missing at random, every
+        candidate is fitted by EM for incomplete data and scored on each row's observed
+        features.
     verbose : int, default=0
         1 or more logs every iteration at INFO level on the ``dask_em`` logger.
 
@@ -357,6 +368,7 @@ def select_model(
             random_state=seed,
             persist=persist,
             split_every=split_every,
+            missing=missing,
             verbose=verbose,
         )
         gm._check_parameters()
@@ -378,17 +390,24 @@ def select_model(
     x = _prepare_data(x, persist, from_numpy)
     if weights is not None:
         weights = _prepare_data(weights, persist, not isinstance(sample_weight, da.Array))
+        if isinstance(sample_weight, da.Array):
+            check_weight_values(weights)
+    kernel, x_init, weights_init, n_skipped = None, x, weights, 0
+    if missing == "em":
+        # Initialisation sees missing values mean-filled (see _missing.prepare_fit).
+        x_init, weights_init, summary = _missing.prepare_fit(x, weights, split_every)
+        kernel, n_skipped = _missing.missing_block_statistics, summary.n_skipped
 
     requests = [StartRequest(k, ct, n_init, np.random.RandomState(seed)) for k, ct in grid]
     t0 = time.perf_counter()
     with single_threaded_blas():
         per_candidate = make_starts(
-            x,
+            x_init,
             requests,
             init_params,
             reg_covar=reg_covar,
             eps=eps,
-            weights=weights,
+            weights=weights_init,
             split_every=split_every,
             on_error="return",
         )
@@ -425,6 +444,7 @@ def select_model(
             split_every=split_every,
             log_level=log_level,
             log_interval=1,
+            kernel=kernel,
         )
     best_states: dict[int, CandidateState] = {}
     groups: dict[int, list] = {}
@@ -440,7 +460,11 @@ def select_model(
     logliks, n_eff = [], float(n)
     if order:
         logliks, n_eff = final_log_likelihoods(
-            x, [best_states[c].params for c in order], weights=weights, split_every=split_every
+            x,
+            [best_states[c].params for c in order],
+            weights=weights,
+            split_every=split_every,
+            missing=missing == "em",
         )
     loglik_of = dict(zip(order, logliks, strict=True))
 
@@ -462,7 +486,7 @@ def select_model(
                 "lower_bound": b.lower_bound,
                 "error": None,
             }
-            models.append(_fitted(proto, b, groups[c], d))
+            models.append(_fitted(proto, b, groups[c], d, n_skipped))
         else:
             row = dict.fromkeys(TABLE_COLUMNS, math.nan)
             row.update(

@@ -148,9 +148,9 @@ def test_n_init_draws_distinct_starts_from_one_random_state(init):
 
 @pytest.mark.parametrize("init", INITS)
 def test_n_init_5_is_never_worse_than_n_init_1(init, overlapping):
-    for seed in (0, 1, 2):
-        kw = dict(n_components=6, init_params=init, random_state=seed, max_iter=40)
-        one, five = _fit(overlapping, **kw), _fit(overlapping, n_init=5, **kw)
+    for seed in (0, 1):
+        kw = dict(n_components=6, init_params=init, random_state=seed, max_iter=30)
+        one, five = _fit(overlapping[:1000], **kw), _fit(overlapping[:1000], n_init=5, **kw)
         assert five.lower_bound_ >= one.lower_bound_
 
 
@@ -176,7 +176,7 @@ def test_restarts_share_kmeans_passes(overlapping, monkeypatch):
 # --------------------------------------------------------------------------------------
 # Determinism
 # --------------------------------------------------------------------------------------
-CHUNKINGS = [(-1, None), ((111, 300, 1, 288), 3), (64, 2)]
+CHUNKINGS = [(-1, None), ((111, 300, 1, 288), 3), (100, 2)]
 
 
 @pytest.mark.parametrize("init", ["kmeans", "k-means++", "random"])

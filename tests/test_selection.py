@@ -199,3 +199,21 @@ def test_aic_criterion_and_random_state_forms(full_truth):
 def test_bad_arguments(kw, match, full_truth):
     with pytest.raises(ValueError, match=match):
         select_model(full_truth[:100], **kw)
+
+
+def test_missing_values_grid_equals_each_candidate_fitted_alone(full_truth):
+    X = full_truth[:1200].copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.05] = np.nan
+    X[7] = np.nan  # a row with nothing observed
+    kw = dict(random_state=0, max_iter=15, tol=1e-4, missing="em")
+    res = _select(X, [2, 3], ["full", "diag"], **kw)
+    for row, gm in zip(res.table, res.models, strict=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            alone = GaussianMixture(
+                row["n_components"], covariance_type=row["covariance_type"], **kw
+            ).fit(X)
+        np.testing.assert_allclose(gm.means_, alone.means_, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gm.lower_bounds_, alone.lower_bounds_, rtol=1e-12)
+        np.testing.assert_allclose(row["bic"], alone.bic(X), rtol=1e-12)
+        assert gm.n_rows_skipped_ == alone.n_rows_skipped_ == 1
