@@ -245,6 +245,12 @@ def environment() -> dict:
     }
     versions["python"] = platform.python_version()
     status = _git("status", "--porcelain", "--untracked-files=no", "dask_em")
+    try:
+        import dask_em
+
+        engine_path = str(Path(dask_em.__file__).resolve().parent)
+    except ImportError:  # pragma: no cover - the benchmarks need the package
+        engine_path = None
     return {
         "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cores": cores(),
@@ -257,7 +263,10 @@ def environment() -> dict:
         "versions": versions,
         "java": java_version(),
         "git_commit": _git("rev-parse", "--short", "HEAD"),
+        # Uncommitted changes to the engine in this checkout; the package actually
+        # imported may be another copy (e.g. a snapshot on PYTHONPATH): see engine_path.
         "engine_modified": bool(status),
+        "engine_path": engine_path,
     }
 
 

@@ -566,7 +566,7 @@ def suite_ooc(s: Settings) -> dict:
     n, d, chunk = s.n(2e7, 2e6), 16, 250_000
     if s.max_rows:
         chunk = min(chunk, max(1000, n // 8))
-    n_small = max(chunk, n // 10)
+    n_small = max(4 * chunk, n // 10)
     n_mem = min(n, s.n(2e6, 5e5))
     r = max(1, min(s.repeats, 3))
     cases = [("diag", 4), ("full", 8)]
@@ -817,6 +817,12 @@ RUNNERS = {
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
+def _engine_note(env) -> str:
+    repo_engine = Path(__file__).resolve().parent.parent / "dask_em"
+    path = env.get("engine_path")
+    return "" if path is None or Path(path) == repo_engine else f", engine from {path}"
+
+
 def render_markdown(result: dict) -> str:
     env = result["environment"]
     blas = ", ".join(
@@ -831,7 +837,8 @@ def render_markdown(result: dict) -> str:
         "",
         f"{env['time_utc']} · {env['cores']} cores ({env['cpu_model']}), "
         f"{env['memory_gib']} GiB · BLAS: {blas} · dask-em {v.get('dask-em')} "
-        f"(commit {env['git_commit']}{', engine modified' if env['engine_modified'] else ''}) "
+        f"(commit {env['git_commit']}{', engine modified' if env['engine_modified'] else ''}"
+        f"{_engine_note(env)}) "
         f"· numpy {v.get('numpy')} · dask {v.get('dask')} · scikit-learn "
         f"{v.get('scikit-learn')} · pyspark {v.get('pyspark')} · {env.get('java')}",
         "",
