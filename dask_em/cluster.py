@@ -99,7 +99,7 @@ def _local(cfg: ClusterConfig) -> Iterator:
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(**kwargs)
     try:
-        with Client(cluster) as client:
+        with Client(cluster, set_as_default=False) as client:
             n = len(cluster.workers)
             log.info("Local cluster: %d worker(s) on 127.0.0.1", n)
             if lc.dashboard_address is not None:
@@ -109,28 +109,32 @@ def _local(cfg: ClusterConfig) -> Iterator:
         cluster.close()
 
 
-@contextlib.contextmanager
-def _address(cfg: ClusterConfig) -> Iterator:
+def _open_client(cfg: ClusterConfig, security):
+    """``Client(address)`` with its failures turned into one-line :class:`JobError`."""
     from distributed import Client
 
-    security = security_from_config(cfg)
     try:
-        client = Client(cfg.address, timeout=cfg.timeout, security=security)
-    except TypeError:
-        if security is None and cfg.address.startswith("tls://"):
+        return Client(cfg.address, timeout=cfg.timeout, security=security, set_as_default=False)
+    except BaseException as exc:
+        if isinstance(exc, TypeError) and security is None and cfg.address.startswith("tls://"):
             # distributed's way of saying "no TLS context" for a tls:// address
             raise JobError(
                 "a tls:// scheduler needs cluster.tls (ca_file, cert, key)", key="cluster.tls"
             ) from None
+        if isinstance(exc, OSError | TimeoutError):
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = "" if reason.startswith("Timed out") else f" ({reason})"
+            raise JobError(
+                f"cannot reach the scheduler at {cfg.address} within {cfg.timeout:g} s"
+                f"{reason}; is `dask scheduler` running there?",
+                key="cluster.address",
+            ) from None
         raise
-    except (OSError, TimeoutError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        reason = "" if reason.startswith("Timed out") else f" ({reason})"
-        raise JobError(
-            f"cannot reach the scheduler at {cfg.address} within {cfg.timeout:g} s"
-            f"{reason}; is `dask scheduler` running there?",
-            key="cluster.address",
-        ) from None
+
+
+@contextlib.contextmanager
+def _address(cfg: ClusterConfig) -> Iterator:
+    client = _open_client(cfg, security_from_config(cfg))
     try:
         log.info("Scheduler: %s", cfg.address)
         _wait_for_workers(client, cfg, f"the scheduler at {cfg.address}")
@@ -159,7 +163,7 @@ def _jobqueue(cfg: ClusterConfig) -> Iterator:
     cluster = cls(**kwargs)
     try:
         cluster.scale(jobs=jq.jobs)
-        with Client(cluster, security=security_from_config(cfg)) as client:
+        with Client(cluster, security=security_from_config(cfg), set_as_default=False) as client:
             log.info("%s: %d job(s) requested", JOBQUEUE_KINDS[jq.kind], jq.jobs)
             _wait_for_workers(client, cfg, f"the {jq.kind} cluster")
             _dashboard(client)
@@ -172,8 +176,9 @@ def _jobqueue(cfg: ClusterConfig) -> Iterator:
 def connect(cfg: ClusterConfig) -> Iterator:
     """Start or reach the cluster ``cfg`` describes; yield a connected ``Client``.
 
-    The client is the default scheduler inside the ``with`` block. Anything the function
-    started (a local or jobqueue cluster) is closed on exit, also on errors.
+    The client is the current scheduler inside the ``with`` block (and only there).
+    Anything the function started (a local or jobqueue cluster) is closed on exit, also
+    on errors.
 
     Raises
     ------
@@ -188,5 +193,9 @@ def connect(cfg: ClusterConfig) -> Iterator:
         cm = _address(cfg)
     else:
         cm = _jobqueue(cfg)
-    with cm as client:
+    # Clients are made with set_as_default=False and made current only inside this block:
+    # a default client outlives failures (a Client that fails in __init__ stays
+    # registered while its exception is alive) and then stops later clients from
+    # restoring dask's scheduler setting when they close.
+    with cm as client, client.as_current():
         yield client
