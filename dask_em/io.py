@@ -42,6 +42,7 @@ __all__ = [
     "synthetic_array",
     "synthetic_mixture",
     "write_zarr",
+    "write_zarrs",
 ]
 
 
@@ -639,28 +640,58 @@ def write_zarr(x, path: str | Path, *, overwrite: bool = False) -> Path:
     JobError
         ``path`` exists and ``overwrite`` is false.
     """
+    write_zarrs({path: x}, overwrite=overwrite)
+    return Path(path)
+
+
+def write_zarrs(
+    arrays: Mapping[str | Path, Any], *, overwrite: bool = False, also: tuple = ()
+) -> tuple:
+    """Store several dask arrays as zarr in one computation, with other lazy values.
+
+    Arrays computed from the same data (labels, probabilities, a score) then share one
+    read of it instead of one read each. Each store is written to a temporary sibling
+    folder and renamed into place once everything has been computed.
+
+    Returns
+    -------
+    tuple
+        The computed values of ``also``.
+
+    Raises
+    ------
+    JobError
+        A target exists and ``overwrite`` is false.
+    """
+    import dask
     import dask.array as da
     import zarr
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise JobError(f"{path} already exists; pass --overwrite to replace it", key="output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if x.ndim == 2 and len(x.chunks[1]) != 1:
-        x = x.rechunk({1: -1})
     nocompress = (
         {"compressors": None} if int(zarr.__version__.split(".")[0]) >= 3 else {"compressor": None}
     )
+    plan, lazy = [], []
+    for path, x in arrays.items():
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise JobError(f"{path} already exists; pass --overwrite to replace it", key="output")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if x.ndim == 2 and len(x.chunks[1]) != 1:
+            x = x.rechunk({1: -1})
+        plan.append((tmp, path))
+        lazy.append(da.to_zarr(x, str(tmp), mode="w", compute=False, **nocompress))
     try:
-        da.to_zarr(x, str(tmp), mode="w", **nocompress)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        results = dask.compute(*lazy, *also)
+        for tmp, path in plan:
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for tmp, _ in plan:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(path.parent)
-    return path
+    return tuple(results[len(lazy) :])

@@ -42,6 +42,7 @@ from dask_em.io import (
     load_data,
     load_npz,
     write_zarr,
+    write_zarrs,
 )
 
 __all__ = [
@@ -253,19 +254,35 @@ def _maybe_persist(x, client, persist) -> Any:
     return client.persist(x)
 
 
-def _sample_rows(x, size: int, seed: int = 0) -> np.ndarray:
-    """Up to ``size`` random rows (sorted by position), fetched without reading the rest."""
+def _sample_rows(x, size: int, seed: int = 0, max_blocks: int = 16) -> np.ndarray:
+    """Up to ``size`` random rows (in data order) for the pictures.
+
+    Rows come from at most ``max_blocks`` randomly chosen blocks, so a sample of data on
+    disk reads a few blocks, not the whole data set (random rows would touch every block).
+    """
     n = x.shape[0]
     if n <= size:
         return np.asarray(x.compute())
-    idx = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    rng = np.random.default_rng(seed)
+    sizes = np.asarray(x.chunks[0])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    blocks = np.arange(len(sizes))
+    if len(blocks) > max_blocks:
+        blocks = np.sort(rng.choice(blocks, size=max_blocks, replace=False))
+    pool = np.concatenate([np.arange(starts[b], starts[b] + sizes[b]) for b in blocks])
+    idx = np.sort(rng.choice(pool, size=min(size, len(pool)), replace=False))
     return np.asarray(x[idx].compute())
 
 
-def _scores(gm, x) -> dict[str, Any]:
-    """BIC and AIC from one scoring pass (the estimator's bic/aic would take one each)."""
+def _scores(gm, x, mean_ll: float | None = None) -> dict[str, Any]:
+    """BIC and AIC from one scoring pass (the estimator's bic/aic would take one each).
+
+    ``mean_ll``, if given, is the mean log-likelihood computed already (e.g. together with
+    the labels, in the same read of the data).
+    """
     n, d = x.shape
-    mean_ll = gm.score(x)
+    if mean_ll is None:
+        mean_ll = gm.score(x)
     p = _n_parameters(gm.covariance_type, gm.n_components, d)
     return {
         "n_samples": int(n),
@@ -529,7 +546,19 @@ def _run_job(
                     fingerprint=fingerprint,
                     hook=on_iteration,
                 )
-                metrics = _metrics(gm, history, _scores(gm, x), secs)
+            stores = {}
+            if out.labels:
+                stores[staging / "labels.zarr"] = gm.predict(x)
+            if out.probabilities:
+                stores[staging / "probabilities.zarr"] = gm.predict_proba(x)
+            if config.selection is None:
+                # labels, probabilities and the score share one read of the data
+                (mean_ll,) = write_zarrs(
+                    stores, overwrite=True, also=(gm.score_samples(x).mean(),)
+                )
+                metrics = _metrics(gm, history, _scores(gm, x, float(mean_ll)), secs)
+            else:
+                write_zarrs(stores, overwrite=True)
             log.info(
                 "Fitted: %d iteration(s), converged=%s, lower bound %.10g, BIC %.6g",
                 metrics["n_iter"],
@@ -538,10 +567,6 @@ def _run_job(
                 metrics["bic"] if metrics["bic"] is not None else math.nan,
             )
             _write_model(staging, gm, config, summary, extra)
-            if out.labels:
-                write_zarr(gm.predict(x), staging / "labels.zarr", overwrite=True)
-            if out.probabilities:
-                write_zarr(gm.predict_proba(x), staging / "probabilities.zarr", overwrite=True)
             if out.plots:
                 sample = _sample_rows(x, out.plot_sample)
                 atomic_savez(staging / "sample.npz", {"sample": sample})
@@ -695,13 +720,16 @@ def predict_job(
                     f"on {gm.n_features_in_}",
                     key="--data",
                 )
-            write_zarr(gm.predict(x), staging / "labels.zarr", overwrite=True)
-            if probabilities:
-                write_zarr(gm.predict_proba(x), staging / "probabilities.zarr", overwrite=True)
             import dask.array as da
 
-            labels = da.from_zarr(str(staging / "labels.zarr"))
-            counts = da.bincount(labels, minlength=gm.n_components).compute()
+            labels = gm.predict(x)
+            stores = {staging / "labels.zarr": labels}
+            if probabilities:
+                stores[staging / "probabilities.zarr"] = gm.predict_proba(x)
+            # one read of the data for the stores and the counts
+            (counts,) = write_zarrs(
+                stores, overwrite=True, also=(da.bincount(labels, minlength=gm.n_components),)
+            )
             atomic_write_json(
                 staging / "predict.json",
                 {
