@@ -369,7 +369,8 @@ class DataConfig(_Model):
 class ModelConfig(_Model):
     """Estimator parameters, passed to :class:`dask_em.GaussianMixture`.
 
-    ``random_state`` defaults to 0 (not None) so that a job file always means the same run.
+    Defaults are the estimator's, except ``random_state``: 0 (not None), so that a job file
+    always means the same run.
     """
 
     n_components: PosInt = 1
@@ -378,7 +379,7 @@ class ModelConfig(_Model):
     reg_covar: NonNegFloat = 1e-6
     max_iter: PosInt = 100
     n_init: PosInt = 1
-    init_params: InitParams = "random_from_data"
+    init_params: InitParams = "kmeans"
     random_state: NonNegInt | None = 0
     weights_init: list[FiniteFloat] | None = None
     means_init: list[list[FiniteFloat]] | None = None
