@@ -39,7 +39,12 @@ def job_file(tmp_path: Path, data: dict | None = None, name: str = "job", **sect
             "synthetic": {"n_samples": 4000, "n_features": 2, "n_components": 2, "seed": 1},
             "chunk_rows": 1000,
         },
-        "model": {"n_components": 2, "max_iter": 50, "random_state": 0},
+        "model": {
+            "n_components": 2,
+            "max_iter": 50,
+            "random_state": 0,
+            "init_params": "random_from_data",
+        },
         "output": {"dir": str(tmp_path / "runs" / name), "plot_sample": 300},
         **sections,
     }
@@ -247,3 +252,14 @@ def test_quickstart_end_to_end(tmp_path):
     assert metrics["converged"] and metrics["n_iter"] == len(metrics["iterations"])
     assert (out / "plots" / "density.png").stat().st_size > 10_000
     assert not (PROJECT_ROOT / "runs" / ".quickstart.partial").exists()
+
+
+@pytest.fixture(autouse=True)
+def _no_global_dask_state():
+    """Jobs must leave dask's scheduler setting as they found it (a leaked
+    scheduler="dask.distributed" breaks every later compute in the process)."""
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    assert dask.config.get("scheduler", None) == before

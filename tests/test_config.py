@@ -70,7 +70,7 @@ def test_defaults(tmp_path):
     config = load_job(write(tmp_path, MINIMAL))
     assert config.cluster.kind == "local"
     assert config.cluster.local.memory_limit == "auto"
-    assert config.model.init_params == "random_from_data"
+    assert config.model.init_params == "kmeans"
     assert config.model.random_state == 0
     assert config.output_dir == Path("runs/job")
     assert config.source == tmp_path / "job.yaml"

@@ -47,7 +47,14 @@ def job_file(tmp_path: Path, name: str = "job", **sections) -> Path:
             "synthetic": {"n_samples": 6000, "n_features": 2, "n_components": 3, "seed": 1},
             "chunk_rows": 1500,
         },
-        "model": {"n_components": 3, "tol": 1e-5, "max_iter": 200, "random_state": 0},
+        # random starts: enough iterations to stop and resume in the middle
+        "model": {
+            "n_components": 3,
+            "tol": 1e-5,
+            "max_iter": 200,
+            "random_state": 0,
+            "init_params": "random_from_data",
+        },
         "output": {"dir": str(tmp_path / "runs" / name), "plot_sample": 500},
     }
     for key, value in sections.items():
@@ -422,6 +429,7 @@ def _start_cluster(work: Path, n_workers: int, extra: list[str], scheme: str = "
             ],
             cwd=work,
             env=env,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -448,6 +456,7 @@ def _start_cluster(work: Path, n_workers: int, extra: list[str], scheme: str = "
                 ],
                 cwd=work,
                 env=env,
+                stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -500,6 +509,7 @@ def test_job_over_tls(tmp_path):
         cwd=tmp_path,
         check=True,
         capture_output=True,
+        stdin=subprocess.DEVNULL,
     )
     files = ["--tls-ca-file", "cert.pem", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]
     tls = {
@@ -549,3 +559,14 @@ def test_jobqueue_kinds_are_an_allow_list():
 
     assert set(JOBQUEUE_KINDS) == set(JobqueueConfig.model_fields["kind"].annotation.__args__)
     assert all(v.endswith("Cluster") and "." not in v for v in JOBQUEUE_KINDS.values())
+
+
+@pytest.fixture(autouse=True)
+def _no_global_dask_state():
+    """Jobs must leave dask's scheduler setting as they found it (a leaked
+    scheduler="dask.distributed" breaks every later compute in the process)."""
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    assert dask.config.get("scheduler", None) == before
