@@ -108,6 +108,8 @@ class JobError(Exception):
     """
 
     def __init__(self, message: str, *, file: str | Path | None = None, key: str | None = None):
+        # one line, whatever a wrapped library error looked like
+        message = " ".join(str(message).split())
         super().__init__(message)
         self.message = message
         self.file = None if file is None else str(file)

@@ -263,3 +263,57 @@ def _no_global_dask_state():
     before = dask.config.get("scheduler", None)
     yield
     assert dask.config.get("scheduler", None) == before
+
+
+def test_resume_after_sigkill(tmp_path):
+    """Kill the runner process mid-fit; `run --resume` ends with the same numbers."""
+    import signal
+    import time
+
+    data = {
+        "source": "synthetic",
+        "synthetic": {
+            "n_samples": 100_000,
+            "n_features": 4,
+            "n_components": 6,
+            "seed": 3,
+            "separation": 1.5,
+        },
+        "chunk_rows": 25_000,
+    }
+    model = {"n_components": 6, "init_params": "random_from_data", "tol": 1e-12, "max_iter": 25}
+    path = job_file(
+        tmp_path, data, model=model, output={"dir": str(tmp_path / "run"), "plots": False}
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    cmd = [sys.executable, "-m", "dask_em", "run", str(path)]
+    log = tmp_path / "first.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "iter    5" not in log.read_text() and proc.poll() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert not (tmp_path / "run").exists()
+    resumed = subprocess.run(
+        [*cmd, "--resume"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after iteration" in resumed.stderr
+    reference = invoke("run", path, "--output", tmp_path / "reference")
+    assert reference.exit_code == 0, reference.output
+    a = np.load(tmp_path / "run" / "model.npz", allow_pickle=False)
+    b = np.load(tmp_path / "reference" / "model.npz", allow_pickle=False)
+    for key in ("weights", "means", "covariances", "lower_bounds"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-12)

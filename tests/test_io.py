@@ -117,6 +117,14 @@ def test_bad_data_names_the_problem(files, monkeypatch, kw, key, words):
         check_data(cfg(**kw))
 
 
+def test_ragged_csv(tmp_path):
+    (tmp_path / "r.csv").write_text("a,b\n1,2\n3,4,5\n6,7\n")
+    with pytest.raises(JobError) as info:
+        load_data(cfg(source="csv", path=str(tmp_path / "r.csv")))
+    assert info.value.key == "data.path" and "r.csv" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_corrupt_and_wrong_kind_files(files):
     (files / "bad.npy").write_bytes(b"not numpy")
     with pytest.raises(JobError, match="bad.npy"):
