@@ -1,0 +1,225 @@
+"""Faults with real processes: a worker SIGKILLed mid-fit, the runner SIGKILLed mid-run.
+
+Every process is bound to 127.0.0.1 on free ports and stopped in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import make_blobs
+
+from dask_em import GaussianMixture
+from dask_em.config import PROJECT_ROOT
+from dask_em.io import load_npz
+
+FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_")
+
+
+@pytest.fixture()
+def two_process_client():
+    """A LocalCluster with 2 worker processes (nannies restart killed workers)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        scheduler_port=0,
+        dashboard_address=None,
+        memory_limit="1GiB",
+    )
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def _estimator():
+    return GaussianMixture(
+        n_components=4,
+        covariance_type="full",
+        tol=1e-12,
+        max_iter=8,
+        init_params="random_from_data",
+        random_state=0,
+        persist=True,
+    )
+
+
+@pytest.mark.filterwarnings("ignore::dask_em.mixture.ConvergenceWarning")
+def test_worker_sigkill_mid_fit_gives_the_undisturbed_parameters(two_process_client):
+    import dask.array as da
+
+    client = two_process_client
+    X, _ = make_blobs(n=80_000, d=4, k=4, seed=5)
+    x = da.from_array(X, chunks=5_000)
+
+    reference = _estimator().fit(x)
+
+    killed: list[int] = []
+    killers: list[threading.Thread] = []
+
+    def kill_one(delay: float) -> None:
+        pids = sorted(client.run(os.getpid).values())
+        pid = pids[len(killed) % len(pids)]
+
+        def go():
+            time.sleep(delay)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        killers.append(t)
+
+    def callback(progress):
+        if progress.iteration == 2:
+            kill_one(0.0)  # between passes: the persisted blocks on it are lost
+        elif progress.iteration == 5:
+            kill_one(0.02)  # while the next pass runs
+
+    disturbed = _estimator().fit(x, callback=callback)
+    for t in killers:
+        t.join(10)
+    assert len(killed) == 2
+    assert disturbed.n_iter_ == reference.n_iter_ == 8
+    for name in FITTED:
+        np.testing.assert_allclose(
+            getattr(disturbed, name), getattr(reference, name), rtol=1e-12, atol=1e-12
+        )
+    np.testing.assert_allclose(
+        disturbed.lower_bounds_, reference.lower_bounds_, rtol=1e-12, atol=0
+    )
+    # the nannies brought the cluster back to two workers
+    client.wait_for_workers(2, timeout=30)
+
+
+# ------------------------------------------------------------------------ runner SIGKILL
+
+
+def _job(tmp_path: Path, out: Path) -> Path:
+    doc = {
+        "cluster": {
+            "local": {
+                "processes": False,
+                "n_workers": 1,
+                "threads_per_worker": 2,
+                "dashboard_address": None,
+            }
+        },
+        "data": {
+            "source": "synthetic",
+            "synthetic": {
+                "n_samples": 60_000,
+                "n_features": 3,
+                "n_components": 5,
+                "seed": 11,
+                "separation": 1.5,
+            },
+            "chunk_rows": 10_000,
+        },
+        "model": {
+            "n_components": 5,
+            "init_params": "random_from_data",
+            "tol": 1e-12,
+            "max_iter": 30,
+            "random_state": 0,
+        },
+        "output": {"dir": str(out), "plots": False, "labels": True},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+
+
+def _checkpoint_iteration(path: Path) -> int:
+    """The checkpoint's iteration; every read must succeed (writes are atomic)."""
+    if not path.is_file():
+        return 0
+    return int(load_npz(path)["em_iteration"])
+
+
+def test_runner_sigkill_then_resume(tmp_path):
+    run = tmp_path / "run"
+    staging = tmp_path / ".run.partial"
+    path = _job(tmp_path, run)
+    cmd = [sys.executable, "-m", "dask_em", "run", str(path)]
+    proc = subprocess.Popen(
+        cmd,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    reads = 0
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None:
+            it = _checkpoint_iteration(staging / "checkpoint.npz")
+            reads += it > 0
+            if it >= 2:
+                break
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert reads > 0
+    # nothing half-written: only complete files, no temporaries; the checkpoint loads
+    assert not run.exists()
+    leftovers = sorted(p.name for p in staging.iterdir())
+    assert leftovers == ["checkpoint.npz"], leftovers
+    assert _checkpoint_iteration(staging / "checkpoint.npz") >= 2
+
+    resumed = subprocess.run(
+        [*cmd, "--resume"],
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after iteration" in resumed.stderr
+    assert not staging.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    reference = subprocess.run(
+        [*cmd, "--output", str(tmp_path / "reference")],
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert reference.returncode == 0, reference.stderr
+    a = load_npz(run / "model.npz")
+    b = load_npz(tmp_path / "reference" / "model.npz")
+    for key in ("weights", "means", "covariances", "precisions_cholesky", "lower_bounds"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-12, err_msg=key)
+    import json
+
+    import dask.array as da
+
+    for name in ("model.json", "metrics.json"):
+        json.loads((run / name).read_text())
+    labels = da.from_zarr(str(run / "labels.zarr")).compute()
+    ref_labels = da.from_zarr(str(tmp_path / "reference" / "labels.zarr")).compute()
+    np.testing.assert_array_equal(labels, ref_labels)
