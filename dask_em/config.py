@@ -387,6 +387,10 @@ class ModelConfig(_Model):
     means_init: list[list[FiniteFloat]] | None = None
     precisions_init: list[Any] | None = None
     persist: Literal["auto", True, False] = "auto"
+    missing: Literal["error", "em"] = "error"
+    """'em': NaN are values missing at random, fitted by EM for incomplete data."""
+    split_every: Annotated[StrictInt, Field(ge=2)] | None = None
+    """Fan-in of the statistics' tree reduction (dask's ``split_every``)."""
 
     def estimator_params(self) -> dict[str, Any]:
         """Keyword arguments for ``GaussianMixture`` (init arrays as numpy)."""

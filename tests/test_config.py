@@ -219,3 +219,8 @@ def test_estimator_params_match_the_estimator():
     config = JobConfig.model_validate({"data": {"source": "npy", "path": "x.npy"}})
     params = config.model.estimator_params()
     assert set(params) <= set(GaussianMixture().get_params())
+    defaults = GaussianMixture().get_params()
+    # same defaults as the estimator, except a fixed seed
+    assert {k: v for k, v in params.items() if k != "random_state"} == {
+        k: defaults[k] for k in params if k != "random_state"
+    }
