@@ -21,7 +21,8 @@ Passes of one k-means run with K > 1 clusters
    small weighted set to K centres by greedy k-means++ and weighted Lloyd.
 4. Up to ``max_iter`` Lloyd passes (per-cluster weight sums and row sums), stopping like
    scikit-learn's ``KMeans`` once the summed squared centre shift is at most ``tol``
-   times the mean feature variance.
+   times the mean feature variance. The default of 10 (scikit-learn runs up to 300)
+   makes a start for EM, not a converged clustering: EM itself finishes the job.
 5. One statistics pass: labels under the final centres (scikit-learn's final E-step) and
    the one-hot sufficient statistics of every covariance type asked for.
 
@@ -40,9 +41,9 @@ Empty clusters
 --------------
 As in scikit-learn's ``KMeans``: after a Lloyd pass, an empty cluster is re-seeded on
 the row farthest from its centre (the worst-explained row), which leaves its old
-cluster; only then does one more pass find the K farthest rows. If the final labels still
-leave a cluster empty, its centre is re-seeded the same way and the statistics pass is
-repeated. Centres are cluster means or data rows, so they lie inside the data's range,
+cluster; only then does one more pass find the K farthest rows. If the final labels
+still leave a cluster empty, its centre is re-seeded the same way and the statistics
+pass is repeated. Centres are cluster means or data rows, so they lie inside the data's range,
 and a row at distance zero from a centre is never drawn, so they are distinct, unless
 the data hold fewer than K distinct rows of positive weight: then the surplus centres
 repeat existing ones, those components start (and stay) empty, and a
@@ -50,10 +51,11 @@ repeat existing ones, those components start (and stay) empty, and a
 
 Round-off
 ---------
-Nearest centres come from one GEMM on rows centred on a point near the data,
-``argmin_k |c_k|^2 - 2 x.c_k``; the distances that drive sampling and the statistics
-are then recomputed exactly as ``|x - c_label|^2``, so a row equal to a centre has
-distance exactly zero.
+Rows are centred on a point near the data, and distances come from one GEMM,
+``|x|^2 + |c_k|^2 - 2 x.c_k``. Where that is within round-off of zero, the distance that
+drives sampling is recomputed as ``|x - c_k|^2``, so a row equal to a centre has
+distance exactly zero and is never drawn again. The statistics use ``x - c_label``
+directly, about each cluster's own centre.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ logger = logging.getLogger("dask_em")
 
 N_ROUNDS = 5
 OVERSAMPLING_FACTOR = 2.0
-MAX_ITER = 20
+MAX_ITER = 10
 TOL = 1e-4
 _LOCAL_MAX_ITER = 300
 
