@@ -72,10 +72,13 @@ def _fail(exc: BaseException, code: int, debug: bool) -> None:
         for p in exc.problems:
             typer.echo(str(p), err=True)
     else:
+        # One line, also for library errors whose text spans several (distributed's
+        # "scheduler-connection-lost" message does).
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         typer.echo(
-            str(exc)
+            text
             if isinstance(exc, JobError)
-            else f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            else f"error: {type(exc).__name__}: {text} (run with --debug for the traceback)",
             err=True,
         )
     raise typer.Exit(code)

@@ -22,6 +22,7 @@ from dask_em import GaussianMixture
 from dask_em.config import PROJECT_ROOT
 from dask_em.io import load_npz
 
+RUN = [sys.executable, "-m", "dask_em", "run"]
 FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_")
 
 
@@ -223,3 +224,121 @@ def test_runner_sigkill_then_resume(tmp_path):
     labels = da.from_zarr(str(run / "labels.zarr")).compute()
     ref_labels = da.from_zarr(str(tmp_path / "reference" / "labels.zarr")).compute()
     np.testing.assert_array_equal(labels, ref_labels)
+
+
+# ------------------------------------------------------------------------ scheduler lost
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_scheduler_and_worker(work: Path):
+    """`dask scheduler` + one `dask worker` on 127.0.0.1; returns (address, [procs])."""
+    dask_exe = Path(sys.executable).with_name("dask")
+    base = [str(dask_exe)] if dask_exe.exists() else [sys.executable, "-m", "dask"]
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = dict(
+        cwd=work,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    procs = [
+        subprocess.Popen(
+            [*base, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            **quiet,
+        )
+    ]
+    procs.append(
+        subprocess.Popen(
+            [
+                *base,
+                "worker",
+                address,
+                "--host",
+                "127.0.0.1",
+                "--nthreads",
+                "2",
+                "--memory-limit",
+                "1GiB",
+                "--no-dashboard",
+                "--local-directory",
+                str(work / "worker"),
+            ],
+            **quiet,
+        )
+    )
+    return address, procs
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait(30)
+
+
+def test_scheduler_lost_mid_run_fails_fast_and_keeps_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    staging = tmp_path / ".run.partial"
+    path = _job(tmp_path, run)
+    first, procs = _start_scheduler_and_worker(tmp_path)
+    runner = None
+    try:
+        cmd = [*RUN, str(path), "--set", "cluster.timeout=5", "--set", "model.max_iter=8"]
+        runner = subprocess.Popen(
+            [*cmd, "--scheduler", first],
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while _checkpoint_iteration(staging / "checkpoint.npz") < 2:
+            assert runner.poll() is None, runner.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.01)
+        procs[0].send_signal(signal.SIGKILL)  # the scheduler
+        t0 = time.monotonic()
+        _, err = runner.communicate(timeout=90)
+        assert time.monotonic() - t0 < 60
+    finally:
+        if runner is not None and runner.poll() is None:
+            runner.kill()
+            runner.wait()
+        _stop(procs)
+    assert runner.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert "scheduler" in last and last.startswith("error:"), last
+    assert "checkpoint is kept" in err
+    assert not run.exists()
+    kept = _checkpoint_iteration(staging / "checkpoint.npz")
+    assert kept >= 2
+
+    # A new scheduler: --resume continues from the kept checkpoint and ends with the
+    # numbers of an uninterrupted run on the same cluster.
+    second, procs = _start_scheduler_and_worker(tmp_path)
+    try:
+        kw = dict(env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        resumed = subprocess.run([*cmd, "--scheduler", second, "--resume"], timeout=300, **kw)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"resuming after iteration {kept}" in resumed.stderr
+        ref = tmp_path / "reference"
+        reference = subprocess.run(
+            [*cmd, "--scheduler", second, "--output", str(ref)], timeout=300, **kw
+        )
+        assert reference.returncode == 0, reference.stderr
+    finally:
+        _stop(procs)
+    a, b = load_npz(run / "model.npz"), load_npz(ref / "model.npz")
+    for key in ("weights", "means", "covariances", "lower_bounds"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-12, err_msg=key)
