@@ -8,6 +8,10 @@ A job file is a mapping of sections::
     model: {n_components: 3, covariance_type: full}
     output: {dir: runs/quickstart, plots: true}
 
+Weighted rows name a column (parquet/csv) or a 1-D array file (npy/zarr; hdf5: a dataset)::
+
+    data: {source: parquet, path: data/points.parquet, columns: [x, y], weights: count}
+
 Presets
 -------
 Any of the sections ``cluster``, ``data``, ``model``, ``selection`` and ``output`` may name
@@ -340,6 +344,32 @@ class DataConfig(_Model):
     synthetic: SyntheticSpec | None = None
     """For ``source: synthetic`` the mixture to sample; for ``zarr`` the recipe used by
     ``dask-em make-data`` to create the file."""
+    weights: str | None = None
+    """Row weights (``fit(X, sample_weight=w)``): for parquet/csv a numeric column (not one
+    of ``columns``; left out of the features when ``columns`` is omitted); for npy/zarr the
+    path of a 1-D array file (``.npy`` or zarr), relative like ``path``; for hdf5 a dataset
+    in the same file, or such a path. BIC/AIC then use n = the total weight."""
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_for_source(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return value
+        src = info.data.get("source")
+        if not value.strip():
+            raise ValueError("is empty; omit it for unweighted rows")
+        if src == "synthetic":
+            raise ValueError(
+                "does not apply to source 'synthetic' (its rows are unweighted draws); "
+                "remove data.weights"
+            )
+        columns = info.data.get("columns")
+        if src in ("parquet", "csv") and columns and value in columns:
+            raise ValueError(
+                f"column {value!r} is also listed in data.columns; a column "
+                "cannot be both a feature and the weights"
+            )
+        return value
 
     @model_validator(mode="after")
     def _fields_for_source(self) -> DataConfig:

@@ -39,6 +39,7 @@ __all__ = [
     "data_summary",
     "load_data",
     "load_npz",
+    "load_weighted",
     "synthetic_array",
     "synthetic_mixture",
     "write_zarr",
@@ -422,11 +423,27 @@ def _read_table(cfg: DataConfig):
         raise JobError(f"cannot read {path} as {cfg.source} ({exc})", key="data.path") from None
 
 
-def _load_table(cfg: DataConfig, lengths: bool = True):
+def _load_table(cfg: DataConfig, lengths: bool = True, weights: bool = False):
+    """The features as a dask array; with ``weights``, the weights column is appended as
+    the last column (read from the same frame, so the rows line up block by block)."""
     import pandas as pd
 
-    df = _read_table(cfg)
+    df = full = _read_table(cfg)
     available = [str(c) for c in df.columns]
+    wcol = cfg.weights
+    if wcol is not None:
+        if wcol not in available:
+            raise JobError(
+                f"no weights column {wcol!r} in {cfg.path} (available: {', '.join(available)})",
+                key="data.weights",
+            )
+        if not pd.api.types.is_numeric_dtype(df.dtypes[wcol]) or pd.api.types.is_bool_dtype(
+            df.dtypes[wcol]
+        ):
+            raise JobError(
+                f"weights column {wcol!r} in {cfg.path} is {df.dtypes[wcol]}, not numeric",
+                key="data.weights",
+            )
     if cfg.columns is not None:
         missing = [c for c in cfg.columns if c not in available]
         if missing:
@@ -436,6 +453,8 @@ def _load_table(cfg: DataConfig, lengths: bool = True):
                 key="data.columns",
             )
         df = df[list(cfg.columns)]
+    elif wcol is not None:
+        df = df[[c for c in df.columns if str(c) != wcol]]
     bad = [f"{c!r} ({t})" for c, t in df.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
     if bad:
         hint = "choose numeric columns" if cfg.columns else "list the numeric columns"
@@ -444,7 +463,10 @@ def _load_table(cfg: DataConfig, lengths: bool = True):
             key="data.columns",
         )
     # Casting the frame first turns nullable integer columns' <NA> into NaN, not objects.
-    x = df.astype(cfg.dtype).to_dask_array(lengths=True if lengths else None)
+    df = df.astype(cfg.dtype)
+    if weights and wcol is not None:
+        df = df.assign(__dask_em_weights__=full[wcol].astype("float64"))
+    x = df.to_dask_array(lengths=True if lengths else None)
     return x.rechunk((cfg.chunk_rows, x.shape[1])) if lengths else x
 
 
@@ -572,6 +594,101 @@ def load_data(cfg: DataConfig):
     return x.astype(cfg.dtype, copy=False)
 
 
+def _weights_file(cfg: DataConfig):
+    """The weights array of an npy/zarr/hdf5 source, lazy, chunked by ``chunk_rows``."""
+    import dask.array as da
+
+    ref = cfg.weights
+    if cfg.source == "hdf5":
+        import h5py
+
+        with h5py.File(Path(cfg.path).expanduser(), "r") as f:
+            in_file = ref in f and isinstance(f[ref], h5py.Dataset)
+        if in_file:
+            obj = _H5Rows(Path(cfg.path).expanduser(), ref)
+            p = Path(cfg.path).expanduser()
+            token = hashlib.sha1(f"{_file_token(p)}|{ref}".encode()).hexdigest()[:16]
+            return _lazy_to_dask(obj, f"read-hdf5-weights-{token}", cfg.chunk_rows)
+    if not _is_url(ref) and not Path(ref).expanduser().exists():
+        also = f" (nor a dataset in {cfg.path})" if cfg.source == "hdf5" else ""
+        raise JobError(f"weights file not found: {ref}{also}", key="data.weights")
+    if ref.endswith(".npy"):
+        p = Path(ref).expanduser()
+        try:
+            obj = _NpyRows(p)
+        except ValueError as exc:
+            raise JobError(
+                f"cannot read {ref} as .npy without pickle ({exc})", key="data.weights"
+            ) from None
+        w = _lazy_to_dask(obj, f"read-npy-weights-{_file_token(p)}", cfg.chunk_rows)
+    else:
+        import zarr
+
+        try:
+            node = zarr.open(ref, mode="r")
+            if isinstance(node, zarr.Group):
+                raise JobError(
+                    f"{ref} is a zarr group; data.weights needs a single 1-D array",
+                    key="data.weights",
+                )
+            w = da.from_zarr(ref, chunks=(cfg.chunk_rows,) + tuple(node.shape[1:]))
+        except JobError:
+            raise
+        except Exception as exc:  # zarr raises many types for unreadable stores
+            raise JobError(
+                f"cannot open {ref} as .npy or zarr ({type(exc).__name__}: {exc})",
+                key="data.weights",
+            ) from None
+    if w.dtype.kind not in "iuf":
+        raise JobError(f"{ref} holds dtype {w.dtype}; weights must be numeric", key="data.weights")
+    if w.ndim != 1:
+        raise JobError(
+            f"{ref} has shape {w.shape}; weights must be a 1-D array (one per row)",
+            key="data.weights",
+        )
+    return w
+
+
+def _check_weights_length(cfg: DataConfig, w, n_rows: int) -> None:
+    if w.shape[0] != n_rows:
+        raise JobError(
+            f"the weights have {w.shape[0]} rows but the data has {n_rows} "
+            f"({cfg.weights} vs {cfg.path})",
+            key="data.weights",
+        )
+
+
+def load_weighted(cfg: DataConfig):
+    """The data and its row weights: ``(x, w)`` with ``w`` None without ``data.weights``.
+
+    ``w`` is a 1-D float64 dask array chunked exactly like the rows of ``x``. For
+    parquet/csv the weights column is read from the same frame as the features.
+
+    Raises
+    ------
+    JobError
+        As :func:`load_data`; also a missing or non-numeric weights column or file, or a
+        weights length other than the number of rows (key ``data.weights``).
+    """
+    if cfg.weights is None:
+        return load_data(cfg), None
+    if cfg.source in ("parquet", "csv"):
+        both = _load_table(cfg, weights=True)
+        d = both.shape[1] - 1
+        if both.shape[0] == 0:
+            raise JobError(f"{cfg.path} has no rows", key="data.path")
+        if d == 0:
+            raise JobError(f"{cfg.path} has no columns (features)", key="data.path")
+        x = both[:, :d].astype(cfg.dtype, copy=False)
+        w = both[:, d]
+    else:
+        x = load_data(cfg)
+        w = _weights_file(cfg)
+        _check_weights_length(cfg, w, x.shape[0])
+        w = w.astype(np.float64, copy=False)
+    return x, w.rechunk((x.chunks[0],))
+
+
 def check_data(cfg: DataConfig) -> tuple:
     """Open the data source without reading the rows; return ``(n_rows or nan, n_features)``.
 
@@ -588,6 +705,8 @@ def check_data(cfg: DataConfig) -> tuple:
         x = synthetic_array(cfg.synthetic, cfg.chunk_rows, cfg.dtype)
     else:
         x = _check_numeric_array(_LOADERS[cfg.source](cfg), cfg.path)
+        if cfg.weights is not None:
+            _check_weights_length(cfg, _weights_file(cfg), x.shape[0])
     return x.shape
 
 
@@ -609,6 +728,9 @@ def data_summary(cfg: DataConfig, x) -> dict[str, Any]:
         files = [p] if p.is_file() else sorted(p.iterdir()) if p.is_dir() else []
         if glob.has_magic(cfg.path):
             files = sorted(Path(f) for f in glob.glob(os.path.expanduser(cfg.path)))
+        if cfg.weights is not None and cfg.source not in ("parquet", "csv"):
+            wp = Path(cfg.weights).expanduser()
+            files += [wp] if wp.is_file() else sorted(wp.iterdir()) if wp.is_dir() else []
         for f in files:
             st = f.stat()
             h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -621,6 +743,7 @@ def data_summary(cfg: DataConfig, x) -> dict[str, Any]:
         "path": cfg.path,
         "columns": cfg.columns,
         "dataset": cfg.dataset,
+        "weights": cfg.weights,
         "shape": list(x.shape),
         "dtype": str(x.dtype),
         "n_chunks": len(x.chunks[0]),

@@ -41,6 +41,7 @@ from dask_em.io import (
     data_summary,
     load_data,
     load_npz,
+    load_weighted,
     write_zarr,
     write_zarrs,
 )
@@ -213,7 +214,10 @@ def _fit(
     fingerprint: str,
     hook: Callable | None,
     label: str = "",
+    sample_weight=None,
 ):
+    from dask_em import NonFiniteError
+
     gm = _estimator(params)
     progress, history = None, {}
     if resume and checkpoint is not None and checkpoint.is_file():
@@ -224,11 +228,20 @@ def _fit(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            gm.fit(x, callback=callback, resume=progress)
+            gm.fit(x, sample_weight=sample_weight, callback=callback, resume=progress)
         except ValueError as exc:
             # The estimator's input checks speak in terms of its parameters/data; attach
             # the config section so the one-line message says where to fix it.
-            raise JobError(str(exc), key="model") from exc
+            message, key = str(exc), "model"
+            if "sample_weight" in message:
+                message, key = message.replace("sample_weight", "the weights"), "data.weights"
+            elif (
+                isinstance(exc, NonFiniteError)
+                and params.get("missing", "error") == "error"
+                and "Remove or impute these values" in message
+            ):
+                message = message.rstrip().rstrip(".") + ", or set model.missing: em."
+            raise JobError(message, key=key) from exc
     for w in caught:
         if issubclass(w.category, UserWarning):
             log.warning("%s%s", label, w.message)
@@ -274,22 +287,39 @@ def _sample_rows(x, size: int, seed: int = 0, max_blocks: int = 16) -> np.ndarra
     return np.asarray(x[idx].compute())
 
 
-def _scores(gm, x, mean_ll: float | None = None) -> dict[str, Any]:
+def _score_terms(gm, x, w=None) -> tuple:
+    """Lazy terms of one scoring pass: ``(mean log-likelihood,)`` without weights, else
+    ``(weighted log-likelihood, total weight)``; pass their values to :func:`_scores`."""
+    s = gm.score_samples(x)
+    return (s.mean(),) if w is None else ((w * s).sum(), w.sum())
+
+
+def _scores(gm, x, terms: tuple | None = None, w=None) -> dict[str, Any]:
     """BIC and AIC from one scoring pass (the estimator's bic/aic would take one each).
 
-    ``mean_ll``, if given, is the mean log-likelihood computed already (e.g. together with
-    the labels, in the same read of the data).
+    ``terms``, if given, are the computed values of :func:`_score_terms` (e.g. computed
+    together with the labels, in the same read of the data). With row weights ``w`` the
+    log-likelihood is weighted and n is the total weight, as in ``gm.bic(x, w)``.
     """
+    import dask
+
     n, d = x.shape
-    if mean_ll is None:
-        mean_ll = gm.score(x)
+    if terms is None:
+        terms = dask.compute(*_score_terms(gm, x, w))
+    if w is None:
+        (mean_ll,) = terms
+        loglik, total = float(mean_ll) * n, float(n)
+    else:
+        loglik, total = float(terms[0]), float(terms[1])
+        mean_ll = loglik / total
     p = _n_parameters(gm.covariance_type, gm.n_components, d)
     return {
         "n_samples": int(n),
+        "total_weight": _finite(total),
         "n_parameters": int(p),
         "mean_log_likelihood": _finite(mean_ll),
-        "bic": _finite(-2 * mean_ll * n + p * math.log(n)),
-        "aic": _finite(-2 * mean_ll * n + 2 * p),
+        "bic": _finite(-2 * loglik + p * math.log(total)),
+        "aic": _finite(-2 * loglik + 2 * p),
     }
 
 
@@ -322,6 +352,7 @@ def _metrics(gm, history: dict[int, float], scores: dict, fit_seconds: float) ->
         "converged": bool(gm.converged_),
         "lower_bound": _finite(gm.lower_bound_),
         **scores,
+        "n_rows_skipped": int(getattr(gm, "n_rows_skipped_", 0) or 0),
         "fit_seconds": round(fit_seconds, 6),
         "seconds_per_iteration": [r["seconds"] for r in rows],
         "iterations": rows,
@@ -409,7 +440,14 @@ def _combos(config: JobConfig) -> list[tuple[str, dict]]:
 
 
 def _run_selection(
-    config: JobConfig, x, staging: Path, *, resume: bool, fingerprint: str, hook: Callable | None
+    config: JobConfig,
+    x,
+    staging: Path,
+    *,
+    resume: bool,
+    fingerprint: str,
+    hook: Callable | None,
+    w=None,
 ):
     crit = config.selection.criterion
     rows, best = [], None
@@ -429,8 +467,9 @@ def _run_selection(
                 fingerprint=fingerprint,
                 hook=hook,
                 label=f"[{label}] ",
+                sample_weight=w,
             )
-            metrics = _metrics(gm, history, _scores(gm, x), secs)
+            metrics = _metrics(gm, history, _scores(gm, x, w=w), secs)
             atomic_savez(cand_dir / "model.npz", gm.fitted_arrays())
             atomic_write_json(cand_dir / "metrics.json", metrics)
         row = {
@@ -505,7 +544,7 @@ def _run_job(
             # clusters: their workers may see paths this machine does not.
             check_data(config.data)
         with connect(config.cluster) as client:
-            x = load_data(config.data)
+            x, w = load_weighted(config.data)
             log.info(
                 "Data: %s, %d rows x %d features, %s, %d chunk(s)",
                 config.data.source,
@@ -515,12 +554,20 @@ def _run_job(
                 len(x.chunks[0]),
             )
             x = _maybe_persist(x, client, config.model.persist)
+            if w is not None:
+                w = _maybe_persist(w, client, config.model.persist)
             summary = data_summary(config.data, x)
             selection: list = []
             extra = {}
             if config.selection is not None:
                 gm, metrics, selection, best_row = _run_selection(
-                    config, x, staging, resume=resume, fingerprint=fingerprint, hook=on_iteration
+                    config,
+                    x,
+                    staging,
+                    resume=resume,
+                    fingerprint=fingerprint,
+                    hook=on_iteration,
+                    w=w,
                 )
                 extra = {
                     "selection": {
@@ -545,6 +592,7 @@ def _run_job(
                     resume=resume,
                     fingerprint=fingerprint,
                     hook=on_iteration,
+                    sample_weight=w,
                 )
             stores = {}
             if out.labels:
@@ -553,10 +601,8 @@ def _run_job(
                 stores[staging / "probabilities.zarr"] = gm.predict_proba(x)
             if config.selection is None:
                 # labels, probabilities and the score share one read of the data
-                (mean_ll,) = write_zarrs(
-                    stores, overwrite=True, also=(gm.score_samples(x).mean(),)
-                )
-                metrics = _metrics(gm, history, _scores(gm, x, float(mean_ll)), secs)
+                terms = write_zarrs(stores, overwrite=True, also=_score_terms(gm, x, w))
+                metrics = _metrics(gm, history, _scores(gm, x, terms, w), secs)
             else:
                 write_zarrs(stores, overwrite=True)
             log.info(
