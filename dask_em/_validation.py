@@ -41,6 +41,17 @@ def _float_dtype(dtype) -> np.dtype:
     )
 
 
+def _is_numeric(dtype) -> bool:
+    """Whether a (pandas or numpy) column dtype is numeric; extension dtypes such as
+    pandas' ``StringDtype`` are not numpy dtypes and make ``np.issubdtype`` raise."""
+    try:
+        return bool(np.issubdtype(dtype, np.number))
+    except TypeError:
+        from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+        return bool(is_numeric_dtype(dtype)) and not is_bool_dtype(dtype)
+
+
 def check_array(X, *, name="X", min_rows=1, n_features=None, chunk_rows=None):
     """Turn the input into a dask array with rows chunked and features in one chunk.
 
@@ -62,19 +73,25 @@ def check_array(X, *, name="X", min_rows=1, n_features=None, chunk_rows=None):
     """
     from_numpy = False
     if _is_dask_dataframe(X):
-        bad = [c for c, t in X.dtypes.items() if not np.issubdtype(t, np.number)]
+        bad = [c for c, t in X.dtypes.items() if not _is_numeric(t)]
         if bad:
             raise ValueError(f"{name} has non-numeric columns {bad}; select numeric columns only.")
         X = X.to_dask_array(lengths=True)
     elif not isinstance(X, da.Array):
         if hasattr(X, "dtypes") and hasattr(X, "to_numpy"):  # pandas DataFrame
-            bad = [c for c, t in X.dtypes.items() if not np.issubdtype(t, np.number)]
+            bad = [c for c, t in X.dtypes.items() if not _is_numeric(t)]
             if bad:
                 raise ValueError(
                     f"{name} has non-numeric columns {bad}; select numeric columns only."
                 )
             X = X.to_numpy()
-        X = np.asarray(X)
+        try:
+            X = np.asarray(X)
+        except ValueError:  # ragged nested lists
+            raise ValueError(
+                f"{name} is not a rectangular array (rows of different lengths); pass a "
+                "2-D array with the same number of features in every row."
+            ) from None
         from_numpy = True
     if X.ndim != 2:
         raise ValueError(
