@@ -235,3 +235,32 @@ def test_job_config_weights_round_trips(tmp_path, weighted):
     cfg = load_job(_job(tmp_path, {"source": "npy", "path": "x.npy", "weights": "w.npy"}, "rt"))
     again = JobConfig.model_validate(cfg.model_dump())
     assert again.data.weights == "w.npy"
+
+
+def test_zarr_weights_array_is_chunked_like_the_data(tmp_path, weighted):
+    x, w = weighted
+    da.to_zarr(da.from_array(x, chunks=(250, 2)), str(tmp_path / "x.zarr"))
+    da.to_zarr(da.from_array(w, chunks=77), str(tmp_path / "w.zarr"))
+    data = {"source": "zarr", "path": str(tmp_path / "x.zarr"), "chunk_rows": 200}
+    xd, wd = load_weighted(
+        load_job(_job(tmp_path, {**data, "weights": str(tmp_path / "w.zarr")})).data
+    )
+    assert xd.chunks[0] == wd.chunks[0] == (200, 200, 200)
+    np.testing.assert_array_equal(wd.compute(), w)
+
+
+def test_model_selection_with_weights_scores_each_candidate_weighted(tmp_path, weighted):
+    x, w = weighted
+    data = {"source": "npy", "path": str(tmp_path / "x.npy"), "chunk_rows": 200}
+    doc = yaml.safe_load(
+        _job(tmp_path, {**data, "weights": str(tmp_path / "w.npy")}, "sel").read_text()
+    )
+    doc["selection"] = {"n_components": [1, 2], "covariance_type": ["diag"]}
+    path = tmp_path / "sel.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = _run(path)
+    table = json.loads((result.path / "selection.json").read_text())["candidates"]
+    assert [r["n_components"] for r in table] == [1, 2]
+    assert result.model.n_components == 2
+    assert result.metrics["bic"] == pytest.approx(result.model.bic(x, sample_weight=w), rel=1e-12)
+    assert result.metrics["total_weight"] == pytest.approx(w.sum())
