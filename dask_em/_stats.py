@@ -110,7 +110,7 @@ def _raise_non_finite(x, bad_rows, block_index, row_offset):
     if cols.size:
         raise NonFiniteError(
             f"Input contains NaN or infinity: {where}, first at row {row_offset + row}, "
-            f"column {int(cols[0])} ({x[row, cols[0]]!r}), {bad_rows.size} bad row(s) in "
+            f"column {int(cols[0])} ({float(x[row, cols[0]])}), {bad_rows.size} bad row(s) in "
             "this block. Remove or impute these values before fitting."
         )
     raise NonFiniteError(

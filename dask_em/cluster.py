@@ -90,6 +90,9 @@ def _local(cfg: ClusterConfig) -> Iterator:
         # metrics); keep those on the loopback interface too.
         dashboard_address=lc.dashboard_address or "127.0.0.1:0",
         worker_dashboard_address="127.0.0.1:0",
+        # A failed task (e.g. NaN found in a block) is reported once, as one line, by
+        # the runner; the workers' own tracebacks are for --debug only.
+        silence_logs=logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL,
     )
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if not lc.processes:
