@@ -253,6 +253,12 @@ class ClusterConfig(_Model):
         if not chosen:
             self.local = LocalClusterConfig()
         if self.address is not None:
+            if "@" in self.address:
+                # Never echo the address: the part before '@' may be a password.
+                raise ValueError(
+                    "the address contains credentials (user:password@); remove them: Dask "
+                    "schedulers authenticate with TLS certificates (cluster.tls)"
+                )
             if "://" not in self.address and ":" not in self.address:
                 raise ValueError(f"address {self.address!r} should look like tcp://HOST:PORT")
             if self.tls is not None and not self.address.startswith("tls://"):
