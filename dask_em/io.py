@@ -18,6 +18,7 @@ import hashlib
 import io as _io
 import json
 import os
+import re
 import secrets
 import shutil
 import zipfile
@@ -466,8 +467,30 @@ def _load_table(cfg: DataConfig, lengths: bool = True, weights: bool = False):
     df = df.astype(cfg.dtype)
     if weights and wcol is not None:
         df = df.assign(__dask_em_weights__=full[wcol].astype("float64"))
-    x = df.to_dask_array(lengths=True if lengths else None)
+    try:  # with lengths, every partition is parsed here: bad rows show up now
+        x = df.to_dask_array(lengths=True if lengths else None)
+    except ValueError as exc:  # pandas' ParserError, dask's dtype mismatch
+        raise _table_error(cfg, exc) from None
     return x.rechunk((cfg.chunk_rows, x.shape[1])) if lengths else x
+
+
+def _table_error(cfg: DataConfig, exc: ValueError) -> JobError:
+    """A one-line message for a table that fails to parse once its rows are read."""
+    text = str(exc)
+    # dask: "Mismatched dtypes ... - a\n  ValueError(\"could not convert string ...\")"
+    m = re.search(r"^- (.+)\n\s+\w+\((['\"])(.*)\2\)\s*$", text, re.M)
+    if "Mismatched dtypes" in text and m:
+        return JobError(
+            f"column {m.group(1)!r} of {cfg.path} holds non-numeric values ({m.group(3)}); "
+            "fix the file or leave the column out with data.columns",
+            key="data.columns",
+        )
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return JobError(
+        f"cannot parse {cfg.path} as {cfg.source} ({first}); check that every row has the "
+        "same number of fields",
+        key="data.path",
+    )
 
 
 # ------------------------------------------------------------------------------- synthetic
