@@ -148,3 +148,45 @@ def test_one_feature_and_a_constant_feature(ct):
     gm = fit_or_documented_error(const, n_components=2, covariance_type=ct)
     assert gm is not None
     np.testing.assert_allclose(gm.means_[:, 1], 5.0, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    X=degenerate_data(),
+    ct=st.sampled_from(COV_TYPES),
+    k=st.integers(1, 3),
+    frac=st.sampled_from([0.1, 0.3, 0.6]),
+    seed=st.integers(0, 2**16),
+)
+def test_degenerate_data_with_missing_values(X, ct, k, frac, seed):
+    """missing='em' on degenerate data with NaN holes (some rows entirely missing)."""
+    rng = np.random.default_rng(seed)
+    X = X.copy()
+    X[rng.random(X.shape) < frac] = np.nan
+    if not np.isfinite(X).any(axis=1).sum() >= 2:
+        return  # "no observed values" is a separate, tested input error
+    gm = GaussianMixture(
+        n_components=min(k, len(X)),
+        covariance_type=ct,
+        missing="em",
+        max_iter=20,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            gm.fit(da.from_array(X, chunks=max(1, len(X) // 3)))
+        except ValueError as exc:
+            message = str(exc)
+            assert any(s in message for s in DOCUMENTED + ("observed",)), message
+            return
+    for name in FITTED:
+        assert np.all(np.isfinite(np.asarray(getattr(gm, name)))), name
+    xd = da.from_array(X, chunks=max(1, len(X) // 3))
+    observed = np.isfinite(X).any(axis=1)
+    scores = np.asarray(gm.score_samples(xd).compute())
+    assert np.all(np.isfinite(scores[observed])), scores
+    proba = np.asarray(gm.predict_proba(xd).compute())
+    assert np.all(np.isfinite(proba[observed]))
+    imputed = np.asarray(gm.impute(xd).compute())
+    assert np.all(np.isfinite(imputed))

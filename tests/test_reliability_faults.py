@@ -342,3 +342,23 @@ def test_scheduler_lost_mid_run_fails_fast_and_keeps_the_checkpoint(tmp_path):
     a, b = load_npz(run / "model.npz"), load_npz(ref / "model.npz")
     for key in ("weights", "means", "covariances", "lower_bounds"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_unreachable_scheduler_is_bad_input_within_the_timeout(tmp_path):
+    """Nothing listens: exit 2 within about cluster.timeout, one line, nothing written."""
+    from typer.testing import CliRunner
+
+    from dask_em.cli import app
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    path = _job(tmp_path, tmp_path / "run")
+    t0 = time.monotonic()
+    result = CliRunner().invoke(
+        app, ["run", str(path), "--scheduler", address, "--set", "cluster.timeout=1"]
+    )
+    assert time.monotonic() - t0 < 15
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cluster.address" in last and address in last and "dask scheduler" in last
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
