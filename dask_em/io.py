@@ -457,6 +457,8 @@ def _load_table(cfg: DataConfig, lengths: bool = True, weights: bool = False):
     elif wcol is not None:
         df = df[[c for c in df.columns if str(c) != wcol]]
     bad = [f"{c!r} ({t})" for c, t in df.dtypes.items() if not pd.api.types.is_numeric_dtype(t)]
+    if bad and _no_rows(full):  # an empty table's columns are inferred as text
+        raise JobError(f"{cfg.path} has no rows (only a header)", key="data.path")
     if bad:
         hint = "choose numeric columns" if cfg.columns else "list the numeric columns"
         raise JobError(
@@ -472,6 +474,14 @@ def _load_table(cfg: DataConfig, lengths: bool = True, weights: bool = False):
     except ValueError as exc:  # pandas' ParserError, dask's dtype mismatch
         raise _table_error(cfg, exc) from None
     return x.rechunk((cfg.chunk_rows, x.shape[1])) if lengths else x
+
+
+def _no_rows(df) -> bool:
+    """Whether a dask frame has no rows (reads until the first row; only on error paths)."""
+    try:
+        return len(df.head(1, npartitions=-1, compute=True)) == 0
+    except Exception:
+        return False
 
 
 def _table_error(cfg: DataConfig, exc: ValueError) -> JobError:

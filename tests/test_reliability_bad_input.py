@@ -135,7 +135,7 @@ CASES: dict[str, tuple] = {
         {},
         ["x.csv", "line 202", "same number of fields"],
     ),
-    "header_only_csv": (lambda t: _csv(t, "a,b\n"), {}, ["0 row"]),
+    "header_only_csv": (lambda t: _csv(t, "a,b\n"), {}, ["x.csv", "no rows"]),
     "parquet_string_column": (_parquet_strings, {}, ["non-numeric", "'s'"]),
     "corrupt_zarr_metadata": (_corrupt_zarr, {}, ["x.zarr", "zarr"]),
     "corrupt_zarr_chunks": (_zarr_chunks_missing, {}, ["x.zarr"]),
@@ -191,12 +191,10 @@ def assert_nothing_written(tmp: Path) -> None:
     assert not (tmp / ".run.partial").exists()
 
 
-# Known gaps (see the reliability report): a zarr chunk that fails to decode is found only
-# while the workers read the blocks and reaches the CLI as a library error (exit 1); an
-# empty CSV's columns are inferred as strings, so the message blames the column types.
+# Known gap (see the reliability report): a zarr chunk that fails to decode is found only
+# while the workers read the blocks and reaches the CLI as a library error (exit 1).
 KNOWN_GAPS = {
     "corrupt_zarr_chunks": "codec error while reading zarr chunks exits 1, not 2",
-    "header_only_csv": "an empty CSV is reported as non-numeric string columns",
 }
 
 
