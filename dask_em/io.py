@@ -405,7 +405,37 @@ def _load_zarr(cfg: DataConfig):
         component, arr = None, node
     shape = arr.shape
     chunks = (cfg.chunk_rows,) + tuple(shape[1:])
-    return da.from_zarr(cfg.path, component=component, chunks=chunks)
+    x = da.from_zarr(cfg.path, component=component, chunks=chunks)
+    # Same graph, but a block that fails to read (a damaged chunk file) raises a one-line
+    # JobError naming the file and rows, instead of the codec's own error.
+    return da.from_array(
+        _ZarrRows(arr, cfg.path),
+        chunks=chunks,
+        name=x.name,
+        asarray=True,
+        fancy=False,
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+    )
+
+
+class _ZarrRows:
+    """A zarr array whose reads turn any failure into a :class:`JobError`."""
+
+    def __init__(self, arr, path: str):
+        self.arr, self.path = arr, str(path)
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.arr[key])
+        except Exception as exc:
+            rows = key[0] if isinstance(key, tuple) else key
+            where = f"rows {rows.start}-{rows.stop - 1}" if isinstance(rows, slice) else "a block"
+            raise JobError(
+                f"cannot read {where} of {self.path} ({type(exc).__name__}: {exc}); the "
+                "zarr data is damaged: write it again",
+                key="data.path",
+            ) from None
 
 
 def _read_table(cfg: DataConfig):

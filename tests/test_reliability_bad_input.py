@@ -138,7 +138,7 @@ CASES: dict[str, tuple] = {
     "header_only_csv": (lambda t: _csv(t, "a,b\n"), {}, ["x.csv", "no rows"]),
     "parquet_string_column": (_parquet_strings, {}, ["non-numeric", "'s'"]),
     "corrupt_zarr_metadata": (_corrupt_zarr, {}, ["x.zarr", "zarr"]),
-    "corrupt_zarr_chunks": (_zarr_chunks_missing, {}, ["x.zarr"]),
+    "corrupt_zarr_chunks": (_zarr_chunks_missing, {}, ["x.zarr", "rows", "damaged"]),
     "wrong_hdf5_dataset": (_hdf5, {}, ["'X'", "available: data"]),
     "not_hdf5": (lambda t: _garbage(t, "x.h5", "hdf5", dataset="d"), {}, ["HDF5"]),
     "n_components_zero": (None, {"n_components": 0}, ["model.n_components"]),
@@ -191,22 +191,7 @@ def assert_nothing_written(tmp: Path) -> None:
     assert not (tmp / ".run.partial").exists()
 
 
-# Known gap (see the reliability report): a zarr chunk that fails to decode is found only
-# while the workers read the blocks and reaches the CLI as a library error (exit 1).
-KNOWN_GAPS = {
-    "corrupt_zarr_chunks": "codec error while reading zarr chunks exits 1, not 2",
-}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN_GAPS[c], strict=False))
-        if c in KNOWN_GAPS
-        else c
-        for c in sorted(CASES)
-    ],
-)
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_cli_run_bad_input(tmp_path, case):
     path = _write_job(tmp_path, case)
     result = runner.invoke(app, ["run", str(path)])
