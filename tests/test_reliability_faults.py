@@ -320,6 +320,7 @@ def test_scheduler_lost_mid_run_fails_fast_and_keeps_the_checkpoint(tmp_path):
     last = err.strip().splitlines()[-1]
     assert "scheduler" in last and last.startswith("error:"), last
     assert "checkpoint is kept" in err
+    assert "Traceback" not in err
     assert not run.exists()
     kept = _checkpoint_iteration(staging / "checkpoint.npz")
     assert kept >= 2
