@@ -54,7 +54,28 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+class _NoTraceback(logging.Filter):
+    """Without --debug, distributed's client logs no tracebacks (e.g. while it tries to
+    reconnect to a lost scheduler); the runner reports the failure in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is None:
+            return True
+        if not record.getMessage().strip():
+            return False  # only a traceback (``logger.exception(CancelledError())``)
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+_NO_TRACEBACK = _NoTraceback()
+
+
 def _setup_logging(debug: bool) -> None:
+    client_log = logging.getLogger("distributed.client")
+    if debug:
+        client_log.removeFilter(_NO_TRACEBACK)
+    else:
+        client_log.addFilter(_NO_TRACEBACK)
     logger = logging.getLogger("dask_em")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
