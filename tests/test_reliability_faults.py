@@ -72,12 +72,19 @@ def test_worker_sigkill_mid_fit_gives_the_undisturbed_parameters(two_process_cli
     killed: list[int] = []
     killers: list[threading.Thread] = []
 
-    def kill_one(delay: float) -> None:
-        pids = sorted(client.run(os.getpid).values())
-        pid = pids[len(killed) % len(pids)]
+    mid_pass: list[bool] = []
+
+    def kill_one(during_pass: bool) -> None:
+        pids = client.run(os.getpid)  # worker address -> pid
+        address = sorted(pids)[len(killed) % len(pids)]
+        pid = pids[address]
 
         def go():
-            time.sleep(delay)
+            if during_pass:  # wait until that worker is running tasks of the next pass
+                deadline = time.monotonic() + 10
+                while not client.processing().get(address) and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                mid_pass.append(bool(client.processing().get(address)))
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
@@ -87,14 +94,15 @@ def test_worker_sigkill_mid_fit_gives_the_undisturbed_parameters(two_process_cli
 
     def callback(progress):
         if progress.iteration == 2:
-            kill_one(0.0)  # between passes: the persisted blocks on it are lost
+            kill_one(during_pass=False)  # between passes: its persisted blocks are lost
         elif progress.iteration == 5:
-            kill_one(0.02)  # while the next pass runs
+            kill_one(during_pass=True)  # while it runs tasks of the next pass
 
     disturbed = _estimator().fit(x, callback=callback)
     for t in killers:
         t.join(10)
     assert len(killed) == 2
+    assert mid_pass == [True], "the second kill did not land during a pass"
     assert disturbed.n_iter_ == reference.n_iter_ == 8
     for name in FITTED:
         np.testing.assert_allclose(
