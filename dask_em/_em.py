@@ -83,6 +83,8 @@ class EMProgress:
         for c in self.candidates:
             p = f"c{c.index}_"
             out[p + "index"] = np.asarray(c.index)
+            # Per start: a model-selection grid mixes covariance types.
+            out[p + "covariance_type"] = np.asarray(c.params.covariance_type)
             out[p + "weights"] = c.params.weights
             out[p + "means"] = c.params.means
             out[p + "precisions_cholesky"] = c.params.precisions_cholesky
@@ -100,12 +102,15 @@ class EMProgress:
         cands = []
         for i in range(int(arrays["n_candidates"])):
             p = f"c{i}_"
+            ct = (
+                str(arrays[p + "covariance_type"]) if p + "covariance_type" in arrays else cov_type
+            )
             params = MixtureParams(
                 np.asarray(arrays[p + "weights"]),
                 np.asarray(arrays[p + "means"]),
                 np.asarray(arrays[p + "covariances"]) if p + "covariances" in arrays else None,
                 np.asarray(arrays[p + "precisions_cholesky"]),
-                cov_type,
+                ct,
             )
             cands.append(
                 CandidateState(

@@ -260,3 +260,23 @@ def test_bic_and_aic_accept_every_input_kind(blobs):
     np.testing.assert_allclose(gm.bic(da.from_array(X, chunks=(300, 3))), want, rtol=1e-12)
     np.testing.assert_allclose(gm.bic(df), want, rtol=1e-12)
     np.testing.assert_allclose(gm.aic(df), gm.aic(X), rtol=1e-12)
+
+
+def test_progress_of_mixed_covariance_types_round_trips(blobs, tmp_path):
+    """A model-selection grid checkpoints starts of different types and sizes."""
+    X, _ = blobs
+    from dask_em._em import run_em
+
+    starts = [
+        _fit(X, ct, n_components=k, max_iter=1)._params() for ct, k in [("full", 2), ("diag", 3)]
+    ]
+    state = run_em(
+        da.from_array(X, chunks=(500, 3)), starts, tol=0, max_iter=2, reg_covar=1e-6, eps=1e-16
+    )
+    np.savez(tmp_path / "p.npz", **state.to_arrays())
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as f:
+        back = EMProgress.from_arrays(dict(f))
+    for a, b in zip(state.candidates, back.candidates, strict=True):
+        assert a.params.covariance_type == b.params.covariance_type
+        np.testing.assert_array_equal(a.params.means, b.params.means)
+        assert a.lower_bounds == b.lower_bounds
