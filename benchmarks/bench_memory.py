@@ -9,7 +9,7 @@ memory/spill warnings in the worker logs. Prints one JSON object and exits 1 if 
 restarted or the job failed.
 
     python benchmarks/bench_memory.py [--gib 2] [--workers 2] [--memory-limit 256MiB]
-        [--iters 3] [--dir /tmp/dask-em-bench-memory] [--keep]
+        [--iters 3] [--dir DIR] [--keep]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Both give the same models (the table's last column checks the BIC values agree).
 
 Example::
 
-    /work/venv/bin/python benchmarks/bench_selection.py --n-samples 1000000 --n-features 8
+    python benchmarks/bench_selection.py --n-samples 1000000 --n-features 8
 
 Not a test: it prints a table (and, with ``--json``, writes the figures).
 """
