@@ -55,7 +55,13 @@ def test_em_suite_runs_and_writes_json_and_markdown(bench, tmp_path):
     tools = {(r["case"], r["tool"]) for r in suite["rows"]}
     assert len({c for c, _ in tools}) == 3
     for case in {c for c, _ in tools}:
-        for tool in ("scikit-learn", "dask-em threads", "block limit", "dask-em LocalCluster 2×1"):
+        for tool in (
+            "scikit-learn",
+            "scikit-learn, BLAS 1 thread",
+            "dask-em threads",
+            "block limit",
+            "dask-em LocalCluster 2×1",
+        ):
             assert (case, tool) in tools
     for row in suite["rows"]:
         assert row["min"] > 0 and row["median"] >= row["min"]
