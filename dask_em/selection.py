@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,6 +45,177 @@ TABLE_COLUMNS = (
     "lower_bound",
     "error",
 )
+
+
+@dataclass(frozen=True, eq=False)
+class SelectionProgress:
+    """Where a :func:`select_model` run has got to: what its ``callback`` receives after
+    every EM iteration, and what its ``resume=`` takes to continue from there.
+
+    Attributes
+    ----------
+    progress : EMProgress
+        The state of every start of the whole grid after the last EM iteration (its
+        ``candidates`` are the starts, in the order of ``owner``).
+    owner : tuple of int
+        For each start of ``progress.candidates``, its candidate: the index into
+        ``grid`` (the row of the table).
+    errors : dict of int to str
+        Candidates (indices into ``grid``) with a start that failed at initialisation,
+        and why; a candidate none of whose starts are left gets this as its ``error``.
+    failed_starts : dict of int to str
+        Starts (indices into ``progress.candidates``) dropped during EM because their
+        M-step failed, and why (such a start is inactive and not a result).
+    grid : tuple of (int, str)
+        ``(n_components, covariance_type)`` of each candidate, in table order.
+    n_features : int
+        Columns of the data.
+    n_init : int
+    init_params : str
+    missing : str
+    seed : int
+        The seed every candidate's starts were drawn from.
+    n_rows_skipped : int
+        Rows without any observed value (``missing='em'``), counted before the starts.
+    """
+
+    progress: EMProgress
+    owner: tuple
+    errors: dict
+    failed_starts: dict
+    grid: tuple
+    n_features: int
+    n_init: int
+    init_params: str
+    missing: str
+    seed: int
+    n_rows_skipped: int = 0
+
+    @property
+    def iteration(self) -> int:
+        """EM iterations done."""
+        return self.progress.iteration
+
+    def to_arrays(self) -> dict:
+        """Plain numpy arrays (savable with ``np.savez``, loadable without pickle).
+
+        The grid state is under ``em_*`` (:meth:`EMProgress.to_arrays`), the rest under
+        ``selection_*``.
+        """
+        out = {f"em_{k}": v for k, v in self.progress.to_arrays().items()}
+        errors = sorted(self.errors.items())
+        failed = sorted(self.failed_starts.items())
+        out.update(
+            {
+                "selection_grid_n_components": np.asarray(
+                    [k for k, _ in self.grid], dtype=np.int64
+                ),
+                "selection_grid_covariance_type": np.asarray(
+                    [ct for _, ct in self.grid], dtype=np.str_
+                ),
+                "selection_owner": np.asarray(self.owner, dtype=np.int64),
+                "selection_error_candidates": np.asarray([c for c, _ in errors], dtype=np.int64),
+                "selection_error_messages": np.asarray([m for _, m in errors], dtype=np.str_),
+                "selection_failed_starts": np.asarray([j for j, _ in failed], dtype=np.int64),
+                "selection_failed_messages": np.asarray([m for _, m in failed], dtype=np.str_),
+                "selection_n_features": np.asarray(self.n_features, dtype=np.int64),
+                "selection_n_init": np.asarray(self.n_init, dtype=np.int64),
+                "selection_init_params": np.asarray(self.init_params),
+                "selection_missing": np.asarray(self.missing),
+                "selection_seed": np.asarray(self.seed, dtype=np.int64),
+                "selection_n_rows_skipped": np.asarray(self.n_rows_skipped, dtype=np.int64),
+            }
+        )
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping) -> SelectionProgress:
+        """Rebuild from :meth:`to_arrays` output (or an ``np.load`` of it; other keys are
+        ignored).
+
+        Raises
+        ------
+        ValueError
+            If an array is missing or the arrays do not fit together.
+        """
+        try:
+            progress = EMProgress.from_arrays(
+                {k[3:]: v for k, v in arrays.items() if k.startswith("em_")}
+            )
+            ks = np.asarray(arrays["selection_grid_n_components"]).tolist()
+            cts = np.asarray(arrays["selection_grid_covariance_type"]).tolist()
+            owner = tuple(int(c) for c in np.asarray(arrays["selection_owner"]).tolist())
+
+            def pairs(keys, messages):
+                keys = np.asarray(arrays[keys]).tolist()
+                messages = np.asarray(arrays[messages]).tolist()
+                if len(keys) != len(messages):
+                    raise ValueError(f"{len(keys)} indices but {len(messages)} messages")
+                return {int(i): str(m) for i, m in zip(keys, messages, strict=True)}
+
+            errors = pairs("selection_error_candidates", "selection_error_messages")
+            failed = pairs("selection_failed_starts", "selection_failed_messages")
+            out = cls(
+                progress=progress,
+                owner=owner,
+                errors=errors,
+                failed_starts=failed,
+                grid=tuple((int(k), str(ct)) for k, ct in zip(ks, cts, strict=True)),
+                n_features=int(arrays["selection_n_features"]),
+                n_init=int(arrays["selection_n_init"]),
+                init_params=str(arrays["selection_init_params"]),
+                missing=str(arrays["selection_missing"]),
+                seed=int(arrays["selection_seed"]),
+                n_rows_skipped=int(arrays["selection_n_rows_skipped"]),
+            )
+        except KeyError as exc:
+            raise ValueError(f"not a model-selection state: array {exc} is missing") from None
+        out._check_consistent()
+        return out
+
+    def _check_consistent(self) -> None:
+        n_starts, n_cands = len(self.progress.candidates), len(self.grid)
+        if len(self.owner) != n_starts:
+            raise ValueError(
+                f"inconsistent model-selection state: {n_starts} starts but "
+                f"{len(self.owner)} owners"
+            )
+        bad = [c for c in (*self.owner, *self.errors) if not 0 <= c < n_cands]
+        if bad:
+            raise ValueError(
+                f"inconsistent model-selection state: candidate {bad[0]} is not in a grid "
+                f"of {n_cands}"
+            )
+        bad = [j for j in self.failed_starts if not 0 <= j < n_starts]
+        if bad:
+            raise ValueError(
+                f"inconsistent model-selection state: start {bad[0]} is not one of "
+                f"{n_starts} starts"
+            )
+
+    def _check_matches(self, grid, n_features, n_init, init_params, missing, seed) -> None:
+        """Raise ValueError naming what of this call differs from the state's."""
+        if list(self.grid) != list(grid):
+
+            def show(g):
+                return ", ".join(f"{ct} k={k}" for k, ct in g)
+
+            raise ValueError(
+                "resume does not match the grid: the state has the candidates "
+                f"[{show(self.grid)}], this call [{show(grid)}]"
+            )
+        for name, saved, now in (
+            ("n_features", self.n_features, n_features),
+            ("n_init", self.n_init, n_init),
+            ("init_params", self.init_params, init_params),
+            ("missing", self.missing, missing),
+            ("random_state", self.seed, seed),
+        ):
+            if now is not None and saved != now:
+                what = "X has" if name == "n_features" else "this call has"
+                raise ValueError(
+                    f"resume does not match: the state has {name}={saved!r}, {what} {name}={now!r}"
+                )
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,26 +398,33 @@ def final_log_likelihoods(x, params_list, *, weights=None, split_every=None, mis
 _START_ERROR = re.compile(r"\(start (\d+), iteration \d+\)")
 
 
-def _run_em_dropping_failures(x, starts, failures, **kw):
+def _run_em_dropping_failures(x, starts, failures, *, resume=None, callback=None, **kw):
     """run_em, but a start whose M-step fails is dropped and the others go on.
 
     run_em raises on the first failing start, naming it "(start i, iteration j)"; the
     state after the previous iteration (from the callback) is resumed with that start
-    stopped, so the other candidates of the grid lose only that one pass.
+    stopped, so the other candidates of the grid lose only that one pass. ``failures``
+    (start index -> message) gets each dropped start. ``resume`` (an EMProgress)
+    continues an earlier run; ``callback`` is called with the EMProgress after every
+    iteration, and an exception it raises propagates as it is.
     """
-    last = []
+    last = [resume] if resume is not None else []
     max_iter = kw["max_iter"]
+    in_callback = [False]
 
     def keep(progress):
         last[:] = [progress]
+        if callback is not None:
+            in_callback[0] = True
+            callback(progress)
+            in_callback[0] = False
 
-    resume = None
     while True:
         try:
             return run_em(x, starts, resume=resume, callback=keep, **kw)
         except ValueError as exc:
             match = _START_ERROR.search(str(exc))
-            if match is None:
+            if match is None or in_callback[0]:
                 raise
             i = int(match.group(1))
             failures[i] = str(exc)
@@ -284,6 +462,40 @@ def _fitted(proto, best: CandidateState, group, d, n_skipped) -> GaussianMixture
     return gm
 
 
+def _grid_starts(x_init, grid, n_init, seed, init_params, *, log_level, **kw):
+    """Every candidate's starts, in shared initialisation passes.
+
+    Returns
+    -------
+    starts : list of MixtureParams
+    owner : list of int
+        The candidate (index into ``grid``) of each start.
+    errors : dict of int to str
+        Candidates with a start that failed, and why.
+    """
+    requests = [StartRequest(k, ct, n_init, np.random.RandomState(seed)) for k, ct in grid]
+    t0 = time.perf_counter()
+    with single_threaded_blas():
+        per_candidate = make_starts(x_init, requests, init_params, on_error="return", **kw)
+    logger.log(
+        log_level,
+        "select_model: %d starts in %.3f s",
+        len(grid) * n_init,
+        time.perf_counter() - t0,
+    )
+    starts, owner, errors = [], [], {}
+    for c, group in enumerate(per_candidate):
+        for s in group:
+            if isinstance(s, Exception):
+                errors.setdefault(c, f"initialisation: {s}")
+            elif not s.is_finite():
+                errors.setdefault(c, "initialisation produced non-finite parameters")
+            else:
+                starts.append(s)
+                owner.append(c)
+    return starts, owner, errors
+
+
 def select_model(
     X,
     n_components: Sequence[int] = tuple(range(1, 10)),
@@ -301,6 +513,8 @@ def select_model(
     split_every: int | None = None,
     missing: str = "error",
     verbose: int = 0,
+    callback: Callable[[SelectionProgress], object] | None = None,
+    resume: SelectionProgress | Mapping | None = None,
 ) -> SelectionResult:
     """Fit every (n_components, covariance_type) pair in shared passes; rank them.
 
@@ -334,6 +548,19 @@ def select_model(
         features.
     verbose : int, default=0
         1 or more logs every iteration at INFO level on the ``dask_em`` logger.
+    callback : callable, optional
+        Called with a :class:`SelectionProgress` after every EM iteration (the state of
+        the whole grid: every start, which candidate each belongs to, and the
+        candidates and starts that failed so far). An exception it raises stops the run
+        and propagates; the state it last received stays resumable.
+    resume : SelectionProgress or mapping of arrays, optional
+        Continue an interrupted run from a state its ``callback`` received (or that
+        state's :meth:`SelectionProgress.to_arrays`): the initialisation passes are
+        skipped and EM goes on from there, ending with the same result as an
+        uninterrupted run. The grid, the number of features, ``n_init``,
+        ``init_params``, ``missing`` and an int ``random_state`` must be those of the
+        interrupted run (``random_state=None`` takes the state's seed); ``tol``,
+        ``reg_covar`` and ``max_iter`` are this call's.
 
     Returns
     -------
@@ -343,8 +570,9 @@ def select_model(
     Raises
     ------
     ValueError
-        For bad parameters or data, or when every candidate failed (the message lists
-        why); a failing candidate alone only gets NaN criteria and an ``error``.
+        For bad parameters or data, when every candidate failed (the message lists
+        why), or when ``resume`` does not match this call (the message says what); a
+        failing candidate alone only gets NaN criteria and an ``error``.
     """
     t_start = time.perf_counter()
     if criterion not in CRITERIA:
@@ -353,8 +581,20 @@ def select_model(
     cts = list(dict.fromkeys(covariance_types))
     if not ks or not cts:
         raise ValueError("n_components and covariance_types must each list at least one value")
-    seed = _seed(random_state)
     grid = [(k, ct) for ct in cts for k in ks]
+    if resume is not None:
+        if not isinstance(resume, SelectionProgress):
+            resume = SelectionProgress.from_arrays(resume)
+        resume._check_consistent()
+        if random_state is None:
+            seed = resume.seed
+        elif isinstance(random_state, (int, np.integer)):
+            seed = int(random_state)
+        else:  # a RandomState: no seed to compare; the starts are not drawn again
+            seed = resume.seed
+        resume._check_matches(grid, None, n_init, init_params, missing, seed)
+    else:
+        seed = _seed(random_state)
     protos = []
     for k, ct in grid:
         gm = GaussianMixture(
@@ -376,6 +616,8 @@ def select_model(
 
     x, from_numpy = check_array(X, min_rows=2)
     n, d = x.shape
+    if resume is not None:
+        resume._check_matches(grid, d, None, None, None, None)
     if n < max(ks):
         raise ValueError(
             f"Expected n_samples >= n_components but got n_components = {max(ks)}, n_samples = {n}"
@@ -394,48 +636,64 @@ def select_model(
             check_weight_values(weights)
     kernel, x_init, weights_init, n_skipped = None, x, weights, 0
     if missing == "em":
-        # Initialisation sees missing values mean-filled (see _missing.prepare_fit).
-        x_init, weights_init, summary = _missing.prepare_fit(x, weights, split_every)
-        kernel, n_skipped = _missing.missing_block_statistics, summary.n_skipped
-
-    requests = [StartRequest(k, ct, n_init, np.random.RandomState(seed)) for k, ct in grid]
-    t0 = time.perf_counter()
-    with single_threaded_blas():
-        per_candidate = make_starts(
+        kernel = _missing.missing_block_statistics
+    if resume is not None:
+        # The starts (and what they needed: the missing-value summary) are in the state.
+        starts, owner, errors = None, list(resume.owner), dict(resume.errors)
+        n_skipped = resume.n_rows_skipped
+        logger.log(
+            log_level,
+            "select_model: resuming after iteration %d (%d starts)",
+            resume.iteration,
+            len(owner),
+        )
+    else:
+        if missing == "em":
+            # Initialisation sees missing values mean-filled (see _missing.prepare_fit).
+            x_init, weights_init, summary = _missing.prepare_fit(x, weights, split_every)
+            n_skipped = summary.n_skipped
+        starts, owner, errors = _grid_starts(
             x_init,
-            requests,
+            grid,
+            n_init,
+            seed,
             init_params,
             reg_covar=reg_covar,
             eps=eps,
             weights=weights_init,
             split_every=split_every,
-            on_error="return",
+            log_level=log_level,
         )
-    logger.log(
-        log_level,
-        "select_model: %d starts in %.3f s",
-        len(grid) * n_init,
-        time.perf_counter() - t0,
-    )
 
-    starts, owner, errors = [], [], {}
-    for c, group in enumerate(per_candidate):
-        for s in group:
-            if isinstance(s, Exception):
-                errors.setdefault(c, f"initialisation: {s}")
-            elif not s.is_finite():
-                errors.setdefault(c, "initialisation produced non-finite parameters")
-            else:
-                starts.append(s)
-                owner.append(c)
+    failures: dict[int, str] = dict(resume.failed_starts) if resume is not None else {}
+    on_iteration = None
+    if callback is not None:
 
-    failures: dict[int, str] = {}
+        def on_iteration(progress: EMProgress) -> None:
+            callback(
+                SelectionProgress(
+                    progress=progress,
+                    owner=tuple(owner),
+                    errors=dict(errors),
+                    failed_starts=dict(failures),
+                    grid=tuple(grid),
+                    n_features=d,
+                    n_init=n_init,
+                    init_params=init_params,
+                    missing=missing,
+                    seed=seed,
+                    n_rows_skipped=n_skipped,
+                )
+            )
+
     state = None
-    if starts:
+    if owner:
         state = _run_em_dropping_failures(
             x,
             starts,
             failures,
+            resume=None if resume is None else resume.progress,
+            callback=on_iteration,
             tol=tol,
             max_iter=max_iter,
             reg_covar=reg_covar,

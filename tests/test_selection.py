@@ -11,8 +11,14 @@ from sklearn.mixture import GaussianMixture as SKGaussianMixture
 
 from dask_em import ConvergenceWarning, GaussianMixture, select_model
 from dask_em import _em as em_module
+from dask_em import selection as selection_module
 from dask_em._init import from_arrays
-from dask_em.selection import TABLE_COLUMNS, SelectionResult, _run_em_dropping_failures
+from dask_em.selection import (
+    TABLE_COLUMNS,
+    SelectionProgress,
+    SelectionResult,
+    _run_em_dropping_failures,
+)
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -217,3 +223,169 @@ def test_missing_values_grid_equals_each_candidate_fitted_alone(full_truth):
         np.testing.assert_allclose(gm.lower_bounds_, alone.lower_bounds_, rtol=1e-12)
         np.testing.assert_allclose(row["bic"], alone.bic(X), rtol=1e-12)
         assert gm.n_rows_skipped_ == alone.n_rows_skipped_ == 1
+
+
+# ------------------------------------------------------------------------ interrupt, resume
+
+
+class Stop(Exception):
+    pass
+
+
+def _interrupted(X, *args, after=2, **kw):
+    """Run select_model with a callback that raises after iteration ``after``; return
+    every state the callback saw."""
+    seen = []
+
+    def callback(progress):
+        seen.append(progress)
+        if progress.iteration >= after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _select(X, *args, callback=callback, **kw)
+    return seen
+
+
+def _through_npz(state, tmp_path):
+    np.savez(tmp_path / "state.npz", **state.to_arrays())
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as npz:
+        return dict(npz)
+
+
+def assert_same_selection(a, b, tol=1e-12):
+    assert len(a.table) == len(b.table)
+    for ra, rb in zip(a.table, b.table, strict=True):
+        assert list(ra) == list(rb)
+        for key, va in ra.items():
+            vb = rb[key]
+            if isinstance(va, float):
+                np.testing.assert_allclose(va, vb, rtol=tol, atol=tol, err_msg=key)
+            else:
+                assert va == vb, key
+    assert a.best_index == b.best_index and a.random_state == b.random_state
+    np.testing.assert_allclose(a.n_samples, b.n_samples, rtol=tol)
+    for ma, mb in zip(a.models, b.models, strict=True):
+        assert (ma is None) == (mb is None)
+        if ma is None:
+            continue
+        for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+            np.testing.assert_allclose(
+                getattr(ma, attr), getattr(mb, attr), rtol=tol, atol=tol, err_msg=attr
+            )
+        np.testing.assert_allclose(ma.lower_bounds_, mb.lower_bounds_, rtol=tol, atol=tol)
+        assert ma.n_iter_ == mb.n_iter_ and ma.converged_ == mb.converged_
+
+
+def test_interrupted_grid_resumes_to_the_uninterrupted_result(full_truth, tmp_path):
+    X = da.from_array(full_truth[:1500], chunks=(400, -1))
+    args = ([2, 3], ["full", "diag"])
+    kw = dict(n_init=2, random_state=0, max_iter=25, tol=1e-6)
+    full = _select(X, *args, **kw)
+    assert max(r["n_iter"] for r in full.table) > 3  # the interruption is mid-run
+    seen = _interrupted(X, *args, after=2, **kw)
+    assert [p.iteration for p in seen] == [1, 2]
+    state = seen[-1]
+    assert isinstance(state, SelectionProgress)
+    assert state.owner == (0, 0, 1, 1, 2, 2, 3, 3)
+    assert state.grid == ((2, "full"), (3, "full"), (2, "diag"), (3, "diag"))
+    assert state.n_features == 3 and state.seed == 0 and not state.errors
+
+    passes = []
+    real = em_module.em_pass
+
+    def counting(x, params_list, **kw):
+        passes.append(len(params_list))
+        return real(x, params_list, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(em_module, "em_pass", counting)
+        # no initialisation passes on resume: make_starts must not run
+        mp.setattr(selection_module, "make_starts", None)
+        resumed = _select(X, *args, resume=state, **kw)
+    assert len(passes) == max(r["n_iter"] for r in full.table) - 2
+    assert_same_selection(resumed, full)
+    # and from the arrays form (as a checkpoint file holds it), with random_state=None
+    arrays = _through_npz(state, tmp_path)
+    from_file = _select(X, *args, resume=arrays, **{**kw, "random_state": None})
+    assert_same_selection(from_file, full)
+
+
+def test_a_failed_candidate_resumes_with_the_same_failure_row(tmp_path):
+    """The k=2 candidate fails at initialisation (see the test above of that); the
+    resumed run carries its error and finishes the others as the uninterrupted one."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(300, 2)), np.full((40, 2), 30.0)])
+    args = ([1, 2, 3], ["full", "diag"])
+    kw = dict(reg_covar=0.0, random_state=0, max_iter=6, tol=0.0)
+    full = _select(X, *args, **kw)
+    failed = [r for r in full.table if r["error"] is not None]
+    assert any(r["n_components"] == 2 and r["covariance_type"] == "full" for r in failed)
+    seen = _interrupted(X, *args, after=2, **kw)
+    assert seen[-1].errors and set(seen[-1].errors) == {
+        i for i, r in enumerate(full.table) if r["error"] is not None
+    }
+    resumed = _select(X, *args, resume=_through_npz(seen[-1], tmp_path), **kw)
+    assert_same_selection(resumed, full)
+    assert [r["error"] for r in resumed.table] == [r["error"] for r in full.table]
+
+
+def test_a_start_dropped_during_em_stays_dropped_after_resume(blobs, monkeypatch, tmp_path):
+    """Candidate k=2 gets a start whose first M-step fails (a tight component on 40
+    identical rows, reg_covar=0): it is dropped at iteration 1. Resumed after
+    iteration 2, it must still be a failure, not a result from its stale parameters."""
+    X0, _ = blobs
+    X = np.vstack([X0, np.full((40, 3), 40.0)])
+    doomed = from_arrays(
+        np.array([0.5, 0.5]), np.array([X0.mean(0), [40.0] * 3]), np.stack([np.eye(3)] * 2), "full"
+    )
+    real = selection_module.make_starts
+
+    def with_a_doomed_start(*args, **kw):
+        out = real(*args, **kw)
+        out[1] = [doomed]
+        return out
+
+    monkeypatch.setattr(selection_module, "make_starts", with_a_doomed_start)
+    args = ([1, 2], ["full"])
+    kw = dict(reg_covar=0.0, random_state=0, max_iter=5, tol=0.0)
+    full = _select(X, *args, **kw)
+    assert full.models[1] is None and "reg_covar" in full.table[1]["error"]
+    seen = _interrupted(X, *args, after=2, **kw)
+    assert list(seen[-1].failed_starts) == [1] and not seen[-1].errors
+    resumed = _select(X, *args, resume=_through_npz(seen[-1], tmp_path), **kw)
+    assert_same_selection(resumed, full)
+    assert resumed.models[1] is None and resumed.table[1]["error"] == full.table[1]["error"]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(n_components=[2, 4]), r"grid.*full k=3.*full k=4"),
+        (dict(covariance_types=["full", "tied"]), r"grid.*diag k=2.*tied k=2"),
+        (dict(n_init=1), "n_init=2"),
+        (dict(random_state=5), "random_state=0"),
+        (dict(init_params="random"), "init_params='kmeans'"),
+        (dict(X_columns=2), "n_features=3, X has n_features=2"),
+    ],
+)
+def test_resume_with_a_mismatched_grid_raises(change, match, full_truth):
+    X = full_truth[:600]
+    kw = dict(n_components=[2, 3], covariance_types=["full", "diag"], n_init=2, random_state=0)
+    state = _interrupted(X, max_iter=10, tol=0.0, after=1, **kw)[-1]
+    columns = change.pop("X_columns", None)
+    if columns is not None:
+        X = X[:, :columns]
+    with pytest.raises(ValueError, match=match):
+        select_model(X, max_iter=10, tol=0.0, resume=state, **{**kw, **change})
+
+
+def test_selection_progress_arrays_are_checked(full_truth):
+    state = _interrupted(full_truth[:600], [2], ["full"], max_iter=5, tol=0.0, after=1)[-1]
+    arrays = state.to_arrays()
+    assert not any(np.asarray(v).dtype.hasobject for v in arrays.values())
+    back = SelectionProgress.from_arrays(arrays)
+    assert back.grid == state.grid and back.owner == state.owner
+    del arrays["selection_owner"]
+    with pytest.raises(ValueError, match="selection_owner"):
+        SelectionProgress.from_arrays(arrays)
