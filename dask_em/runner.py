@@ -216,8 +216,6 @@ def _fit(
     label: str = "",
     sample_weight=None,
 ):
-    from dask_em import NonFiniteError
-
     gm = _estimator(params)
     progress, history = None, {}
     if resume and checkpoint is not None and checkpoint.is_file():
@@ -230,22 +228,28 @@ def _fit(
         try:
             gm.fit(x, sample_weight=sample_weight, callback=callback, resume=progress)
         except ValueError as exc:
-            # The estimator's input checks speak in terms of its parameters/data; attach
-            # the config section so the one-line message says where to fix it.
-            message, key = str(exc), "model"
-            if "sample_weight" in message:
-                message, key = message.replace("sample_weight", "the weights"), "data.weights"
-            elif (
-                isinstance(exc, NonFiniteError)
-                and params.get("missing", "error") == "error"
-                and "Remove or impute these values" in message
-            ):
-                message = message.rstrip().rstrip(".") + ", or set model.missing: em."
-            raise JobError(message, key=key) from exc
+            raise _job_error(exc, params.get("missing", "error")) from exc
     for w in caught:
         if issubclass(w.category, UserWarning):
             log.warning("%s%s", label, w.message)
     return gm, history, time.perf_counter() - t0
+
+
+def _job_error(exc: ValueError, missing: str) -> JobError:
+    """The estimator's input checks speak in terms of its parameters/data; attach the
+    config section so the one-line message says where to fix it."""
+    from dask_em import NonFiniteError
+
+    message, key = str(exc), "model"
+    if "sample_weight" in message:
+        message, key = message.replace("sample_weight", "the weights"), "data.weights"
+    elif (
+        isinstance(exc, NonFiniteError)
+        and missing == "error"
+        and "Remove or impute these values" in message
+    ):
+        message = message.rstrip().rstrip(".") + ", or set model.missing: em."
+    return JobError(message, key=key)
 
 
 def _maybe_persist(x, client, persist) -> Any:
@@ -439,6 +443,100 @@ def _combos(config: JobConfig) -> list[tuple[str, dict]]:
     ]
 
 
+class _GridProgress:
+    """The model-selection callback: terminal line, checkpoint of the whole grid, then
+    the caller's hook (with the grid's ``EMProgress``).
+
+    As :class:`_Progress`, the checkpoint is written before the hook runs, so a hook that
+    stops the run leaves that iteration resumable.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Path | None,
+        fingerprint: str,
+        labels: list[str],
+        history: dict[int, float],
+        hook: Callable | None,
+    ):
+        self.checkpoint = checkpoint
+        self.fingerprint = fingerprint
+        self.labels = labels
+        self.history = history  # iteration -> seconds of the grid's shared pass
+        self.hook = hook
+
+    def __call__(self, state) -> None:
+        progress = state.progress
+        self.history[int(progress.iteration)] = float(progress.seconds)
+        starts = [
+            (j, c) for j, c in enumerate(progress.candidates) if j not in state.failed_starts
+        ]
+        # Report the starts this iteration moved (converged ones keep their old bound).
+        moved = [(j, c) for j, c in starts if len(c.lower_bounds) == progress.iteration]
+        started = moved or [(j, c) for j, c in starts if c.lower_bounds]
+        live = {state.owner[j] for j, c in starts if c.active}
+        if started:
+            j, best = max(started, key=lambda jc: jc[1].lower_bounds[-1])
+            best_text = f"{best.lower_bounds[-1]:.10g} [{self.labels[state.owner[j]]}]"
+        else:
+            best_text = "none"
+        log.info(
+            "iter %4d  %d/%d candidates running  best lower bound %s  %.3f s/iter",
+            progress.iteration,
+            len(live),
+            len(self.labels),
+            best_text,
+            progress.seconds,
+        )
+        if self.checkpoint is not None:
+            arrays = state.to_arrays()
+            its = sorted(self.history)
+            arrays["job_fingerprint"] = np.asarray(self.fingerprint)
+            arrays["history_iteration"] = np.asarray(its, dtype=np.int64)
+            arrays["history_seconds"] = np.asarray([self.history[i] for i in its])
+            atomic_savez(self.checkpoint, arrays)
+        if self.hook is not None:
+            self.hook(progress)
+
+
+def _read_selection_checkpoint(path: Path, fingerprint: str):
+    from dask_em.selection import SelectionProgress
+
+    arrays = load_npz(path)
+    if str(arrays.get("job_fingerprint", "")) != fingerprint:
+        raise JobError(
+            f"the checkpoint {path} was written for a different data/model configuration; "
+            "run without --resume to start over",
+            key="--resume",
+        )
+    try:
+        state = SelectionProgress.from_arrays(arrays)
+    except ValueError as exc:
+        raise JobError(
+            f"the checkpoint {path} is not a model-selection checkpoint ({exc}); "
+            "run without --resume to start over",
+            key="--resume",
+        ) from None
+    history = dict(
+        zip(arrays["history_iteration"].tolist(), arrays["history_seconds"].tolist(), strict=True)
+    )
+    return state, history
+
+
+def _table_scores(row: dict, n_rows: int, total: float) -> dict[str, Any]:
+    """:func:`_scores`' keys from a row of the selection table (its criteria come from
+    select_model's one shared scoring pass, so no candidate needs a pass of its own)."""
+    loglik = row["log_likelihood"]
+    return {
+        "n_samples": int(n_rows),
+        "total_weight": _finite(total),
+        "n_parameters": int(row["n_parameters"]),
+        "mean_log_likelihood": _finite(loglik / total),
+        "bic": _finite(row["bic"]),
+        "aic": _finite(row["aic"]),
+    }
+
+
 def _run_selection(
     config: JobConfig,
     x,
@@ -449,33 +547,83 @@ def _run_selection(
     hook: Callable | None,
     w=None,
 ):
-    crit = config.selection.criterion
-    rows, best = [], None
-    for label, params in _combos(config):
-        cand_dir = staging / "candidates" / label
-        ckpt = staging / "checkpoints" / f"{label}.npz" if config.output.checkpoint else None
-        if resume and (cand_dir / "model.npz").is_file():
-            gm = load_model(cand_dir / "model.npz")
-            metrics = json.loads((cand_dir / "metrics.json").read_text())
-            log.info("[%s] done in an earlier attempt", label)
-        else:
-            gm, history, secs = _fit(
-                params,
+    """Fit the whole grid with :func:`dask_em.select_model`: one pass over the data per
+    EM iteration for every candidate together, one checkpoint of the grid per iteration
+    (``checkpoints/selection.npz``), one shared scoring pass at the end."""
+    from dask_em.selection import select_model
+
+    sel = config.selection
+    crit = sel.criterion
+    combos = _combos(config)
+    labels = [label for label, _ in combos]
+    params = config.model.estimator_params()
+    types = list(dict.fromkeys(p["covariance_type"] for _, p in combos))
+    ckpt = staging / "checkpoints" / "selection.npz" if config.output.checkpoint else None
+    state, history = None, {}
+    if resume and ckpt is not None and ckpt.is_file():
+        state, history = _read_selection_checkpoint(ckpt, fingerprint)
+        log.info(
+            "resuming the selection of %d candidates after iteration %d",
+            len(combos),
+            state.iteration,
+        )
+    callback = _GridProgress(ckpt, fingerprint, labels, history, hook)
+    log.info("Model selection: %d candidates fitted together (%s)", len(combos), ", ".join(labels))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = select_model(
                 x,
-                checkpoint=ckpt,
-                resume=resume,
-                fingerprint=fingerprint,
-                hook=hook,
-                label=f"[{label}] ",
+                list(sel.n_components),
+                types,
+                criterion=crit,
+                n_init=params["n_init"],
+                init_params=params["init_params"],
+                random_state=params["random_state"],
+                tol=params["tol"],
+                reg_covar=params["reg_covar"],
+                max_iter=params["max_iter"],
                 sample_weight=w,
+                persist=params["persist"],
+                split_every=params["split_every"],
+                missing=params["missing"],
+                callback=callback,
+                resume=state,
             )
-            metrics = _metrics(gm, history, _scores(gm, x, w=w), secs)
+        except ValueError as exc:
+            raise _job_error(exc, params["missing"]) from exc
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            log.warning("%s", warning.message)
+    # Every candidate shared the passes: its fit time is the grid's.
+    secs = time.perf_counter() - t0
+
+    rows, fitted = [], []
+    n_rows = int(x.shape[0])
+    for (label, p), trow, gm in zip(combos, result.table, result.models, strict=True):
+        assert (trow["n_components"], trow["covariance_type"]) == (
+            p["n_components"],
+            p["covariance_type"],
+        )
+        cand_dir = staging / "candidates" / label
+        if gm is None:
+            metrics = {
+                "error": trow["error"],
+                "n_iter": 0,
+                "converged": False,
+                "lower_bound": None,
+                **_table_scores(trow, n_rows, result.n_samples),
+            }
+            log.warning("[%s] failed: %s", label, trow["error"])
+        else:
+            metrics = _metrics(gm, history, _table_scores(trow, n_rows, result.n_samples), secs)
             atomic_savez(cand_dir / "model.npz", gm.fitted_arrays())
-            atomic_write_json(cand_dir / "metrics.json", metrics)
+        atomic_write_json(cand_dir / "metrics.json", metrics)
         row = {
             "label": label,
-            "n_components": params["n_components"],
-            "covariance_type": params["covariance_type"],
+            "n_components": p["n_components"],
+            "covariance_type": p["covariance_type"],
             "bic": metrics["bic"],
             "aic": metrics["aic"],
             "lower_bound": metrics["lower_bound"],
@@ -483,13 +631,17 @@ def _run_selection(
             "converged": metrics["converged"],
         }
         rows.append(row)
-        log.info("[%s] %s %.6g", label, crit.upper(), row[crit])
-        score = row[crit] if row[crit] is not None else math.inf
-        if best is None or score < best[0]:
-            best = (score, gm, metrics, row)
-    _, gm, metrics, row = best
-    log.info("Best by %s: %s", crit.upper(), row["label"])
-    return gm, metrics, rows, row
+        fitted.append((gm, metrics))
+        log.info(
+            "[%s] %s %s",
+            label,
+            crit.upper(),
+            f"{row[crit]:.6g}" if row[crit] is not None else "n/a",
+        )
+    i = result.best_index
+    gm, metrics = fitted[i]
+    log.info("Best by %s: %s", crit.upper(), rows[i]["label"])
+    return gm, metrics, rows, rows[i]
 
 
 def run_job(
@@ -511,7 +663,9 @@ def run_job(
         Replace an existing run folder.
     on_iteration : callable, optional
         Called with the estimator's ``EMProgress`` after each iteration's checkpoint is
-        written; an exception it raises stops the run (the checkpoint stays resumable).
+        written (with a ``selection`` section: the ``EMProgress`` of the whole grid, whose
+        candidates advance together); an exception it raises stops the run (the
+        checkpoint stays resumable).
 
     Returns
     -------

@@ -265,21 +265,97 @@ def test_model_selection_picks_the_lowest_bic(tmp_path):
 
 
 def test_model_selection_resumes(tmp_path):
-    extra = {"model": {"max_iter": 30}, "selection": {"n_components": [2, 3]}}
+    extra = {
+        "model": {"max_iter": 30},
+        "selection": {"n_components": [2, 3], "covariance_type": ["full", "diag"]},
+    }
+    labels = ["full-k2", "full-k3", "diag-k2", "diag-k3"]
     full = run_job(load_job(job_file(tmp_path, "full", **extra)))
     config = load_job(job_file(tmp_path, "parts", **extra))
-    fits = []
-
-    def hook(progress):
-        if progress.iteration == 1:
-            fits.append(progress)
-        if len(fits) == 2 and progress.iteration == 2:  # inside the second candidate
-            raise Stop
-
+    seen = []
     with pytest.raises(Stop):
-        run_job(config, on_iteration=hook)
-    result = run_job(config, resume=True)
+        run_job(config, on_iteration=lambda p: (seen.append(p.iteration), stop_after(2)(p)))
+    # the grid advances together: one sequence of iterations, every candidate in each
+    assert seen == [1, 2]
+    staging = config.output_dir.parent / ".parts.partial"
+    checkpoint = load_npz(staging / "checkpoints" / "selection.npz")
+    assert int(checkpoint["em_iteration"]) == 2
+    assert checkpoint["selection_owner"].tolist() == [0, 1, 2, 3]
+
+    resumed_from = []
+    result = run_job(config, resume=True, on_iteration=lambda p: resumed_from.append(p.iteration))
+    assert resumed_from[0] == 3
+    assert not staging.exists() and not (result.path / "checkpoints").exists()
     assert_same_model(load_npz(full.path / "model.npz"), load_npz(result.path / "model.npz"))
+    for label in labels:
+        a, b = full.path / "candidates" / label, result.path / "candidates" / label
+        assert_same_model(load_npz(a / "model.npz"), load_npz(b / "model.npz"))
+        m_full = json.loads((a / "metrics.json").read_text())
+        m_res = json.loads((b / "metrics.json").read_text())
+        assert [r["lower_bound"] for r in m_res["iterations"]] == pytest.approx(
+            [r["lower_bound"] for r in m_full["iterations"]], rel=1e-12
+        )
+        assert all(r["seconds"] is not None for r in m_res["iterations"])  # history kept
+        for key in ("bic", "aic", "mean_log_likelihood", "lower_bound"):
+            assert m_res[key] == pytest.approx(m_full[key], rel=1e-12), key
+    s_full = json.loads((full.path / "selection.json").read_text())
+    s_res = json.loads((result.path / "selection.json").read_text())
+    assert [r["label"] for r in s_res["candidates"]] == labels
+    assert s_res["best"]["label"] == s_full["best"]["label"]
+    for a, b in zip(s_full["candidates"], s_res["candidates"], strict=True):
+        assert a.keys() == b.keys()
+        assert (a["n_iter"], a["converged"]) == (b["n_iter"], b["converged"])
+        for key in ("bic", "aic", "lower_bound"):
+            assert b[key] == pytest.approx(a[key], rel=1e-12), key
+
+
+def test_model_selection_reads_the_data_once_per_iteration_for_the_whole_grid(
+    tmp_path, monkeypatch
+):
+    """Four candidates: the EM passes are those of the slowest one (each pass serving
+    every live candidate), plus one shared scoring pass; no per-candidate scoring."""
+    from dask_em import _em, runner, selection
+
+    passes, scorings, per_candidate = [], [], []
+    real_pass, real_final = _em.em_pass, selection.final_log_likelihoods
+    real_scores = runner._scores
+
+    def em_pass(x, params_list, **kw):
+        passes.append(len(params_list))
+        return real_pass(x, params_list, **kw)
+
+    def final_log_likelihoods(x, params_list, **kw):
+        scorings.append(len(params_list))
+        return real_final(x, params_list, **kw)
+
+    def scores(*args, **kw):
+        per_candidate.append(args)
+        return real_scores(*args, **kw)
+
+    monkeypatch.setattr(_em, "em_pass", em_pass)
+    monkeypatch.setattr(selection, "final_log_likelihoods", final_log_likelihoods)
+    monkeypatch.setattr(runner, "_scores", scores)
+    config = load_job(
+        job_file(
+            tmp_path,
+            model={"max_iter": 40, "tol": 1e-4},
+            selection={"n_components": [1, 3], "covariance_type": ["full", "spherical"]},
+            output={"plots": False},
+        )
+    )
+    result = run_job(config)
+    n_iter = [r["n_iter"] for r in result.selection]
+    assert len(n_iter) == 4 and sum(n_iter) > max(n_iter)  # one after another would differ
+    assert len(passes) == max(n_iter)
+    assert passes[0] == 4  # every candidate in the first pass
+    assert scorings == [4] and per_candidate == []
+    assert len(passes) + len(scorings) == max(n_iter) + 1
+    for row in result.selection:
+        metrics = json.loads(
+            (result.path / "candidates" / row["label"] / "metrics.json").read_text()
+        )
+        assert metrics["bic"] == row["bic"] and metrics["n_iter"] == row["n_iter"]
+        assert len(metrics["iterations"]) == row["n_iter"]
 
 
 def test_predict_writes_labels(tmp_path):
