@@ -537,6 +537,32 @@ def _table_scores(row: dict, n_rows: int, total: float) -> dict[str, Any]:
     }
 
 
+def _selection_params(config: JobConfig) -> dict[str, Any]:
+    """The model section as :func:`dask_em.select_model` keywords.
+
+    Every estimator setting that ``select_model`` accepts is passed on; one it does not
+    know is refused unless it has its default, so no setting is silently dropped.
+    """
+    import inspect
+
+    from dask_em.config import ModelConfig
+    from dask_em.selection import select_model
+
+    accepted = inspect.signature(select_model).parameters
+    grid = ("n_components", "covariance_type")  # the grid's, from the selection section
+    out = {}
+    for name, value in config.model.estimator_params().items():
+        if name in grid:
+            continue
+        if name in accepted:
+            out[name] = value
+        elif value is not None and value != ModelConfig.model_fields[name].default:
+            raise JobError(
+                f"model.{name} is not supported with a 'selection' section", key=f"model.{name}"
+            )
+    return out
+
+
 def _run_selection(
     config: JobConfig,
     x,
@@ -556,7 +582,8 @@ def _run_selection(
     crit = sel.criterion
     combos = _combos(config)
     labels = [label for label, _ in combos]
-    params = config.model.estimator_params()
+    missing = config.model.missing
+    settings = _selection_params(config)
     types = list(dict.fromkeys(p["covariance_type"] for _, p in combos))
     ckpt = staging / "checkpoints" / "selection.npz" if config.output.checkpoint else None
     state, history = None, {}
@@ -578,21 +605,13 @@ def _run_selection(
                 list(sel.n_components),
                 types,
                 criterion=crit,
-                n_init=params["n_init"],
-                init_params=params["init_params"],
-                random_state=params["random_state"],
-                tol=params["tol"],
-                reg_covar=params["reg_covar"],
-                max_iter=params["max_iter"],
                 sample_weight=w,
-                persist=params["persist"],
-                split_every=params["split_every"],
-                missing=params["missing"],
                 callback=callback,
                 resume=state,
+                **settings,
             )
         except ValueError as exc:
-            raise _job_error(exc, params["missing"]) from exc
+            raise _job_error(exc, missing) from exc
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             log.warning("%s", warning.message)

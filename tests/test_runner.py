@@ -358,6 +358,40 @@ def test_model_selection_reads_the_data_once_per_iteration_for_the_whole_grid(
         assert len(metrics["iterations"]) == row["n_iter"]
 
 
+def test_model_selection_passes_every_setting_on_or_refuses_it(tmp_path, monkeypatch):
+    import inspect
+
+    from dask_em import selection
+    from dask_em.runner import _selection_params
+
+    config = load_job(
+        job_file(
+            tmp_path,
+            model={"split_every": 4, "n_init": 2},
+            selection={"n_components": [1, 2]},
+        )
+    )
+    params = _selection_params(config)
+    assert params["split_every"] == 4 and params["n_init"] == 2
+    assert "n_components" not in params and "covariance_type" not in params
+
+    def without_split_every(*args, **kw):
+        raise AssertionError("not called")
+
+    sig = inspect.signature(selection.select_model)
+    without_split_every.__signature__ = sig.replace(
+        parameters=[p for name, p in sig.parameters.items() if name != "split_every"]
+    )
+    monkeypatch.setattr(selection, "select_model", without_split_every)
+    with pytest.raises(JobError) as info:
+        _selection_params(config)
+    assert info.value.key == "model.split_every"
+    # a setting left at its default is not an error
+    assert "split_every" not in _selection_params(
+        load_job(job_file(tmp_path, "d", selection={"n_components": [1, 2]}))
+    )
+
+
 def test_predict_writes_labels(tmp_path):
     import dask.array as da
 
