@@ -423,11 +423,11 @@ def _draw_plots(
     if sample is not None and len(sample):
         name = {1: "density.png", 2: "density.png"}.get(sample.shape[1], "pca.png")
         written.append(atomic_write_bytes(plot_dir / name, plots.plot_data(gm, sample)))
-    if selection:
+    # candidates that failed have no criterion to plot
+    scored = [r for r in selection or () if r.get(criterion) is not None]
+    if scored:
         written.append(
-            atomic_write_bytes(
-                plot_dir / "selection.png", plots.plot_selection(selection, criterion)
-            )
+            atomic_write_bytes(plot_dir / "selection.png", plots.plot_selection(scored, criterion))
         )
     return written
 

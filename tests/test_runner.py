@@ -358,6 +358,30 @@ def test_model_selection_reads_the_data_once_per_iteration_for_the_whole_grid(
         assert len(metrics["iterations"]) == row["n_iter"]
 
 
+def test_a_failing_candidate_is_reported_and_the_others_are_ranked(tmp_path):
+    """With reg_covar=0, 40 identical rows leave the 2-component start without a
+    covariance: that candidate fails at initialisation, the job still picks k=1."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", np.vstack([rng.normal(size=(300, 2)), np.full((40, 2), 30.0)]))
+    config = load_job(
+        job_file(
+            tmp_path,
+            data={"source": "npy", "path": str(tmp_path / "x.npy"), "synthetic": None},
+            model={"reg_covar": 0.0, "init_params": "kmeans", "max_iter": 20},
+            selection={"n_components": [1, 2], "covariance_type": ["full"]},
+            output={"plot_sample": 200},
+        )
+    )
+    result = run_job(config)
+    ok, bad = result.selection
+    assert ok["bic"] is not None and bad["bic"] is None and bad["n_iter"] == 0
+    assert result.model.n_components == 1
+    failed = result.path / "candidates" / "full-k2"
+    assert not (failed / "model.npz").exists()
+    assert "reg_covar" in json.loads((failed / "metrics.json").read_text())["error"]
+    assert (result.path / "plots" / "selection.png").exists()
+
+
 def test_model_selection_passes_every_setting_on_or_refuses_it(tmp_path, monkeypatch):
     import inspect
 
