@@ -389,3 +389,15 @@ def test_selection_progress_arrays_are_checked(full_truth):
     del arrays["selection_owner"]
     with pytest.raises(ValueError, match="selection_owner"):
         SelectionProgress.from_arrays(arrays)
+
+
+def test_a_callback_error_propagates_even_if_it_looks_like_a_start_failure(full_truth):
+    calls = []
+
+    def callback(progress):
+        calls.append(progress.iteration)
+        raise ValueError("boom (start 0, iteration 1)")
+
+    with pytest.raises(ValueError, match=r"^boom"):
+        _select(full_truth[:300], [1, 2], ["diag"], callback=callback, max_iter=5)
+    assert calls == [1]
