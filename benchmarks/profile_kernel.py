@@ -60,32 +60,36 @@ def parts(block, params, repeats):
     from threadpoolctl import threadpool_limits
 
     from dask_em import _math
-    from dask_em._stats import _Tiles, component_reference
+    from dask_em._stats import _Tiles, component_reference, compute_dtype_for
 
     n, d = block.shape
     ct, c, k = params.covariance_type, params.center, params.n_components
+    dtype = compute_dtype_for(block.dtype)
     best: dict = {}
     with threadpool_limits(1, "blas"):
         for _ in range(repeats + 1):
             acc_t = dict.fromkeys(("design", "log-densities", "log-sum-exp", "moments"), 0.0)
             prepared = _math.prepare_log_prob(
-                params.means - c, params.weights, params.precisions_cholesky, ct
+                params.means - c, params.weights, params.precisions_cholesky, ct, dtype
             )
-            tiles = _Tiles(n, d, k, ct)
+            tiles = _Tiles(n, d, k, ct, dtype)
             acc = _math.new_accumulator(ct, k, d)
-            reference = component_reference(params)
-            offsets = reference - c if ct == "full" else None
+            offsets = None
+            if ct == "full":
+                offsets = np.zeros((k, d + 1), dtype)
+                offsets[:, :d] = component_reference(params) - c
             for a, b, m in tiles.ranges(n):
                 t0 = time.perf_counter()
-                z = _math.fill_design(tiles.z[:m], block[a:b], c, ct)
+                z = _math.fill_design(tiles.design(m), block[a:b], c, ct)
                 t1 = time.perf_counter()
-                w = _math.tile_log_prob(z, prepared, ct, tiles.w[:, :m], tiles.y[:m])
+                w, y, buf = tiles.scratch(ct, m)
+                w = _math.tile_log_prob(z, prepared, ct, w, y)
                 t2 = time.perf_counter()
                 log_norm = _math.normalize_log_prob(w)
                 np.all(np.isfinite(log_norm))
-                float(log_norm.sum())
+                float(np.sum(log_norm, dtype=np.float64))
                 t3 = time.perf_counter()
-                _math.accumulate_moments(acc, z, w, ct, None, tiles.buf[:m], offsets)
+                _math.accumulate_moments(acc, z, w, ct, None, buf, offsets)
                 t4 = time.perf_counter()
                 acc_t["design"] += t1 - t0
                 acc_t["log-densities"] += t2 - t1

@@ -18,7 +18,9 @@ import numpy as np
 
 from ._params import MixtureParams, m_step
 from ._reduce import tree_reduce
-from ._stats import block_statistics
+from ._stats import block_statistics, compute_dtype_for
+
+COMPUTE_DTYPES = ("auto", "float32", "float64")
 
 logger = logging.getLogger("dask_em")
 
@@ -126,6 +128,26 @@ class EMProgress:
 
 def _em_chunk(x, params_list, row_offset, block_index, w=None):
     return block_statistics(x, params_list, row_offset, block_index, w)
+
+
+def em_kernel(missing: bool, x_dtype, compute_dtype="auto"):
+    """The block kernel of a fit, for :func:`run_em`'s ``kernel``.
+
+    Parameters
+    ----------
+    missing : bool
+        NaN are missing values (:func:`dask_em._missing.missing_block_statistics`)
+        rather than errors (:func:`dask_em._stats.block_statistics`).
+    x_dtype : numpy dtype of the data
+    compute_dtype : {'auto', 'float32', 'float64'}
+        Arithmetic of the tiles; 'auto' is float32 for float32 data, else float64.
+    """
+    from functools import partial
+
+    from ._missing import missing_block_statistics
+
+    dtype = compute_dtype_for(x_dtype, compute_dtype).name
+    return partial(missing_block_statistics if missing else block_statistics, compute_dtype=dtype)
 
 
 @contextmanager

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import linalg
-from scipy.linalg import blas
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -150,45 +149,55 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
 # --------------------------------------------------------------------------------------
 # E-step and moments on tiles of rows
 #
-# A block is processed in tiles of a few thousand rows so that every temporary stays in
-# cache; per tile, each covariance type builds a "design" Z from the centred rows,
+# A block is processed in tiles of a few hundred to a few thousand rows so that every
+# temporary stays in cache; per tile, each covariance type builds a feature-major
+# "design" Z^T (q, m) from the centred rows,
 #   full, tied:  Z = [xc, 1]               (m, d+1)
 #   diag:        Z = [xc**2, xc, 1]        (m, 2d+1)
 #   spherical:   Z = [|xc|^2, xc, 1]       (m, d+2)
-# from which both the squared Mahalanobis distances (one GEMM per tile, or one per
-# component for full) and the moments (responsibilities times Z) follow, with the
-# offsets carried by the ones column instead of separate elementwise passes.
-# Per-component arrays are laid out (K, m) so reductions over components are vectorised.
+# from which both the squared Mahalanobis distances and the moments (responsibilities
+# times Z) follow as matrix products, with the offsets carried by the ones row instead
+# of separate elementwise passes. Per-component arrays are laid out (K, m) so that
+# reductions over components are vectorised.
+#
+# The design may be float32 (``compute_dtype``): the centring subtraction is done in
+# float64 and rounded once, products run in single precision, and every sum across
+# tiles is float64, so only a tile's own products carry float32 rounding.
 # --------------------------------------------------------------------------------------
 def design_width(covariance_type: str, n_features: int) -> int:
-    """Columns of the tile design matrix Z."""
+    """Rows of the tile design matrix Z^T."""
     d = n_features
     return {"full": d + 1, "tied": d + 1, "diag": 2 * d + 1, "spherical": d + 2}[covariance_type]
 
 
-def fill_design(z, x, center, covariance_type):
-    """Write the design of rows ``x`` centred on ``center`` into ``z`` (shape (m, q)).
+def fill_design(zt, x, center, covariance_type):
+    """Write the design of rows ``x`` centred on ``center`` into ``zt`` (shape (q, m)).
 
-    ``x`` may be float32; the subtraction writes float64 directly.
+    Parameters
+    ----------
+    zt : ndarray of shape (q, m), float32 or float64
+    x : ndarray of shape (m, d), float32 or float64
+    center : ndarray of shape (d,), float64
+        The subtraction is computed in float64 whatever the dtypes, then stored.
     """
     d = x.shape[1]
     if covariance_type in ("full", "tied"):
-        np.subtract(x, center, out=z[:, :d])
-        z[:, d] = 1.0
+        np.subtract(x.T, center[:, None], out=zt[:d])
+        zt[d] = 1.0
     elif covariance_type == "diag":
-        xc = z[:, d : 2 * d]
-        np.subtract(x, center, out=xc)
-        np.multiply(xc, xc, out=z[:, :d])
-        z[:, 2 * d] = 1.0
+        xc = zt[d : 2 * d]
+        np.subtract(x.T, center[:, None], out=xc)
+        np.multiply(xc, xc, out=zt[:d])
+        zt[2 * d] = 1.0
     else:
-        xc = z[:, 1 : d + 1]
-        np.subtract(x, center, out=xc)
-        z[:, 0] = np.einsum("ij,ij->i", xc, xc)
-        z[:, d + 1] = 1.0
-    return z
+        xc = zt[1 : d + 1]
+        np.subtract(x.T, center[:, None], out=xc)
+        np.einsum("ij,ij->j", xc, xc, out=zt[0])
+        zt[d + 1] = 1.0
+    return zt
 
 
-def prepare_log_prob(b, weights, prec_chol, covariance_type):
+def prepare_log_prob(b, weights, prec_chol, covariance_type, dtype=np.float64):
     """Per-mixture matrices that turn a tile design into log-probabilities.
 
     Parameters
@@ -197,70 +206,79 @@ def prepare_log_prob(b, weights, prec_chol, covariance_type):
         Means minus the centring point.
     weights : ndarray of shape (K,)
     prec_chol : ndarray in the covariance type's shape
+    dtype : numpy dtype
+        The tiles' compute dtype; matrices are built in float64 and cast once.
 
     Returns
     -------
     tuple
-        ``(matrix, const)``; ``matrix`` is (K, d+1, d) for full (the precision factor with
-        the offset row ``-b_k P_k``), (d+1, d) plus ``-2 b P`` and ``|b P|^2`` for tied,
-        (K, q) for diag and spherical; ``const`` (K,) is ``log w_k + log det P_k -
-        d/2 log(2 pi)``.
+        ``(matrix, const)``; ``matrix`` is (K*d, q) for full (each component's
+        transposed precision factor with the offset column ``-P_k^T b_k``), ``(P^T | 0,
+        -2 b P, |b P|^2)`` for tied, (K, q) for diag and spherical; ``const`` (K,) is
+        ``log w_k + log det P_k - d/2 log(2 pi)``, float64.
     """
     K, d = b.shape
     with np.errstate(divide="ignore"):
         const = np.log(weights) + log_det_cholesky(prec_chol, covariance_type, d)
     const = const - 0.5 * d * LOG_2PI
     if covariance_type == "full":
-        m = np.empty((K, d + 1, d))
-        m[:, :d] = prec_chol
-        m[:, d] = -np.einsum("kj,kji->ki", b, prec_chol)
-        return m, const
+        m = np.empty((K, d, d + 1))
+        m[:, :, :d] = prec_chol.transpose(0, 2, 1)
+        m[:, :, d] = -np.einsum("kj,kji->ki", b, prec_chol)
+        return m.reshape(K * d, d + 1).astype(dtype), const
     if covariance_type == "tied":
-        p = np.zeros((d + 1, d))
-        p[:d] = prec_chol
+        pt = np.zeros((d, d + 1))
+        pt[:, :d] = prec_chol.T
         v = b @ prec_chol
-        return (p, -2.0 * v, np.einsum("ij,ij->i", v, v)), const
+        return (pt.astype(dtype), (-2.0 * v).astype(dtype), np.einsum("ij,ij->i", v, v)), const
     prec = prec_chol**2
     if covariance_type == "diag":
         w = np.concatenate([prec, -2.0 * b * prec, np.sum(b * b * prec, axis=1)[:, None]], 1)
-        return w, const
+        return w.astype(dtype), const
     w = np.concatenate(
         [prec[:, None], -2.0 * b * prec[:, None], (prec * np.einsum("ij,ij->i", b, b))[:, None]],
         axis=1,
     )
-    return w, const
+    return w.astype(dtype), const
 
 
-def tile_log_prob(z, prepared, covariance_type, out, ybuf):
+def tile_log_prob(zt, prepared, covariance_type, out, ybuf):
     """Weighted log-probabilities of a tile, written into ``out`` of shape (K, m).
 
     Parameters
     ----------
-    z : ndarray of shape (m, q)
+    zt : ndarray of shape (q, m)
         Tile design from :func:`fill_design`.
     prepared : tuple
-        From :func:`prepare_log_prob`.
-    out : ndarray of shape (K, m)
-    ybuf : ndarray of shape (m, d)
-        Scratch space (full and tied).
+        From :func:`prepare_log_prob` (same dtype as ``zt``).
+    out : ndarray of shape (K, m), same dtype as ``zt``
+    ybuf : ndarray of shape (K*d, m) (full) or (d, m) (tied), same dtype
+        Scratch space.
     """
     matrix, const = prepared
+    K = out.shape[0]
     if covariance_type == "full":
-        for k in range(matrix.shape[0]):
-            np.matmul(z, matrix[k], out=ybuf)
-            np.einsum("ij,ij->i", ybuf, ybuf, out=out[k])
+        # All components' whitened rows in one product, then squared norms per component.
+        np.matmul(matrix, zt, out=ybuf)
+        np.multiply(ybuf, ybuf, out=ybuf)
+        np.sum(ybuf.reshape(K, -1, ybuf.shape[1]), axis=1, out=out)
     elif covariance_type == "tied":
-        p, m2v, vv = matrix
-        np.matmul(z, p, out=ybuf)
-        # |y - v_k|^2 = |y|^2 - 2 v_k.y + |v_k|^2: one GEMM for all components.
-        np.matmul(m2v, ybuf.T, out=out)
-        out += np.einsum("ij,ij->i", ybuf, ybuf)[None, :]
-        out += vv[:, None]
+        pt, m2v, vv = matrix
+        np.matmul(pt, zt, out=ybuf)
+        # |y - v_k|^2 = |y|^2 - 2 v_k.y + |v_k|^2: one product for all components.
+        np.matmul(m2v, ybuf, out=out)
+        out += np.einsum("ij,ij->j", ybuf, ybuf)[None, :]
+        out += vv[:, None].astype(out.dtype)
     else:
-        np.matmul(matrix, z.T, out=out)
+        np.matmul(matrix, zt, out=out)
     out *= -0.5
-    out += const[:, None]
+    out += const[:, None].astype(out.dtype)
     return out
+
+
+# exp(-60) = 8.8e-27 (float32), exp(-600) = 2.7e-261 (float64): normal numbers with
+# room for products with small values; differences from them are far below rounding.
+_EXP_FLOOR = {4: -60.0, 8: -600.0}
 
 
 def normalize_log_prob(wlp):
@@ -280,78 +298,108 @@ def normalize_log_prob(wlp):
         m = wlp.max(axis=0)
         m_safe = np.where(np.isfinite(m), m, 0.0)
         wlp -= m_safe
+        # exp(max(l, f)) - exp(f): responsibilities below exp(f) of a row's largest become
+        # exactly zero (as exp's own underflow would make them) and the rest move by
+        # exp(f), far below what the sums can see. This keeps them and their products
+        # out of the subnormal range, where x86 arithmetic is 10-100x slower. NaN stays.
+        floor = _EXP_FLOOR[wlp.dtype.itemsize]
+        np.maximum(wlp, floor, out=wlp)
         np.exp(wlp, out=wlp)
+        wlp -= wlp.dtype.type(np.exp(floor))
         s = wlp.sum(axis=0)
         wlp /= s
         return np.log(s) + m_safe
 
 
 def new_accumulator(covariance_type, n_components, n_features):
-    """Zeroed running sums for :func:`accumulate_moments`."""
+    """Zeroed float64 running sums for :func:`accumulate_moments`."""
     q = design_width(covariance_type, n_features)
     if covariance_type == "full":
-        # Fortran order so BLAS syrk updates each in place.
-        return [np.zeros((q, q), order="F") for _ in range(n_components)]
+        return np.zeros((n_components * q, q))
     if covariance_type == "tied":
-        return [np.zeros((q, q), order="F"), np.zeros((n_components, q))]
+        return np.zeros((q + n_components, q))
     return np.zeros((n_components, q))
 
 
-def accumulate_moments(acc, z, resp, covariance_type, sample_weight=None, buf=None, offsets=None):
-    """Add a tile's weighted moments to the running sums ``acc``.
+def moment_buffer_shape(covariance_type, n_components, n_features, m):
+    """Shape of the scratch space :func:`accumulate_moments` needs for ``m`` rows."""
+    q = design_width(covariance_type, n_features)
+    if covariance_type == "full":
+        return (n_components * q, m)
+    if covariance_type == "tied":
+        return (q + n_components, m)
+    return (n_components, q)
+
+
+def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=None, offsets=None):
+    """Add a tile's weighted moments to the float64 running sums ``acc``.
 
     Parameters
     ----------
     acc : from :func:`new_accumulator`
-    z : ndarray of shape (m, q)
+    zt : ndarray of shape (q, m)
         Tile design.
     resp : ndarray of shape (K, m)
-        Responsibilities already multiplied by the row weights (overwritten for full).
+        Responsibilities already multiplied by the row weights.
     sample_weight : ndarray of shape (m,), optional
         Row weights (the tied pooled scatter needs them on their own).
-    buf : ndarray of shape (m, q), optional
-        Scratch space (full and weighted tied).
-    offsets : ndarray of shape (K, d), optional
-        Full only: take component k's moments about ``c + offsets[k]`` (its current
-        mean) rather than about the tile's centre ``c``, so that the scatter keeps its
-        digits however far the components are from each other.
+    buf : ndarray of shape :func:`moment_buffer_shape`, same dtype as ``zt``
+        Scratch space.
+    offsets : ndarray of shape (K, q), optional
+        Full only: component k's rows are taken relative to ``c + offsets[k]`` (its
+        current mean; last entry 0) on one side of the product, so that the scatter
+        keeps its digits however far the components are from the tile's centre ``c``;
+        :func:`finish_moments` completes the change of origin.
     """
     if covariance_type == "full":
-        # r z z^T = (sqrt(r) z)(sqrt(r) z)^T: a symmetric rank-m update, half a GEMM.
-        np.sqrt(resp, out=resp)
-        if offsets is not None:
-            # [xc - o_k, 1] = z - [o_k, 0]: one contiguous pass per component.
-            offsets = np.concatenate([offsets, np.zeros((offsets.shape[0], 1))], axis=1)
-        for k in range(len(acc)):
-            if offsets is None:
-                np.multiply(z, resp[k][:, None], out=buf)
-            else:
-                np.subtract(z, offsets[k], out=buf)
-                buf *= resp[k][:, None]
-            acc[k] = blas.dsyrk(1.0, buf.T, beta=1.0, c=acc[k], trans=0, overwrite_c=1)
+        # Every component's r_k (z - o_k) side by side, times Z: one product with a wide
+        # output. A product per component (tiny output, long inner dimension) does not
+        # run concurrently in two threads of one process with OpenBLAS; this one does.
+        K = resp.shape[0]
+        q, m = zt.shape
+        w3 = buf.reshape(K, q, m)
+        if offsets is None:
+            np.multiply(zt[None, :, :], resp[:, None, :], out=w3)
+        else:
+            np.subtract(zt[None, :, :], offsets[:, :, None], out=w3)
+            w3 *= resp[:, None, :]
+        acc += buf @ zt.T
     elif covariance_type == "tied":
-        zw = z
-        if sample_weight is not None:
-            zw = np.multiply(z, np.sqrt(sample_weight)[:, None], out=buf)
-        acc[0] = blas.dsyrk(1.0, zw.T, beta=1.0, c=acc[0], trans=0, overwrite_c=1)
-        acc[1] += resp @ z
+        # Rows [sqrt(w) z ; r]: the pooled Gram matrix (weighted by the row weights) and
+        # every component's first moments in one product.
+        q = zt.shape[0]
+        if sample_weight is None:
+            buf[:q] = zt
+        else:
+            np.multiply(zt, sample_weight[None, :], out=buf[:q])
+        buf[q:] = resp
+        acc += buf @ zt.T
     else:
-        acc += resp @ z
+        acc += np.matmul(resp, zt.T, out=buf)
 
 
 def _symmetric_from_upper(a):
     return np.triu(a) + np.triu(a, 1).T
 
 
-def finish_moments(acc, covariance_type, n_features):
-    """Moments ``(nk, s1, s2)`` (see :class:`dask_em.SuffStats`) from running sums."""
+def finish_moments(acc, covariance_type, n_features, offsets=None):
+    """Moments ``(nk, s1, s2)`` (see :class:`dask_em.SuffStats`) from running sums.
+
+    ``offsets`` must be those given to :func:`accumulate_moments` (full).
+    """
     d = n_features
+    q = acc.shape[1]
     if covariance_type == "full":
-        m = np.stack([_symmetric_from_upper(a) for a in acc])
+        # acc_k = sum r (z - o_k) z^T; about o_k: subtract (sum r (z - o_k)) o_k^T.
+        m = acc.reshape(-1, q, q).copy()
+        if offsets is not None:
+            m -= m[:, :, d, None] * offsets[:, None, :]
+        m = 0.5 * (m + m.transpose(0, 2, 1))
         return m[:, d, d].copy(), m[:, :d, d].copy(), m[:, :d, :d].copy()
     if covariance_type == "tied":
-        gram, ra = acc
-        g = _symmetric_from_upper(gram)
+        g = acc[:q]
+        g = 0.5 * (g + g.T)
+        ra = acc[q:]
         return ra[:, d].copy(), ra[:, :d].copy(), g[:d, :d].copy()
     if covariance_type == "diag":
         return acc[:, 2 * d].copy(), acc[:, d : 2 * d].copy(), acc[:, :d].copy()

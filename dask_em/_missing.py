@@ -530,7 +530,9 @@ def _diagonal_statistics(x, layout, params, sample_weight, row_offset, block_ind
     return nk, s1, s2, component_reference(params), loglik, weight_total
 
 
-def missing_block_statistics(x, params_list, row_offset=0, block_index=0, sample_weight=None):
+def missing_block_statistics(
+    x, params_list, row_offset=0, block_index=0, sample_weight=None, compute_dtype=None
+):
     """The E-step of one block whose rows may hold NaN (missing values).
 
     A drop-in kernel for :func:`dask_em._em.run_em`: the same :class:`SuffStats`, about
@@ -546,6 +548,9 @@ def missing_block_statistics(x, params_list, row_offset=0, block_index=0, sample
         Global index of the block's first row (for error messages).
     block_index : int
     sample_weight : ndarray of shape (n,), optional
+    compute_dtype : {None, 'auto', 'float32', 'float64'}
+        Arithmetic of the complete rows (see :func:`dask_em._stats.block_statistics`);
+        incomplete rows are always float64.
 
     Returns
     -------
@@ -560,11 +565,13 @@ def missing_block_statistics(x, params_list, row_offset=0, block_index=0, sample
     """
     layout = block_layout(x, row_offset, block_index)
     if layout.all_complete:
-        return block_statistics(x, params_list, row_offset, block_index, sample_weight)
+        return block_statistics(
+            x, params_list, row_offset, block_index, sample_weight, compute_dtype
+        )
     sw_complete = None if sample_weight is None else sample_weight[layout.complete]
     try:
         complete = block_statistics(
-            x[layout.complete], params_list, row_offset, block_index, sw_complete
+            x[layout.complete], params_list, row_offset, block_index, sw_complete, compute_dtype
         )
     except NonFiniteError:
         # Row numbers in the subset are not the block's: say where, without them.

@@ -95,12 +95,19 @@ class SuffStats:
         )
 
 
-# Rows per tile: the tile's design matrix (rows x q float64) stays near 256 KB.
-_TILE_BYTES = 2**18
+# Rows per tile: the widest per-tile scratch array stays near this many bytes, so a
+# tile's temporaries live in the core's cache.
+_TILE_BYTES = 2**20
 
 
-def tile_rows(q: int) -> int:
-    return int(min(8192, max(256, _TILE_BYTES // (8 * q))))
+def tile_rows(covariance_type: str, n_components: int, n_features: int, itemsize: int = 8) -> int:
+    """Rows per tile for a mixture's shape and the compute dtype's item size."""
+    q = _math.design_width(covariance_type, n_features)
+    widest = {
+        "full": n_components * max(q, n_features),
+        "tied": q + n_components,
+    }.get(covariance_type, max(q, n_components))
+    return int(min(8192, max(256, _TILE_BYTES // (itemsize * widest))))
 
 
 def _raise_non_finite(x, bad_rows, block_index, row_offset):
@@ -122,19 +129,48 @@ def _raise_non_finite(x, bad_rows, block_index, row_offset):
 class _Tiles:
     """Scratch buffers for one block, reused by every tile (no page faults per tile)."""
 
-    def __init__(self, n_rows, n_features, n_components, covariance_type):
+    def __init__(self, n_rows, n_features, n_components, covariance_type, dtype=np.float64):
+        dtype = np.dtype(dtype)
         self.q = _math.design_width(covariance_type, n_features)
-        self.m = tile_rows(self.q)
+        self.m = tile_rows(covariance_type, n_components, n_features, dtype.itemsize)
         m = min(self.m, max(n_rows, 1))
-        self.z = np.empty((m, self.q))
-        self.w = np.empty((n_components, m))
-        self.y = np.empty((m, n_features))
-        self.buf = np.empty((m, self.q))
+        self.z = np.empty((self.q, m), dtype)
+        self.w = np.empty((n_components, m), dtype)
+        y_rows = n_components * n_features if covariance_type == "full" else n_features
+        self.y = np.empty((y_rows, m), dtype)
+        shape = _math.moment_buffer_shape(covariance_type, n_components, n_features, m)
+        self.buf = np.empty(shape, dtype)
 
     def ranges(self, n_rows):
         for start in range(0, n_rows, self.m):
             stop = min(n_rows, start + self.m)
             yield start, stop, stop - start
+
+    def design(self, m):
+        return self.z[:, :m]
+
+    def scratch(self, covariance_type, m):
+        """(log-probabilities, y scratch, moment scratch) views for a tile of m rows."""
+        buf = self.buf if covariance_type in ("diag", "spherical") else self.buf[:, :m]
+        return self.w[:, :m], self.y[:, :m], buf
+
+
+def compute_dtype_for(x_dtype, compute_dtype=None) -> np.dtype:
+    """The tiles' arithmetic dtype: float32 for float32 input unless told otherwise.
+
+    Parameters
+    ----------
+    x_dtype : numpy dtype of the data
+    compute_dtype : {None, 'auto', 'float32', 'float64'} or numpy dtype
+    """
+    if compute_dtype is None or (isinstance(compute_dtype, str) and compute_dtype == "auto"):
+        return np.dtype(np.float32 if np.dtype(x_dtype) == np.float32 else np.float64)
+    dt = np.dtype(compute_dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(
+            f"compute_dtype must be 'auto', 'float32' or 'float64', got {compute_dtype!r}"
+        )
+    return dt
 
 
 def component_reference(params):
@@ -145,7 +181,7 @@ def component_reference(params):
 
 
 def log_prob_block(x, params):
-    """Weighted log-probabilities of one block under one mixture.
+    """Weighted log-probabilities of one block under one mixture, in float64.
 
     Parameters
     ----------
@@ -165,12 +201,15 @@ def log_prob_block(x, params):
     tiles = _Tiles(n, d, params.n_components, ct)
     out = np.empty((params.n_components, n))
     for a, b, m in tiles.ranges(n):
-        z = _math.fill_design(tiles.z[:m], x[a:b], c, ct)
-        _math.tile_log_prob(z, prepared, ct, out[:, a:b], tiles.y[:m])
+        z = _math.fill_design(tiles.design(m), x[a:b], c, ct)
+        _, y, _ = tiles.scratch(ct, m)
+        _math.tile_log_prob(z, prepared, ct, out[:, a:b], y)
     return out.T
 
 
-def block_statistics(x, params_list, row_offset=0, block_index=0, sample_weight=None):
+def block_statistics(
+    x, params_list, row_offset=0, block_index=0, sample_weight=None, compute_dtype=None
+):
     """The fused E-step of one block for one or more candidate mixtures.
 
     Tile by tile, computes log-densities, their log-sum-exp and the responsibilities, and
@@ -188,6 +227,10 @@ def block_statistics(x, params_list, row_offset=0, block_index=0, sample_weight=
     block_index : int
         The block's index (for error messages).
     sample_weight : ndarray of shape (n,), optional
+    compute_dtype : {None, 'auto', 'float32', 'float64'}
+        Arithmetic of the tiles (see :func:`compute_dtype_for`; tied covariances always
+        use float64); sums across tiles, the log-likelihood and the returned
+        statistics are float64 either way.
 
     Returns
     -------
@@ -202,17 +245,28 @@ def block_statistics(x, params_list, row_offset=0, block_index=0, sample_weight=
     out = []
     for params in params_list:
         ct, c, K = params.covariance_type, params.center, params.n_components
+        dtype = compute_dtype_for(x.dtype, compute_dtype)
+        if ct == "tied":
+            # The pooled scatter is taken about one point for all components; in single
+            # precision it can cancel to a non-positive-definite matrix when the
+            # components are far apart relative to their spread. Tied is cheap anyway.
+            dtype = np.dtype(np.float64)
         prepared = _math.prepare_log_prob(
-            params.means - c, params.weights, params.precisions_cholesky, ct
+            params.means - c, params.weights, params.precisions_cholesky, ct, dtype
         )
-        tiles = _Tiles(n, d, K, ct)
+        tiles = _Tiles(n, d, K, ct, dtype)
         acc = _math.new_accumulator(ct, K, d)
         reference = component_reference(params)
-        offsets = reference - c if ct == "full" else None
+        offsets = None
+        if ct == "full":
+            offsets = np.zeros((K, d + 1))
+            offsets[:, :d] = reference - c
+        offsets_t = None if offsets is None else offsets.astype(dtype)
         loglik = 0.0
         for a, b, m in tiles.ranges(n):
-            z = _math.fill_design(tiles.z[:m], x[a:b], c, ct)
-            w = _math.tile_log_prob(z, prepared, ct, tiles.w[:, :m], tiles.y[:m])
+            z = _math.fill_design(tiles.design(m), x[a:b], c, ct)
+            w, y, buf = tiles.scratch(ct, m)
+            w = _math.tile_log_prob(z, prepared, ct, w, y)
             log_norm = _math.normalize_log_prob(w)
             if not np.all(np.isfinite(log_norm)):
                 bad = np.flatnonzero(~np.isfinite(log_norm)) + a
@@ -220,12 +274,12 @@ def block_statistics(x, params_list, row_offset=0, block_index=0, sample_weight=
             sw = None
             if sample_weight is not None:
                 sw = sample_weight[a:b]
-                w *= sw
-                loglik += float(sw @ log_norm)
+                w *= sw.astype(dtype, copy=False)
+                loglik += float(np.dot(sw, log_norm.astype(np.float64)))
             else:
-                loglik += float(log_norm.sum())
-            _math.accumulate_moments(acc, z, w, ct, sw, tiles.buf[:m], offsets)
-        nk, s1, s2 = _math.finish_moments(acc, ct, d)
+                loglik += float(np.sum(log_norm, dtype=np.float64))
+            _math.accumulate_moments(acc, z, w, ct, sw, buf, offsets_t)
+        nk, s1, s2 = _math.finish_moments(acc, ct, d, offsets)
         total = float(n if sample_weight is None else sample_weight.sum())
         out.append(SuffStats(ct, reference, nk, s1, s2, loglik, n, total))
     return tuple(out)
@@ -254,9 +308,9 @@ def responsibility_statistics(
     tiles = _Tiles(n, d, K, covariance_type)
     acc = _math.new_accumulator(covariance_type, K, d)
     for a, b, m in tiles.ranges(n):
-        z = _math.fill_design(tiles.z[:m], x[a:b], center, covariance_type)
+        z = _math.fill_design(tiles.design(m), x[a:b], center, covariance_type)
         if not np.all(np.isfinite(z)):
-            bad = np.flatnonzero(~np.isfinite(z).all(axis=1)) + a
+            bad = np.flatnonzero(~np.isfinite(z).all(axis=0)) + a
             _raise_non_finite(x, bad, block_index, row_offset)
         r = np.array(resp[a:b].T, dtype=np.float64)
         sw = None
@@ -267,7 +321,8 @@ def responsibility_statistics(
             # The pooled scatter weighs each row by its total responsibility, which
             # need not be one here (e.g. responsibilities on a few chosen rows).
             sw = r.sum(axis=0)
-        _math.accumulate_moments(acc, z, r, covariance_type, sw, tiles.buf[:m])
+        _, _, buf = tiles.scratch(covariance_type, m)
+        _math.accumulate_moments(acc, z, r, covariance_type, sw, buf)
     nk, s1, s2 = _math.finish_moments(acc, covariance_type, d)
     total = float(n if sample_weight is None else sample_weight.sum())
     reference = np.broadcast_to(np.asarray(center, dtype=np.float64), (K, d)).copy()

@@ -427,6 +427,8 @@ class ModelConfig(_Model):
     """'em': NaN are values missing at random, fitted by EM for incomplete data."""
     split_every: Annotated[StrictInt, Field(ge=2)] | None = None
     """Fan-in of the statistics' tree reduction (dask's ``split_every``)."""
+    compute_dtype: Literal["auto", "float32", "float64"] = "auto"
+    """E-step arithmetic: 'auto' is float32 for float32 data (``data.dtype``)."""
 
     def estimator_params(self) -> dict[str, Any]:
         """Keyword arguments for ``GaussianMixture`` (init arrays as numpy)."""

@@ -11,7 +11,15 @@ import dask.array as da
 import numpy as np
 
 from . import _init, _math, _missing
-from ._em import EMProgress, best_candidate, logger, run_em, single_threaded_blas
+from ._em import (
+    COMPUTE_DTYPES,
+    EMProgress,
+    best_candidate,
+    em_kernel,
+    logger,
+    run_em,
+    single_threaded_blas,
+)
 from ._math import normalize_log_prob
 from ._params import MixtureParams
 from ._stats import log_prob_block
@@ -128,6 +136,15 @@ class GaussianMixture:
         initialisation, having no model to condition on, sees each missing value
         replaced by its feature's observed mean, and rows with nothing observed at
         weight zero ('random_from_data', which draws rows uniformly, may still draw one).
+    compute_dtype : {'auto', 'float32', 'float64'}, default='auto'
+        Arithmetic of the E-step. 'auto' is float32 for float32 data and float64
+        otherwise. In float32 each block's rows are centred in float64, then the
+        products of a tile (a few thousand rows) run in single precision (about twice
+        as fast) while every sum across tiles, the log-likelihood and the M-step stay
+        float64: the fitted parameters and lower bound typically move by 1e-7
+        relative. 'float64' gives the same numbers as fitting ``X.astype(float64)``.
+        Tied covariances always use float64 (their pooled scatter, taken about one
+        point, would lose too many digits in single precision).
 
     Attributes
     ----------
@@ -165,6 +182,7 @@ class GaussianMixture:
         persist="auto",
         split_every=None,
         missing="error",
+        compute_dtype="auto",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -183,6 +201,7 @@ class GaussianMixture:
         self.persist = persist
         self.split_every = split_every
         self.missing = missing
+        self.compute_dtype = compute_dtype
 
     # ----------------------------------------------------------------------------------
     # scikit-learn estimator protocol
@@ -205,6 +224,7 @@ class GaussianMixture:
         "persist",
         "split_every",
         "missing",
+        "compute_dtype",
     )
 
     def get_params(self, deep=True):
@@ -255,6 +275,11 @@ class GaussianMixture:
             raise ValueError(
                 f"Invalid value for missing: {self.missing!r}. "
                 f"Choose one of {list(_missing.MISSING_OPTIONS)}."
+            )
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"Invalid value for compute_dtype: {self.compute_dtype!r}. "
+                f"Choose one of {list(COMPUTE_DTYPES)}."
             )
 
     def _check_is_fitted(self):
@@ -355,12 +380,13 @@ class GaussianMixture:
             weights = _prepare_data(weights, self.persist, not isinstance(sample_weight, da.Array))
             if isinstance(sample_weight, da.Array):
                 check_weight_values(weights)
-        kernel, x_init, weights_init, n_skipped = None, X, weights, 0
+        x_init, weights_init, n_skipped = X, weights, 0
+        kernel = em_kernel(self.missing == "em", X.dtype, self.compute_dtype)
         if self.missing == "em":
             # One pass counts what is missing; initialisation sees the incomplete rows
             # mean-filled and the rows without any observed value at weight zero.
             x_init, weights_init, summary = _missing.prepare_fit(X, weights, self.split_every)
-            kernel, n_skipped = _missing.missing_block_statistics, summary.n_skipped
+            n_skipped = summary.n_skipped
 
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         initial = None

@@ -142,14 +142,37 @@ def test_fit_predict_equals_fit_then_predict(blobs):
         np.testing.assert_array_equal(labels, GaussianMixture(**kw).fit(X).predict(X))
 
 
-def test_float32_input_fits_like_float64(blobs):
+def test_float32_input_in_float64_arithmetic_fits_like_float64(blobs):
     X, _ = blobs
     X32 = X.astype(np.float32)
-    a, b = _fit(X32), _fit(X32.astype(np.float64))
-    # Arithmetic is float64 either way; only scikit-learn's 10*eps weight guard uses
-    # the input dtype's epsilon (1.2e-6 for float32), visible on near-empty components.
+    a, b = _fit(X32, compute_dtype="float64"), _fit(X32.astype(np.float64))
+    # Only scikit-learn's 10*eps weight guard uses the input dtype's epsilon (1.2e-6 for
+    # float32), visible on near-empty components.
     assert_same_fit(a, b, rtol=1e-5)
     assert a.means_.dtype == np.float64
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_float32_arithmetic_stays_within_single_precision_of_float64(blobs, ct):
+    X, _ = blobs
+    X32 = X.astype(np.float32)
+    fast = _fit(X32, ct)
+    slow = _fit(X32, ct, compute_dtype="float64")
+    assert fast.means_.dtype == np.float64 and fast.covariances_.dtype == np.float64
+    np.testing.assert_allclose(fast.lower_bounds_, slow.lower_bounds_, rtol=1e-6)
+    np.testing.assert_allclose(fast.weights_, slow.weights_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fast.means_, slow.means_, rtol=0, atol=1e-4 * X.std())
+    np.testing.assert_allclose(fast.covariances_, slow.covariances_, rtol=1e-3, atol=1e-5)
+    # float32 arithmetic is used (tied always computes in float64)
+    assert np.array_equal(fast.lower_bounds_, slow.lower_bounds_) == (ct == "tied")
+    # float32 arithmetic on float64 input, on request
+    asked = _fit(X32.astype(np.float64), ct, compute_dtype="float32")
+    np.testing.assert_allclose(asked.lower_bounds_, slow.lower_bounds_, rtol=1e-6)
+
+
+def test_unknown_compute_dtype_is_refused(blobs):
+    with pytest.raises(ValueError, match="compute_dtype"):
+        _fit(blobs[0], compute_dtype="float16")
 
 
 def test_restarts_keep_the_best_and_match_separate_fits(blobs):

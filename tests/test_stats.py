@@ -30,7 +30,7 @@ def test_statistics_of_a_union_are_the_sum(ct):
     X, _ = make_blobs(n=7000)
     p = _params(ct, X)
     # Split points off the tile grid, including a one-row and an empty part.
-    cuts = [0, 1, 1, 2500, 2500 + tile_rows(4) + 3, 7000]
+    cuts = [0, 1, 1, 2500, 2500 + tile_rows(ct, 3, X.shape[1]) + 3, 7000]
     parts = [block_statistics(X[a:b], [p])[0] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     (whole,) = block_statistics(X, [p])
     total = SuffStats.zero(ct, whole.reference)
@@ -54,11 +54,51 @@ def test_adding_statistics_about_different_centres_is_refused():
         a + b
 
 
-def test_float32_block_gives_float64_statistics():
+def test_float32_block_in_float64_arithmetic_equals_the_float64_block():
     X, _ = make_blobs(n=3000)
     p = _params("full", X)
     X32 = X.astype(np.float32)
-    (s32,) = block_statistics(X32, [p])
+    (s32,) = block_statistics(X32, [p], compute_dtype="float64")
     (s64,) = block_statistics(X32.astype(np.float64), [p])
     assert s32.s2.dtype == np.float64
     _assert_stats_equal(s32, s64, rtol=0)
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_float32_arithmetic_gives_float64_statistics_within_single_precision(ct, offset):
+    """float32 tiles (the default for float32 input) round each product once; every sum
+    across tiles is float64, so the statistics stay within a few float32 ulps, also
+    for data far from the origin (the design is centred in float64 first)."""
+    X, _ = make_blobs(n=20000, offset=offset)
+    p = _params(ct, X)
+    X32 = X.astype(np.float32)
+    (fast,) = block_statistics(X32, [p])
+    (slow,) = block_statistics(X32, [p], compute_dtype="float64")
+    assert fast.s2.dtype == np.float64 and isinstance(fast.loglik, float)
+    # tied always computes in float64; the others really run in float32
+    assert np.array_equal(fast.s2, slow.s2) == (ct == "tied")
+    np.testing.assert_allclose(fast.nk, slow.nk, rtol=1e-5)
+    # Judged on what the M-step makes of them: the means within 1e-5 of the data's
+    # spread (first moments about the current means are near zero, so no relative
+    # test), second moments within 1e-5 of each component's largest entry.
+    means = [st.reference + st.s1 / st.nk[:, None] for st in (fast, slow)]
+    np.testing.assert_allclose(means[0], means[1], rtol=0, atol=1e-5 * X.std())
+    scale = np.abs(slow.s2).reshape(len(slow.nk), -1).max(axis=1) if ct != "tied" else None
+    if ct == "tied":
+        scale = np.abs(slow.s2).max()
+    elif ct != "spherical":
+        scale = scale.reshape((-1,) + (1,) * (slow.s2.ndim - 1))
+    worst = float(np.max(np.abs(fast.s2 - slow.s2) / scale))
+    assert worst <= 2e-6, worst
+    np.testing.assert_allclose(fast.loglik, slow.loglik, rtol=1e-6)
+    # float32 arithmetic for float64 input, on request
+    (asked,) = block_statistics(X32.astype(np.float64), [p], compute_dtype="float32")
+    _assert_stats_equal(asked, fast, rtol=0)
+
+
+def test_unknown_compute_dtype_is_refused():
+    X, _ = make_blobs(n=100)
+    p = _params("diag", X)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        block_statistics(X, [p], compute_dtype="float16")
