@@ -23,7 +23,14 @@ import dask.array as da
 import numpy as np
 
 from . import _math, _missing
-from ._em import CandidateState, EMProgress, best_candidate, run_em, single_threaded_blas
+from ._em import (
+    CandidateState,
+    EMProgress,
+    best_candidate,
+    em_kernel,
+    run_em,
+    single_threaded_blas,
+)
 from ._reduce import tree_reduce
 from ._starts import StartRequest, make_starts
 from ._stats import _raise_non_finite, log_prob_block
@@ -512,6 +519,7 @@ def select_model(
     persist="auto",
     split_every: int | None = None,
     missing: str = "error",
+    compute_dtype: str = "auto",
     verbose: int = 0,
     callback: Callable[[SelectionProgress], object] | None = None,
     resume: SelectionProgress | Mapping | None = None,
@@ -546,6 +554,8 @@ def select_model(
         As :class:`GaussianMixture`: with 'em', NaN are values missing at random, every
         candidate is fitted by EM for incomplete data and scored on each row's observed
         features.
+    compute_dtype : {'auto', 'float32', 'float64'}, default='auto'
+        E-step arithmetic, as :class:`GaussianMixture`.
     verbose : int, default=0
         1 or more logs every iteration at INFO level on the ``dask_em`` logger.
     callback : callable, optional
@@ -609,6 +619,7 @@ def select_model(
             persist=persist,
             split_every=split_every,
             missing=missing,
+            compute_dtype=compute_dtype,
             verbose=verbose,
         )
         gm._check_parameters()
@@ -634,9 +645,8 @@ def select_model(
         weights = _prepare_data(weights, persist, not isinstance(sample_weight, da.Array))
         if isinstance(sample_weight, da.Array):
             check_weight_values(weights)
-    kernel, x_init, weights_init, n_skipped = None, x, weights, 0
-    if missing == "em":
-        kernel = _missing.missing_block_statistics
+    x_init, weights_init, n_skipped = x, weights, 0
+    kernel = em_kernel(missing == "em", x.dtype, compute_dtype)
     if resume is not None:
         # The starts (and what they needed: the missing-value summary) are in the state.
         starts, owner, errors = None, list(resume.owner), dict(resume.errors)
