@@ -15,10 +15,41 @@ _TARGET_BLOCK_BYTES = 12 * 2**20
 _MIN_BLOCK_ROWS = 4096
 
 
-def auto_chunk_rows(n_rows: int, n_features: int, itemsize: int = 8) -> int:
-    """Rows per block for in-memory input: about 12 MB per block, at least 4096 rows."""
-    rows = _TARGET_BLOCK_BYTES // max(1, n_features * itemsize)
-    return int(max(_MIN_BLOCK_ROWS, min(rows, max(n_rows, 1))))
+def auto_chunk_rows(
+    n_rows: int, n_features: int, itemsize: int = 8, n_threads: int | None = None
+) -> int:
+    """Rows per block for in-memory input: about 12 MB per block, at least 4096 rows.
+
+    The blocks are then evened out so that their number is a multiple of the threads
+    that will run them (``n_threads``, default: those of the current scheduler): 11
+    blocks on 2 threads would leave one thread idle for a twelfth of every pass.
+    """
+    target = _TARGET_BLOCK_BYTES // max(1, n_features * itemsize)
+    rows = int(max(_MIN_BLOCK_ROWS, min(target, max(n_rows, 1))))
+    n_blocks = -(-max(n_rows, 1) // rows)
+    threads = scheduler_threads() if n_threads is None else n_threads
+    if n_blocks > 1 and threads > 1:
+        n_blocks = -(-n_blocks // threads) * threads
+        rows = max(_MIN_BLOCK_ROWS, -(-n_rows // n_blocks))
+    return int(rows)
+
+
+def scheduler_threads() -> int:
+    """Threads that run tasks on the current Dask scheduler (all workers' for a Client)."""
+    import dask
+
+    scheduler = dask.base.get_scheduler()
+    owner = getattr(scheduler, "__self__", None)
+    try:
+        from distributed import Client
+
+        if isinstance(owner, Client):
+            return max(1, sum(owner.nthreads().values()))
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        pass
+    from dask.system import CPU_COUNT
+
+    return int(dask.config.get("num_workers", None) or CPU_COUNT)
 
 
 def _is_dask_dataframe(X) -> bool:
