@@ -179,18 +179,22 @@ class _Progress:
         )
         if self.checkpoint is not None:
             arrays = {f"em_{k}": v for k, v in progress.to_arrays().items()}
-            its = sorted(self.history)
-            arrays["job_fingerprint"] = np.asarray(self.fingerprint)
-            arrays["history_iteration"] = np.asarray(its, dtype=np.int64)
-            arrays["history_seconds"] = np.asarray([self.history[i] for i in its])
-            atomic_savez(self.checkpoint, arrays)
+            _write_checkpoint(self.checkpoint, arrays, self.fingerprint, self.history)
         if self.hook is not None:
             self.hook(progress)
 
 
-def _read_checkpoint(path: Path, fingerprint: str):
-    from dask_em import EMProgress
+def _write_checkpoint(path: Path, arrays: dict, fingerprint: str, history: dict) -> None:
+    """Save a run's state with the job's fingerprint and the seconds of each iteration."""
+    its = sorted(history)
+    arrays["job_fingerprint"] = np.asarray(fingerprint)
+    arrays["history_iteration"] = np.asarray(its, dtype=np.int64)
+    arrays["history_seconds"] = np.asarray([history[i] for i in its])
+    atomic_savez(path, arrays)
 
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict:
+    """The arrays of a checkpoint written for this job (its fingerprint), else JobError."""
     arrays = load_npz(path)
     if str(arrays.get("job_fingerprint", "")) != fingerprint:
         raise JobError(
@@ -198,6 +202,13 @@ def _read_checkpoint(path: Path, fingerprint: str):
             "run without --resume to start over",
             key="--resume",
         )
+    return arrays
+
+
+def _read_checkpoint(path: Path, fingerprint: str):
+    from dask_em import EMProgress
+
+    arrays = _load_checkpoint(path, fingerprint)
     progress = EMProgress.from_arrays({k[3:]: v for k, v in arrays.items() if k.startswith("em_")})
     history = dict(
         zip(arrays["history_iteration"].tolist(), arrays["history_seconds"].tolist(), strict=True)
@@ -489,12 +500,7 @@ class _GridProgress:
             progress.seconds,
         )
         if self.checkpoint is not None:
-            arrays = state.to_arrays()
-            its = sorted(self.history)
-            arrays["job_fingerprint"] = np.asarray(self.fingerprint)
-            arrays["history_iteration"] = np.asarray(its, dtype=np.int64)
-            arrays["history_seconds"] = np.asarray([self.history[i] for i in its])
-            atomic_savez(self.checkpoint, arrays)
+            _write_checkpoint(self.checkpoint, state.to_arrays(), self.fingerprint, self.history)
         if self.hook is not None:
             self.hook(progress)
 
@@ -502,13 +508,7 @@ class _GridProgress:
 def _read_selection_checkpoint(path: Path, fingerprint: str):
     from dask_em.selection import SelectionProgress
 
-    arrays = load_npz(path)
-    if str(arrays.get("job_fingerprint", "")) != fingerprint:
-        raise JobError(
-            f"the checkpoint {path} was written for a different data/model configuration; "
-            "run without --resume to start over",
-            key="--resume",
-        )
+    arrays = _load_checkpoint(path, fingerprint)
     try:
         state = SelectionProgress.from_arrays(arrays)
     except ValueError as exc:
