@@ -158,10 +158,18 @@ def single_threaded_blas():
     oversubscribe the cores (measured 1.6-2x slower). Distributed workers already start
     with one BLAS thread (distributed's ``nanny.pre-spawn-environ``).
     """
-    from threadpoolctl import threadpool_limits
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
 
-    with threadpool_limits(limits=1, user_api="blas"):
+        # Finding the loaded BLAS libraries reads /proc/self/maps (~2 ms); do it once.
+        # numpy's and scipy's BLAS are both loaded by then (dask_em imports scipy).
+        _BLAS_CONTROLLER = ThreadpoolController()
+    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
         yield
+
+
+_BLAS_CONTROLLER = None
 
 
 def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
