@@ -39,3 +39,44 @@ def client():
             yield c
     finally:
         cluster.close()
+
+
+# One process, threads: a job cluster that starts in about a second.
+THREADS = {
+    "local": {
+        "processes": False,
+        "n_workers": 1,
+        "threads_per_worker": 2,
+        "dashboard_address": None,
+    }
+}
+
+
+def self_signed_cert(folder):
+    """Write a throwaway key.pem / cert.pem for 127.0.0.1 into ``folder`` (openssl)."""
+    import subprocess
+
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )

@@ -13,21 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import THREADS
 from typer.testing import CliRunner
 
 from dask_em.cli import app
 from dask_em.config import PROJECT_ROOT
 
 runner = CliRunner()
-
-THREADS = {
-    "local": {
-        "processes": False,
-        "n_workers": 1,
-        "threads_per_worker": 2,
-        "dashboard_address": None,
-    }
-}
 
 
 def job_file(tmp_path: Path, data: dict | None = None, name: str = "job", **sections) -> Path:

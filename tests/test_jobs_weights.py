@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import THREADS
 from typer.testing import CliRunner
 
 from dask_em.cli import app
@@ -19,14 +20,6 @@ from dask_em.runner import run_job
 
 runner = CliRunner()
 
-THREADS = {
-    "local": {
-        "processes": False,
-        "n_workers": 1,
-        "threads_per_worker": 2,
-        "dashboard_address": None,
-    }
-}
 MODEL = {
     "n_components": 2,
     "max_iter": 30,

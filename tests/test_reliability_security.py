@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import self_signed_cert
 from typer.testing import CliRunner
 
 from dask_em.cli import app
@@ -141,30 +142,7 @@ def _free_port() -> int:
 def test_tls_job_writes_no_secret_anywhere(tmp_path):
     """A job over TLS (scheduler and worker processes with a throwaway certificate): the
     key's contents appear in no output, log line, model.json, metrics.json or run file."""
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-    )
+    self_signed_cert(tmp_path)
     key_lines = [
         line
         for line in (tmp_path / "key.pem").read_text().splitlines()

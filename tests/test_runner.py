@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import THREADS, self_signed_cert
 
 from dask_em.config import PROJECT_ROOT, JobError, load_job
 from dask_em.io import load_npz
@@ -27,16 +28,6 @@ from dask_em.runner import (
     predict_job,
     run_job,
 )
-
-# One process, threads: starts in about a second.
-THREADS = {
-    "local": {
-        "processes": False,
-        "n_workers": 1,
-        "threads_per_worker": 2,
-        "dashboard_address": None,
-    }
-}
 
 
 def job_file(tmp_path: Path, name: str = "job", **sections) -> Path:
@@ -621,30 +612,7 @@ def test_job_over_tls(tmp_path):
 
     from dask_em.cluster import security_from_config
 
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-    )
+    self_signed_cert(tmp_path)
     files = ["--tls-ca-file", "cert.pem", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]
     tls = {
         "ca_file": str(tmp_path / "cert.pem"),
