@@ -34,19 +34,25 @@ def auto_chunk_rows(
     return int(rows)
 
 
+def active_client():
+    """The distributed Client that ``dask.compute`` would use now, or None."""
+    import dask
+
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    owner = getattr(dask.base.get_scheduler(), "__self__", None)
+    return owner if isinstance(owner, Client) else None
+
+
 def scheduler_threads() -> int:
     """Threads that run tasks on the current Dask scheduler (all workers' for a Client)."""
     import dask
 
-    scheduler = dask.base.get_scheduler()
-    owner = getattr(scheduler, "__self__", None)
-    try:
-        from distributed import Client
-
-        if isinstance(owner, Client):
-            return max(1, sum(owner.nthreads().values()))
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        pass
+    client = active_client()
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
     from dask.system import CPU_COUNT
 
     return int(dask.config.get("num_workers", None) or CPU_COUNT)

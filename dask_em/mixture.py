@@ -24,6 +24,7 @@ from ._math import normalize_log_prob
 from ._params import MixtureParams
 from ._stats import log_prob_block
 from ._validation import (
+    active_client,
     check_array,
     check_means_init,
     check_precisions_init,
@@ -39,17 +40,6 @@ PERSIST_OPTIONS = ("auto", True, False)
 
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``max_iter`` before the lower bound settled within ``tol``."""
-
-
-def _active_client():
-    """The distributed Client that ``dask.compute`` would use now, or None."""
-    try:
-        from distributed import Client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    scheduler = dask.base.get_scheduler()
-    owner = getattr(scheduler, "__self__", None)
-    return owner if isinstance(owner, Client) else None
 
 
 def _memory_budget(client) -> float:
@@ -69,7 +59,7 @@ def _memory_budget(client) -> float:
 
 
 def _prepare_data(X, persist, from_numpy):
-    client = _active_client()
+    client = active_client()
     if persist == "auto":
         if from_numpy:
             # In memory already; a cluster needs it shipped once, not once per pass.
