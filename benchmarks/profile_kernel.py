@@ -4,9 +4,10 @@
                                         [--dtype float64] [--repeats 5]
 
 1. The block kernel (``dask_em._stats.block_statistics``) on one block, BLAS 1 thread.
-2. The same tile loop taken apart (design, log-densities, log-sum-exp, moments) with a
-   timer around each step (a copy of the kernel's loop; it follows dask_em._math's
-   functions, so it breaks loudly if they change).
+2. The same tile loop taken apart (full: design, log-densities, log-sum-exp, moments;
+   diag/spherical: the two compiled kernels and numpy's exp between them) with a timer
+   around each step (a copy of the kernel's loop; it calls dask_em's own functions, so it
+   breaks loudly if they change).
 3. Two copies of the kernel at once: on two threads of one process and in two processes;
    the speed-up over one copy says whether the cores can be kept busy in one process.
 """
@@ -55,8 +56,55 @@ def kernel_times(block, params, repeats):
     return out
 
 
+def diag_parts(block, params, repeats):
+    """The compiled diag/spherical tile loop taken apart (a copy of
+    ``dask_em._stats._diag_block_statistics``'s loop, without weights)."""
+    from dask_em import _kernels, _math
+    from dask_em._stats import compute_dtype_for, tile_rows
+
+    n, d = block.shape
+    ct, k = params.covariance_type, params.n_components
+    dtype = compute_dtype_for(block.dtype)
+    prec = params.precisions_cholesky**2
+    if ct == "spherical":
+        prec = np.repeat(prec[:, None], d, axis=1)
+    prec = prec.astype(dtype)
+    const = _math.log_prob_const(params.weights, params.precisions_cholesky, ct, d)
+    const = const.astype(dtype)
+    b = np.ascontiguousarray(params.means - params.center, dtype=dtype)
+    floor = dtype.type(_math._EXP_FLOOR[dtype.itemsize])
+    m_max = min(tile_rows(ct, k, d, dtype.itemsize), n)
+    xt, lp = np.empty((d, m_max), dtype), np.empty((k, m_max), dtype)
+    mx, s = np.empty(m_max, dtype), np.empty(m_max, dtype)
+    best: dict = {}
+    for _ in range(repeats + 1):
+        acc_t = dict.fromkeys(("design + log-densities", "exp", "log-sum + moments"), 0.0)
+        nk, s1, s2 = np.zeros(k), np.zeros((k, d)), np.zeros((k, d))
+        for a in range(0, n, m_max):
+            m = min(m_max, n - a)
+            t0 = time.perf_counter()
+            _kernels.diag_tile_log_prob(
+                block, a, m, params.center, b, prec, const, floor, xt, lp, mx
+            )
+            t1 = time.perf_counter()
+            np.exp(lp[:, :m], out=lp[:, :m])
+            t2 = time.perf_counter()
+            _kernels.diag_tile_moments(
+                lp, mx, xt, m, dtype.type(np.exp(floor)), s, False, s, nk, s1, s2
+            )
+            t3 = time.perf_counter()
+            acc_t["design + log-densities"] += t1 - t0
+            acc_t["exp"] += t2 - t1
+            acc_t["log-sum + moments"] += t3 - t2
+        for key, v in acc_t.items():
+            best[key] = min(best.get(key, np.inf), v)
+    return best
+
+
 def parts(block, params, repeats):
     """Seconds per step of the tile loop, summed over the block (min over repeats)."""
+    if params.covariance_type in ("diag", "spherical"):
+        return diag_parts(block, params, repeats)
     from threadpoolctl import threadpool_limits
 
     from dask_em import _math
@@ -159,7 +207,7 @@ def main(argv=None):
     p.add_argument("--n-rows", type=int, default=None, help="rows per block (engine's default)")
     p.add_argument("--d", type=int, default=16)
     p.add_argument("--k", type=int, default=8)
-    p.add_argument("--cov", default="full", choices=("full", "diag"))
+    p.add_argument("--cov", default="full", choices=("full", "diag", "spherical"))
     p.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")

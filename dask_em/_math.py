@@ -197,6 +197,13 @@ def fill_design(zt, x, center, covariance_type):
     return zt
 
 
+def log_prob_const(weights, prec_chol, covariance_type, n_features):
+    """``log w_k + log det P_k - d/2 log(2 pi)``, shape (K,), float64."""
+    with np.errstate(divide="ignore"):
+        const = np.log(weights) + log_det_cholesky(prec_chol, covariance_type, n_features)
+    return const - 0.5 * n_features * LOG_2PI
+
+
 def prepare_log_prob(b, weights, prec_chol, covariance_type, dtype=np.float64):
     """Per-mixture matrices that turn a tile design into log-probabilities.
 
@@ -218,9 +225,7 @@ def prepare_log_prob(b, weights, prec_chol, covariance_type, dtype=np.float64):
         ``log w_k + log det P_k - d/2 log(2 pi)``, float64.
     """
     K, d = b.shape
-    with np.errstate(divide="ignore"):
-        const = np.log(weights) + log_det_cholesky(prec_chol, covariance_type, d)
-    const = const - 0.5 * d * LOG_2PI
+    const = log_prob_const(weights, prec_chol, covariance_type, d)
     if covariance_type == "full":
         m = np.empty((K, d, d + 1))
         m[:, :, :d] = prec_chol.transpose(0, 2, 1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _math
+from . import _kernels, _math
 
 
 class NonFiniteError(ValueError):
@@ -246,6 +246,11 @@ def block_statistics(
     for params in params_list:
         ct, c, K = params.covariance_type, params.center, params.n_components
         dtype = compute_dtype_for(x.dtype, compute_dtype)
+        if ct in ("diag", "spherical"):
+            out.append(
+                _diag_block_statistics(x, params, dtype, sample_weight, row_offset, block_index)
+            )
+            continue
         if ct == "tied":
             # The pooled scatter is taken about one point for all components; in single
             # precision it can cancel to a non-positive-definite matrix when the
@@ -283,6 +288,57 @@ def block_statistics(
         total = float(n if sample_weight is None else sample_weight.sum())
         out.append(SuffStats(ct, reference, nk, s1, s2, loglik, n, total))
     return tuple(out)
+
+
+def _diag_block_statistics(x, params, dtype, sample_weight, row_offset, block_index):
+    """:func:`block_statistics` of one diag or spherical mixture, with the compiled
+    kernels of :mod:`dask_em._kernels` (no GIL held outside ``exp``)."""
+    n, d = x.shape
+    ct, c, K = params.covariance_type, params.center, params.n_components
+    prec = np.asarray(params.precisions_cholesky, dtype=np.float64) ** 2
+    if ct == "spherical":
+        prec = np.repeat(prec[:, None], d, axis=1)
+    const = _math.log_prob_const(params.weights, params.precisions_cholesky, ct, d)
+    const = const.astype(dtype)
+    b = np.ascontiguousarray(params.means - c, dtype=dtype)
+    prec = prec.astype(dtype)
+    floor = dtype.type(_math._EXP_FLOOR[dtype.itemsize])
+    exp_floor = dtype.type(np.exp(floor))
+    m_max = min(tile_rows(ct, K, d, dtype.itemsize), max(n, 1))
+    xt = np.empty((d, m_max), dtype)
+    lp = np.empty((K, m_max), dtype)
+    mx = np.empty(m_max, dtype)
+    s = np.empty(m_max, dtype)
+    nk, s1, s2 = np.zeros(K), np.zeros((K, d)), np.zeros((K, d))
+    center = np.ascontiguousarray(c, dtype=np.float64)
+    use_w = sample_weight is not None
+    w_all = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else s
+    loglik = 0.0
+    for a in range(0, n, m_max):
+        m = min(m_max, n - a)
+        _kernels.diag_tile_log_prob(x, a, m, center, b, prec, const, floor, xt, lp, mx)
+        e = lp[:, :m]
+        np.exp(e, out=e)
+        w = w_all[a : a + m] if use_w else w_all
+        ll = _kernels.diag_tile_moments(lp, mx, xt, m, exp_floor, w, use_w, s, nk, s1, s2)
+        if not np.isfinite(ll):
+            # Rare: every bad row of the block for the message (float64 may not overflow
+            # where the tile dtype did; then this tile's rows).
+            rows = np.flatnonzero(~np.isfinite(_row_log_likelihood(x, params)))
+            if rows.size == 0:
+                rows = a + np.flatnonzero(~np.isfinite(mx[:m]))
+            _raise_non_finite(x, rows, block_index, row_offset)
+        loglik += ll
+    if ct == "spherical":
+        s2 = s2.sum(axis=1)
+    total = float(n if sample_weight is None else sample_weight.sum())
+    return SuffStats(ct, component_reference(params), nk, s1, s2, loglik, n, total)
+
+
+def _row_log_likelihood(x, params):
+    """``log p(x_i)`` of every row in float64 (for error messages)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _math.normalize_log_prob(np.ascontiguousarray(log_prob_block(x, params).T))
 
 
 def responsibility_statistics(
