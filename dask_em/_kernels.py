@@ -62,9 +62,17 @@ def diag_tile_log_prob(x, start, m, center, b, prec, const, floor, xt, lp, mx): 
         -inf where it holds infinity).
     """
     n_components, d = b.shape
+    # Transposed 16 rows at a time: their cache lines stay in L1 across the features
+    # (a whole feature per sweep re-read every line of the tile d times; 2x slower).
+    m16 = m - m % 16
+    for i0 in range(0, m16, 16):
+        for j in range(d):
+            cj = center[j]
+            for ii in range(16):
+                xt[j, i0 + ii] = x[start + i0 + ii, j] - cj
     for j in range(d):
         cj = center[j]
-        for i in range(m):
+        for i in range(m16, m):
             xt[j, i] = x[start + i, j] - cj
     # Four features per sweep over the rows: a quarter of the loads and stores of lp.
     d4 = d - d % 4
