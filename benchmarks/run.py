@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import shutil
 import sys
@@ -578,6 +579,23 @@ def _evict(path: Path):
     return True
 
 
+def _release(client, arr, timeout: float = 30.0):
+    """Forget a persisted array on the cluster and wait until its chunks are gone, so
+    that the next memory figure does not include them."""
+    from distributed import futures_of
+
+    keys = {f.key for f in futures_of(arr)}
+    client.cancel(arr)
+
+    def held(dask_scheduler, keys=keys):
+        return sum(1 for key in keys if key in dask_scheduler.tasks)
+
+    deadline = time.monotonic() + timeout
+    while client.run_on_scheduler(held) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    client.run(gc.collect)
+
+
 def write_zarr(path: Path, n: int, d: int, k: int, chunk_rows: int) -> float:
     """The seeded data as uncompressed zarr (written on the threaded scheduler)."""
     import dask
@@ -633,6 +651,7 @@ def suite_ooc(s: Settings) -> dict:
 
                 wait(xm)
                 mem = daskem_fit(xm, start, r + 1, persist=False)
+                _release(client, xm)
                 del xm
                 scale = n / n_mem
                 rows.append(
@@ -663,7 +682,10 @@ def suite_ooc(s: Settings) -> dict:
                             n_rows=n,
                         )
                     )
-                for n_part in (n_small, n_mid):
+                # Peak memory at three sizes, each over the same number of iterations
+                # (a longer run samples more and so peaks higher by chance), smallest
+                # first, after the runs above have paid the workers' one-time costs.
+                for n_part in dict.fromkeys((n_small, n_mid, n)):
                     s.say(f"[ooc] {name}: EM from zarr at N={h.fmt_n(n_part)} (memory)")
                     with h.WorkerMemory(client) as wm:
                         daskem_fit(x[:n_part], start, 2, persist=False)
@@ -701,9 +723,7 @@ def suite_ooc(s: Settings) -> dict:
                     1.2,
                 )
             )
-        big = by[(name, "EM from zarr, cache warm")]
-        # Two sizes below N: the first passes of a fresh worker also fill its allocator's
-        # free lists, so N/10 shows that warm-up; N/2 -> N shows whether it keeps growing.
+        big = by[(name, f"EM from zarr at N={h.fmt_n(n)} (memory only)")]
         for n_part in dict.fromkeys((n_small, n_mid)):
             part = by[(name, f"EM from zarr at N={h.fmt_n(n_part)} (memory only)")]
             targets.append(
