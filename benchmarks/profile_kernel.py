@@ -4,10 +4,9 @@
                                         [--dtype float64] [--repeats 5]
 
 1. The block kernel (``dask_em._stats.block_statistics``) on one block, BLAS 1 thread.
-2. The same tile loop taken apart (full: design, log-densities, log-sum-exp, moments;
-   diag/spherical: the two compiled kernels and numpy's exp between them) with a timer
-   around each step (a copy of the kernel's loop; it calls dask_em's own functions, so it
-   breaks loudly if they change).
+2. The same block taken apart: the time in each compiled tile kernel
+   (``dask_em._kernels``, wrapped with timers for the run) and the rest (BLAS products,
+   numpy's exp, Python).
 3. Two copies of the kernel at once: on two threads of one process and in two processes;
    the speed-up over one copy says whether the cores can be kept busy in one process.
 """
@@ -56,95 +55,46 @@ def kernel_times(block, params, repeats):
     return out
 
 
-def diag_parts(block, params, repeats):
-    """The compiled diag/spherical tile loop taken apart (a copy of
-    ``dask_em._stats._diag_block_statistics``'s loop, without weights)."""
-    from dask_em import _kernels, _math
-    from dask_em._stats import compute_dtype_for, tile_rows
-
-    n, d = block.shape
-    ct, k = params.covariance_type, params.n_components
-    dtype = compute_dtype_for(block.dtype)
-    prec = params.precisions_cholesky**2
-    if ct == "spherical":
-        prec = np.repeat(prec[:, None], d, axis=1)
-    prec = prec.astype(dtype)
-    const = _math.log_prob_const(params.weights, params.precisions_cholesky, ct, d)
-    const = const.astype(dtype)
-    b = np.ascontiguousarray(params.means - params.center, dtype=dtype)
-    floor = dtype.type(_math._EXP_FLOOR[dtype.itemsize])
-    m_max = min(tile_rows(ct, k, d, dtype.itemsize), n)
-    xt, lp = np.empty((d, m_max), dtype), np.empty((k, m_max), dtype)
-    mx, s = np.empty(m_max, dtype), np.empty(m_max, dtype)
-    best: dict = {}
-    for _ in range(repeats + 1):
-        acc_t = dict.fromkeys(("design + log-densities", "exp", "log-sum + moments"), 0.0)
-        nk, s1, s2 = np.zeros(k), np.zeros((k, d)), np.zeros((k, d))
-        for a in range(0, n, m_max):
-            m = min(m_max, n - a)
-            t0 = time.perf_counter()
-            _kernels.diag_tile_log_prob(
-                block, a, m, params.center, b, prec, const, floor, xt, lp, mx
-            )
-            t1 = time.perf_counter()
-            np.exp(lp[:, :m], out=lp[:, :m])
-            t2 = time.perf_counter()
-            _kernels.diag_tile_moments(
-                lp, mx, xt, m, dtype.type(np.exp(floor)), s, False, s, nk, s1, s2
-            )
-            t3 = time.perf_counter()
-            acc_t["design + log-densities"] += t1 - t0
-            acc_t["exp"] += t2 - t1
-            acc_t["log-sum + moments"] += t3 - t2
-        for key, v in acc_t.items():
-            best[key] = min(best.get(key, np.inf), v)
-    return best
-
-
 def parts(block, params, repeats):
-    """Seconds per step of the tile loop, summed over the block (min over repeats)."""
-    if params.covariance_type in ("diag", "spherical"):
-        return diag_parts(block, params, repeats)
+    """Seconds in each compiled kernel of the tile loop, summed over the block, and the
+    rest (BLAS products, numpy's exp, Python), min over repeats. The kernels are wrapped
+    with timers for the run, so this follows the engine's own loop."""
     from threadpoolctl import threadpool_limits
 
-    from dask_em import _math
-    from dask_em._stats import _Tiles, component_reference, compute_dtype_for
+    from dask_em import _kernels
+    from dask_em._stats import block_statistics
 
-    n, d = block.shape
-    ct, c, k = params.covariance_type, params.center, params.n_components
-    dtype = compute_dtype_for(block.dtype)
+    names = [n for n in vars(_kernels) if n.startswith(("full_tile_", "diag_tile_"))]
+    originals = {n: getattr(_kernels, n) for n in names}
+    spent = dict.fromkeys(names, 0.0)
+
+    def timed(name, func):
+        def call(*args):
+            t0 = time.perf_counter()
+            out = func(*args)
+            spent[name] += time.perf_counter() - t0
+            return out
+
+        return call
+
     best: dict = {}
-    with threadpool_limits(1, "blas"):
-        for _ in range(repeats + 1):
-            acc_t = dict.fromkeys(("design", "log-densities", "log-sum-exp", "moments"), 0.0)
-            prepared = _math.prepare_log_prob(
-                params.means - c, params.weights, params.precisions_cholesky, ct, dtype
-            )
-            tiles = _Tiles(n, d, k, ct, dtype)
-            acc = _math.new_accumulator(ct, k, d)
-            offsets = None
-            if ct == "full":
-                offsets = np.zeros((k, d + 1), dtype)
-                offsets[:, :d] = component_reference(params) - c
-            for a, b, m in tiles.ranges(n):
+    try:
+        for n in names:
+            setattr(_kernels, n, timed(n, originals[n]))
+        with threadpool_limits(1, "blas"):
+            for _ in range(repeats + 1):
+                for n in names:
+                    spent[n] = 0.0
                 t0 = time.perf_counter()
-                z = _math.fill_design(tiles.design(m), block[a:b], c, ct)
-                t1 = time.perf_counter()
-                w, y, buf = tiles.scratch(ct, m)
-                w = _math.tile_log_prob(z, prepared, ct, w, y)
-                t2 = time.perf_counter()
-                log_norm = _math.normalize_log_prob(w)
-                np.all(np.isfinite(log_norm))
-                float(np.sum(log_norm, dtype=np.float64))
-                t3 = time.perf_counter()
-                _math.accumulate_moments(acc, z, w, ct, None, buf, offsets)
-                t4 = time.perf_counter()
-                acc_t["design"] += t1 - t0
-                acc_t["log-densities"] += t2 - t1
-                acc_t["log-sum-exp"] += t3 - t2
-                acc_t["moments"] += t4 - t3
-            for key, v in acc_t.items():
-                best[key] = min(best.get(key, np.inf), v)
+                block_statistics(block, [params])
+                total = time.perf_counter() - t0
+                used = {n: v for n, v in spent.items() if v > 0}
+                used["BLAS products, exp, Python"] = total - sum(used.values())
+                for key, v in used.items():
+                    best[key] = min(best.get(key, np.inf), v)
+    finally:
+        for n, f in originals.items():
+            setattr(_kernels, n, f)
     return best
 
 
@@ -245,7 +195,7 @@ def main(argv=None):
     )
     total = sum(res["parts"].values())
     for key, v in res["parts"].items():
-        print(f"  {key:14s} {v * 1e3:7.1f} ms  {100 * v / total:4.0f}%")
+        print(f"  {key:28s} {v * 1e3:7.1f} ms  {100 * v / total:4.0f}%")
     print(
         f"two copies at once: threads {res['speedup_two_threads']:.2f}× one copy's "
         f"throughput, processes {res['speedup_two_processes']:.2f}× (ideal 2)"

@@ -1,13 +1,14 @@
-"""Compiled tile kernels for diagonal and spherical covariances.
+"""Compiled tile kernels of the fused E-step (full, diagonal and spherical covariances).
 
-The diag/spherical E-step is elementwise work and two products with a K-row output; done
-as a dozen short numpy calls per tile, two threads of one process ran it no faster than
-one (each call gives up and re-takes the GIL, and on a virtual machine every hand-over
-costs about as much as a short call). These kernels run a whole tile without the GIL
-(numba, ``nogil``), so the threads scheduler keeps every core busy; only ``exp`` stays
-with numpy, whose SIMD ``exp`` is several times faster than a scalar one.
+Done as a dozen short numpy calls per tile, the elementwise part of the E-step gave up
+and re-took the GIL on every call, and on a virtual machine every hand-over costs about
+as much as a short call: two threads of one process ran the diag kernel no faster than
+one. These kernels run the elementwise work of a tile without the GIL (numba,
+``nogil``), so the threads scheduler keeps every core busy; the matrix products stay
+with BLAS and ``exp`` with numpy, whose SIMD ``exp`` is several times faster than a
+scalar one.
 
-A tile is processed in two steps around that ``exp``:
+Diagonal and spherical covariances, around that ``exp``:
 
 1. :func:`diag_tile_log_prob` centres the rows (feature-major, ``xt`` (d, m)), writes
    the weighted log-densities minus each row's largest, clamped at ``floor``, into
@@ -16,10 +17,16 @@ A tile is processed in two steps around that ``exp``:
    ``nk``, ``sum r (x - c)`` and ``sum r (x - c)**2`` into float64 accumulators,
    returning the tile's log-likelihood.
 
+Full covariances: :func:`full_tile_design` writes ``Z^T = [x - c; 1]``, BLAS the
+whitened rows ``Y = M Z^T``, :func:`full_tile_log_prob` their squared norms (shifted and
+clamped as above), numpy the ``exp``, :func:`full_tile_weigh` the responsibilities and
+the wide left factor ``[r_1 (Z - o_1); ...; r_K (Z - o_K)]`` of the moments product,
+which BLAS then multiplies by ``Z``.
+
 Arithmetic inside a tile is in the tiles' dtype (float32 or float64); the centring
 subtraction is float64 and every sum across tiles is float64, as in
-:mod:`dask_em._math`. Squared distances use ``p (x - b)**2`` rather than the expanded
-form, so they keep their digits when a component is far from the centre.
+:mod:`dask_em._math`. Diagonal squared distances use ``p (x - b)**2`` rather than the
+expanded form, so they keep their digits when a component is far from the centre.
 """
 
 from __future__ import annotations
@@ -33,6 +40,71 @@ from numba import njit
 # kernels must see NaN and infinity to report the rows that hold them. numpy's error model:
 # a row of NaN divides by a zero sum (and is reported), it does not raise mid-tile.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _centre_rows(x, start, m, center, xt):  # pragma: no cover
+    """``xt[:d, :m] = (x[start:start+m] - center).T``, the subtraction in float64."""
+    d = x.shape[1]
+    # Transposed 16 rows at a time: their cache lines stay in L1 across the features
+    # (a whole feature per sweep re-read every line of the tile d times; 2x slower).
+    m16 = m - m % 16
+    for i0 in range(0, m16, 16):
+        for j in range(d):
+            cj = center[j]
+            for ii in range(16):
+                xt[j, i0 + ii] = x[start + i0 + ii, j] - cj
+    for j in range(d):
+        cj = center[j]
+        for i in range(m16, m):
+            xt[j, i] = x[start + i, j] - cj
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _shift_and_clamp(lp, m, floor, mx):  # pragma: no cover
+    """``mx = max_k lp``; ``lp = max(lp - mx, floor)`` (see ``_math._EXP_FLOOR``)."""
+    n_components = lp.shape[0]
+    for i in range(m):
+        mx[i] = lp[0, i]
+    for k in range(1, n_components):
+        for i in range(m):
+            v = lp[k, i]
+            # A NaN in row 0 stays: comparisons with NaN are false.
+            mx[i] = v if v > mx[i] else mx[i]
+    for k in range(n_components):
+        for i in range(m):
+            v = lp[k, i] - mx[i]
+            lp[k, i] = v if v > floor else floor
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _responsibilities(e, mx, m, exp_floor, w, use_w, s):  # pragma: no cover
+    """``e = exp(lp)`` -> responsibilities times row weights, in place; ``mx`` ->
+    each row's ``log p(x_i)``; returns ``sum_i w_i log p(x_i)`` (float64)."""
+    n_components = e.shape[0]
+    zero = e.dtype.type(0.0)
+    for i in range(m):
+        s[i] = zero
+    for k in range(n_components):
+        for i in range(m):
+            v = e[k, i] - exp_floor
+            e[k, i] = v
+            s[i] += v
+    loglik = 0.0
+    for i in range(m):
+        ln = math.log(np.float64(s[i])) + np.float64(mx[i])
+        # Kept for the caller's check: fast-math folds an isfinite test away here.
+        mx[i] = ln
+        if use_w:
+            loglik += w[i] * ln
+            s[i] = w[i] / s[i]
+        else:
+            loglik += ln
+            s[i] = 1.0 / s[i]
+    for k in range(n_components):
+        for i in range(m):
+            e[k, i] *= s[i]
+    return loglik
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -62,18 +134,7 @@ def diag_tile_log_prob(x, start, m, center, b, prec, const, floor, xt, lp, mx): 
         -inf where it holds infinity).
     """
     n_components, d = b.shape
-    # Transposed 16 rows at a time: their cache lines stay in L1 across the features
-    # (a whole feature per sweep re-read every line of the tile d times; 2x slower).
-    m16 = m - m % 16
-    for i0 in range(0, m16, 16):
-        for j in range(d):
-            cj = center[j]
-            for ii in range(16):
-                xt[j, i0 + ii] = x[start + i0 + ii, j] - cj
-    for j in range(d):
-        cj = center[j]
-        for i in range(m16, m):
-            xt[j, i] = x[start + i, j] - cj
+    _centre_rows(x, start, m, center, xt)
     # Four features per sweep over the rows: a quarter of the loads and stores of lp.
     d4 = d - d % 4
     for k in range(n_components):
@@ -96,17 +157,7 @@ def diag_tile_log_prob(x, start, m, center, b, prec, const, floor, xt, lp, mx): 
         ck = const[k]
         for i in range(m):
             lp[k, i] = ck - 0.5 * lp[k, i]
-    for i in range(m):
-        mx[i] = lp[0, i]
-    for k in range(1, n_components):
-        for i in range(m):
-            v = lp[k, i]
-            # A NaN in row 0 stays: comparisons with NaN are false.
-            mx[i] = v if v > mx[i] else mx[i]
-    for k in range(n_components):
-        for i in range(m):
-            v = lp[k, i] - mx[i]
-            lp[k, i] = v if v > floor else floor
+    _shift_and_clamp(lp, m, floor, mx)
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -139,30 +190,11 @@ def diag_tile_moments(e, mx, xt, m, exp_floor, w, use_w, s, nk, s1, s2):  # prag
     n_components = e.shape[0]
     d = xt.shape[0]
     zero = e.dtype.type(0.0)
-    for i in range(m):
-        s[i] = zero
-    for k in range(n_components):
-        for i in range(m):
-            v = e[k, i] - exp_floor
-            e[k, i] = v
-            s[i] += v
-    loglik = 0.0
-    for i in range(m):
-        ln = math.log(np.float64(s[i])) + np.float64(mx[i])
-        # Kept for the caller's check: fast-math folds an isfinite test away here.
-        mx[i] = ln
-        if use_w:
-            loglik += w[i] * ln
-            s[i] = w[i] / s[i]
-        else:
-            loglik += ln
-            s[i] = 1.0 / s[i]
+    loglik = _responsibilities(e, mx, m, exp_floor, w, use_w, s)
     for k in range(n_components):
         acc = zero
         for i in range(m):
-            r = e[k, i] * s[i]
-            e[k, i] = r
-            acc += r
+            acc += e[k, i]
         nk[k] += acc
         # Two features per sweep: each responsibility is loaded once for both.
         for j in range(0, d - 1, 2):
@@ -188,4 +220,70 @@ def diag_tile_moments(e, mx, xt, m, exp_floor, w, use_w, s, nk, s1, s2):  # prag
                 a2 += u * xt[j, i]
             s1[k, j] += a1
             s2[k, j] += a2
+    return loglik
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def full_tile_design(x, start, m, center, zt):  # pragma: no cover
+    """``zt[:, :m] = [x[start:start+m] - center, 1].T``, shape (d+1, m)."""
+    d = x.shape[1]
+    _centre_rows(x, start, m, center, zt)
+    for i in range(m):
+        zt[d, i] = 1.0
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def full_tile_log_prob(y, m, const, floor, lp, mx):  # pragma: no cover
+    """Shifted, clamped weighted log-densities from whitened rows.
+
+    Parameters
+    ----------
+    y : ndarray of shape (K*d, >= m)
+        ``P_k^T (x - mu_k)`` of every component, stacked (one BLAS product).
+    const, floor, lp, mx : as in :func:`diag_tile_log_prob`.
+    """
+    n_components = lp.shape[0]
+    d = y.shape[0] // n_components
+    for k in range(n_components):
+        for i in range(m):
+            lp[k, i] = 0.0
+        for j in range(d):
+            row = k * d + j
+            for i in range(m):
+                v = y[row, i]
+                lp[k, i] += v * v
+        ck = const[k]
+        for i in range(m):
+            lp[k, i] = ck - 0.5 * lp[k, i]
+    _shift_and_clamp(lp, m, floor, mx)
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def full_tile_weigh(e, mx, zt, m, exp_floor, w, use_w, offsets, s, wbuf):  # pragma: no cover
+    """Responsibilities, and the left factor of the moments product.
+
+    Parameters
+    ----------
+    e, mx, m, exp_floor, w, use_w, s : as in :func:`diag_tile_moments`
+    zt : ndarray of shape (q, >= m)
+        From :func:`full_tile_design`.
+    offsets : ndarray of shape (K, q)
+        Component k's rows are taken about ``c + offsets[k]`` (its current mean).
+    wbuf : ndarray of shape (K*q, >= m)
+        Out: ``r_k (z - o_k)`` of every component, stacked.
+
+    Returns
+    -------
+    float
+        As :func:`diag_tile_moments`.
+    """
+    n_components = e.shape[0]
+    q = zt.shape[0]
+    loglik = _responsibilities(e, mx, m, exp_floor, w, use_w, s)
+    for k in range(n_components):
+        for j in range(q):
+            o = offsets[k, j]
+            row = k * q + j
+            for i in range(m):
+                wbuf[row, i] = (zt[j, i] - o) * e[k, i]
     return loglik

@@ -246,27 +246,24 @@ def block_statistics(
     for params in params_list:
         ct, c, K = params.covariance_type, params.center, params.n_components
         dtype = compute_dtype_for(x.dtype, compute_dtype)
-        if ct in ("diag", "spherical"):
+        if ct != "tied":
             out.append(
-                _diag_block_statistics(x, params, dtype, sample_weight, row_offset, block_index)
+                _compiled_block_statistics(
+                    x, params, dtype, sample_weight, row_offset, block_index
+                )
             )
             continue
-        if ct == "tied":
-            # The pooled scatter is taken about one point for all components; in single
-            # precision it can cancel to a non-positive-definite matrix when the
-            # components are far apart relative to their spread. Tied is cheap anyway.
-            dtype = np.dtype(np.float64)
+        # Tied: numpy tiles, always float64. The pooled scatter is taken about one point
+        # for all components; in single precision it can cancel to a non-positive-
+        # definite matrix when the components are far apart relative to their spread.
+        # Tied is cheap anyway.
+        dtype = np.dtype(np.float64)
         prepared = _math.prepare_log_prob(
             params.means - c, params.weights, params.precisions_cholesky, ct, dtype
         )
         tiles = _Tiles(n, d, K, ct, dtype)
         acc = _math.new_accumulator(ct, K, d)
         reference = component_reference(params)
-        offsets = None
-        if ct == "full":
-            offsets = np.zeros((K, d + 1))
-            offsets[:, :d] = reference - c
-        offsets_t = None if offsets is None else offsets.astype(dtype)
         loglik = 0.0
         for a, b, m in tiles.ranges(n):
             z = _math.fill_design(tiles.design(m), x[a:b], c, ct)
@@ -279,60 +276,92 @@ def block_statistics(
             sw = None
             if sample_weight is not None:
                 sw = sample_weight[a:b]
-                w *= sw.astype(dtype, copy=False)
-                loglik += float(np.dot(sw, log_norm.astype(np.float64)))
+                w *= sw
+                loglik += float(np.dot(sw, log_norm))
             else:
-                loglik += float(np.sum(log_norm, dtype=np.float64))
-            _math.accumulate_moments(acc, z, w, ct, sw, buf, offsets_t)
-        nk, s1, s2 = _math.finish_moments(acc, ct, d, offsets)
+                loglik += float(np.sum(log_norm))
+            _math.accumulate_moments(acc, z, w, ct, sw, buf)
+        nk, s1, s2 = _math.finish_moments(acc, ct, d)
         total = float(n if sample_weight is None else sample_weight.sum())
         out.append(SuffStats(ct, reference, nk, s1, s2, loglik, n, total))
     return tuple(out)
 
 
-def _diag_block_statistics(x, params, dtype, sample_weight, row_offset, block_index):
-    """:func:`block_statistics` of one diag or spherical mixture, with the compiled
-    kernels of :mod:`dask_em._kernels` (no GIL held outside ``exp``)."""
+def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, block_index):
+    """:func:`block_statistics` of one full, diag or spherical mixture, with the compiled
+    kernels of :mod:`dask_em._kernels` (no GIL held outside BLAS and ``exp``)."""
     n, d = x.shape
     ct, c, K = params.covariance_type, params.center, params.n_components
-    prec = np.asarray(params.precisions_cholesky, dtype=np.float64) ** 2
-    if ct == "spherical":
-        prec = np.repeat(prec[:, None], d, axis=1)
     const = _math.log_prob_const(params.weights, params.precisions_cholesky, ct, d)
     const = const.astype(dtype)
-    b = np.ascontiguousarray(params.means - c, dtype=dtype)
-    prec = prec.astype(dtype)
     floor = dtype.type(_math._EXP_FLOOR[dtype.itemsize])
     exp_floor = dtype.type(np.exp(floor))
     m_max = min(tile_rows(ct, K, d, dtype.itemsize), max(n, 1))
-    xt = np.empty((d, m_max), dtype)
+    center = np.ascontiguousarray(c, dtype=np.float64)
     lp = np.empty((K, m_max), dtype)
     mx = np.empty(m_max, dtype)
     s = np.empty(m_max, dtype)
-    nk, s1, s2 = np.zeros(K), np.zeros((K, d)), np.zeros((K, d))
-    center = np.ascontiguousarray(c, dtype=np.float64)
     use_w = sample_weight is not None
     w_all = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else s
+    reference = component_reference(params)
+    if ct == "full":
+        q = d + 1
+        matrix, _ = _math.prepare_log_prob(
+            params.means - c, params.weights, params.precisions_cholesky, ct, dtype
+        )
+        offsets = np.zeros((K, q))
+        offsets[:, :d] = reference - c
+        off = offsets.astype(dtype)
+        zt = np.empty((q, m_max), dtype)
+        y = np.empty((K * d, m_max), dtype)
+        wbuf = np.empty((K * q, m_max), dtype)
+        prod = np.empty((K * q, q), dtype)
+        acc = np.zeros((K * q, q))
+
+        def tile(a, m, w):
+            _kernels.full_tile_design(x, a, m, center, zt)
+            z = zt[:, :m]
+            np.matmul(matrix, z, out=y[:, :m])
+            _kernels.full_tile_log_prob(y, m, const, floor, lp, mx)
+            np.exp(lp[:, :m], out=lp[:, :m])
+            ll = _kernels.full_tile_weigh(lp, mx, zt, m, exp_floor, w, use_w, off, s, wbuf)
+            np.add(acc, np.matmul(wbuf[:, :m], z.T, out=prod), out=acc)
+            return ll
+
+    else:
+        prec = np.asarray(params.precisions_cholesky, dtype=np.float64) ** 2
+        if ct == "spherical":
+            prec = np.repeat(prec[:, None], d, axis=1)
+        prec = prec.astype(dtype)
+        b = np.ascontiguousarray(params.means - c, dtype=dtype)
+        xt = np.empty((d, m_max), dtype)
+        nk, s1, s2 = np.zeros(K), np.zeros((K, d)), np.zeros((K, d))
+
+        def tile(a, m, w):
+            _kernels.diag_tile_log_prob(x, a, m, center, b, prec, const, floor, xt, lp, mx)
+            np.exp(lp[:, :m], out=lp[:, :m])
+            return _kernels.diag_tile_moments(lp, mx, xt, m, exp_floor, w, use_w, s, nk, s1, s2)
+
     loglik = 0.0
-    for a in range(0, n, m_max):
-        m = min(m_max, n - a)
-        _kernels.diag_tile_log_prob(x, a, m, center, b, prec, const, floor, xt, lp, mx)
-        e = lp[:, :m]
-        np.exp(e, out=e)
-        w = w_all[a : a + m] if use_w else w_all
-        ll = _kernels.diag_tile_moments(lp, mx, xt, m, exp_floor, w, use_w, s, nk, s1, s2)
-        if not np.isfinite(ll):
-            # Rare: every bad row of the block for the message (float64 may not overflow
-            # where the tile dtype did; then this tile's rows).
-            rows = np.flatnonzero(~np.isfinite(_row_log_likelihood(x, params)))
-            if rows.size == 0:
-                rows = a + np.flatnonzero(~np.isfinite(mx[:m]))
-            _raise_non_finite(x, rows, block_index, row_offset)
-        loglik += ll
-    if ct == "spherical":
+    # Non-finite input turns into NaN/inf in the products; it is reported below.
+    with np.errstate(invalid="ignore", over="ignore"):
+        for a in range(0, n, m_max):
+            m = min(m_max, n - a)
+            ll = tile(a, m, w_all[a : a + m] if use_w else w_all)
+            if not np.isfinite(ll):
+                # Rare: every bad row of the block for the message (float64 may not
+                # overflow where the tile dtype did; then this tile's rows).
+                rows = np.flatnonzero(~np.isfinite(_row_log_likelihood(x, params)))
+                if rows.size == 0:
+                    rows = a + np.flatnonzero(~np.isfinite(mx[:m]))
+                _raise_non_finite(x, rows, block_index, row_offset)
+            loglik += ll
+    if ct == "full":
+        nk, s1, s2 = _math.finish_moments(acc, ct, d, offsets)
+    elif ct == "spherical":
         s2 = s2.sum(axis=1)
     total = float(n if sample_weight is None else sample_weight.sum())
-    return SuffStats(ct, component_reference(params), nk, s1, s2, loglik, n, total)
+    return SuffStats(ct, reference, nk, s1, s2, loglik, n, total)
 
 
 def _row_log_likelihood(x, params):
