@@ -336,7 +336,7 @@ def moment_buffer_shape(covariance_type, n_components, n_features, m):
     return (n_components, q)
 
 
-def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=None, offsets=None):
+def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=None):
     """Add a tile's weighted moments to the float64 running sums ``acc``.
 
     Parameters
@@ -350,11 +350,10 @@ def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=N
         Row weights (the tied pooled scatter needs them on their own).
     buf : ndarray of shape :func:`moment_buffer_shape`, same dtype as ``zt``
         Scratch space.
-    offsets : ndarray of shape (K, q), optional
-        Full only: component k's rows are taken relative to ``c + offsets[k]`` (its
-        current mean; last entry 0) on one side of the product, so that the scatter
-        keeps its digits however far the components are from the tile's centre ``c``;
-        :func:`finish_moments` completes the change of origin.
+
+    The fused E-step's full-covariance moments, taken about each component's mean, are
+    built by :func:`dask_em._kernels.full_tile_weigh`; this is the plain form about the
+    tile's centre (initialisation).
     """
     if covariance_type == "full":
         # Every component's r_k (z - o_k) side by side, times Z: one product with a wide
@@ -363,11 +362,7 @@ def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=N
         K = resp.shape[0]
         q, m = zt.shape
         w3 = buf.reshape(K, q, m)
-        if offsets is None:
-            np.multiply(zt[None, :, :], resp[:, None, :], out=w3)
-        else:
-            np.subtract(zt[None, :, :], offsets[:, :, None], out=w3)
-            w3 *= resp[:, None, :]
+        np.multiply(zt[None, :, :], resp[:, None, :], out=w3)
         acc += buf @ zt.T
     elif covariance_type == "tied":
         # Rows [sqrt(w) z ; r]: the pooled Gram matrix (weighted by the row weights) and
@@ -390,7 +385,8 @@ def _symmetric_from_upper(a):
 def finish_moments(acc, covariance_type, n_features, offsets=None):
     """Moments ``(nk, s1, s2)`` (see :class:`dask_em.SuffStats`) from running sums.
 
-    ``offsets`` must be those given to :func:`accumulate_moments` (full).
+    ``offsets`` (full) are those the moments were taken about, relative to the centre
+    (see :func:`dask_em._kernels.full_tile_weigh`).
     """
     d = n_features
     q = acc.shape[1]

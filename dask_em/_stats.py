@@ -351,7 +351,7 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
             if not np.isfinite(ll):
                 # Rare: every bad row of the block for the message (float64 may not
                 # overflow where the tile dtype did; then this tile's rows).
-                rows = np.flatnonzero(~np.isfinite(_row_log_likelihood(x, params)))
+                rows = np.flatnonzero(~np.isfinite(row_log_likelihood(x, params)))
                 if rows.size == 0:
                     rows = a + np.flatnonzero(~np.isfinite(mx[:m]))
                 _raise_non_finite(x, rows, block_index, row_offset)
@@ -364,10 +364,10 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
     return SuffStats(ct, reference, nk, s1, s2, loglik, n, total)
 
 
-def _row_log_likelihood(x, params):
-    """``log p(x_i)`` of every row in float64 (for error messages)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return _math.normalize_log_prob(np.ascontiguousarray(log_prob_block(x, params).T))
+def row_log_likelihood(x, params):
+    """``log p(x_i)`` of every row of one block, shape (n,), float64 (not finite where a
+    row holds NaN or infinity)."""
+    return _math.normalize_log_prob(log_prob_block(x, params).T)
 
 
 def responsibility_statistics(

@@ -23,6 +23,7 @@ from ._em import (
 from ._math import normalize_log_prob
 from ._params import MixtureParams
 from ._stats import log_prob_block
+from ._stats import row_log_likelihood as _log_norm
 from ._validation import (
     active_client,
     check_array,
@@ -665,10 +666,6 @@ def _row_slices(n, chunks):
     for c in chunks:
         yield slice(start, start + c)
         start += c
-
-
-def _log_norm(x, params):
-    return normalize_log_prob(log_prob_block(x, params).T)
 
 
 def _proba(x, params):
