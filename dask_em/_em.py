@@ -192,6 +192,8 @@ def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
         weights=weights,
         split_every=split_every,
         prefix="em",
+        # The E-step kernels return statistics only, never a view of the block.
+        fuse_reads=True,
     )
     with single_threaded_blas():
         (stats,) = dask.compute(graph)

@@ -6,11 +6,20 @@ The root is a single key, so one ``compute`` brings one small value to the drive
 
 The graph is built afresh for every pass from the (persisted or lazily read) array and
 the current numpy parameters, so nothing accumulates from one EM iteration to the next.
+
+Fused reads: an array that a data source registered with :func:`register_block_reader`
+(dask-em's own zarr, npy and HDF5 readers) and that is passed on as it is (not persisted,
+sliced or cast) can be read inside the statistics task itself, into a buffer that each
+thread reuses from block to block. The block then never becomes a task result of its own
+(no worker memory to manage, no transfer), and reading it costs no fresh allocation, which
+page-faults on every use where glibc's trim threshold is low (dask's workers).
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +42,60 @@ def _unwrap_call(func, x, shared, row_offset, block_index, w=None):
     return func(x, shared.value, row_offset, block_index, w)
 
 
+# id(array) -> (weak reference to the array, reader); an entry goes with its array.
+_READERS: dict = {}
+_BUFFERS = threading.local()
+
+
+def register_block_reader(x, reader) -> None:
+    """Declare that the row blocks of ``x`` can be read by ``reader`` directly.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+        Rows chunked, features in one chunk, made by a data source from ``reader``.
+    reader : object
+        Picklable; ``reader.read_rows(start, stop, out)`` returns rows ``start:stop``
+        (all columns) as an array equal to ``x[start:stop]``, written into ``out``
+        (shape (stop - start, d), ``x.dtype``) when it can; it may return another array.
+    """
+    key = id(x)
+    _READERS[key] = (weakref.ref(x, lambda _ref, key=key: _READERS.pop(key, None)), reader)
+
+
+def block_reader(x):
+    """The reader registered for this very array object, or None (see
+    :func:`register_block_reader`; a persisted, sliced or cast copy has none)."""
+    entry = _READERS.get(id(x))
+    if entry is None or entry[0]() is not x or x.ndim != 2 or x.numblocks[1] != 1:
+        return None
+    return entry[1]
+
+
+def _thread_buffer(rows, n_features, dtype) -> np.ndarray:
+    """A (rows, n_features) array owned by this thread, reused by its next block."""
+    buf = getattr(_BUFFERS, "array", None)
+    dtype = np.dtype(dtype)
+    need = rows * n_features
+    # Reallocated when too small or much too large (a last, short block reuses it).
+    if buf is None or buf.dtype != dtype or not need <= buf.size <= 4 * need:
+        buf = _BUFFERS.array = np.empty(max(need, 1), dtype)
+    return buf[:need].reshape(rows, n_features)
+
+
+def _read_and_call(func, reader, start, stop, n_features, dtype, shared, block_index, w=None):
+    x = reader.read_rows(start, stop, _thread_buffer(stop - start, n_features, dtype))
+    # ``func`` returns new arrays only (statistics), so the buffer is free again after it.
+    return func(x, shared.value, start, block_index, w)
+
+
 def add_tuples(*parts):
     """Element-wise sum of equal-length tuples of additive values."""
     return tuple(sum(group[1:], group[0]) for group in zip(*parts, strict=True))
 
 
 def default_split_every() -> int:
-    return int(dask.config.get("split_every", None) or 8)
+    return int(dask.config.get("split_every", None) or 16)
 
 
 def block_offsets(chunks_rows) -> np.ndarray:
@@ -56,6 +112,7 @@ def tree_reduce(
     weights=None,
     split_every=None,
     prefix="em",
+    fuse_reads=False,
 ) -> Delayed:
     """A lazy tree reduction of ``chunk`` over the row blocks of ``x``.
 
@@ -73,10 +130,15 @@ def tree_reduce(
     weights : dask.array.Array of shape (n,), optional
         Row weights chunked like ``x``.
     split_every : int, optional
-        Values added per tree node; default from ``dask.config`` ``split_every`` or 8.
+        Values added per tree node; default from ``dask.config`` ``split_every`` or
+        16 (as ``dask.array``'s reductions): one level for up to 16 blocks.
     prefix : str
         Task name prefix, so the dashboard shows ``{prefix}-stats`` and
         ``{prefix}-combine`` tasks.
+    fuse_reads : bool
+        Read each block inside its statistics task when ``x`` has a registered reader
+        (:func:`register_block_reader`). Only for a ``chunk`` whose result holds no view
+        of the block: the block's memory is reused by the thread's next block.
 
     Returns
     -------
@@ -86,18 +148,29 @@ def tree_reduce(
     if x.numblocks[1] != 1:
         raise ValueError("features must be in one chunk; rechunk with x.rechunk({1: -1})")
     split_every = max(2, int(split_every or default_split_every()))
-    token = tokenize(x.name, weights.name if weights is not None else None, shared, chunk)
+    token = tokenize(
+        x.name, weights.name if weights is not None else None, shared, chunk, split_every
+    )
     shared_key = f"{prefix}-params-{token}"
     stats_name = f"{prefix}-stats-{token}"
     combine_name = f"{prefix}-combine-{token}"
     root = f"{prefix}-result-{token}"
     offsets = block_offsets(x.chunks[0])
+    reader = block_reader(x) if fuse_reads else None
+    if reader is not None:
+        stats_name = f"{prefix}-read-stats-{token}"
 
     dsk: dict = {shared_key: _Shared(shared)}
     keys = []
     for i in range(x.numblocks[0]):
         key = (stats_name, i)
-        task = (_unwrap_call, chunk, (x.name, i, 0), shared_key, int(offsets[i]), i)
+        start = int(offsets[i])
+        if reader is None:
+            task = (_unwrap_call, chunk, (x.name, i, 0), shared_key, start, i)
+        else:
+            stop = start + int(x.chunks[0][i])
+            task = (_read_and_call, chunk, reader, start, stop, x.shape[1], x.dtype.str)
+            task = task + (shared_key, i)
         if weights is not None:
             task = task + ((weights.name, i),)
         dsk[key] = task
@@ -112,6 +185,8 @@ def tree_reduce(
             key = (combine_name, level, j)
             dsk[key] = (combine, *group)
             keys.append(key)
-    deps = [x] if weights is None else [x, weights]
+    deps = [] if reader is not None else [x]
+    if weights is not None:
+        deps.append(weights)
     graph = HighLevelGraph.from_collections(root, dsk, dependencies=deps)
     return Delayed(root, graph)

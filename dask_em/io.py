@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from dask_em._reduce import register_block_reader
 from dask_em.config import DataConfig, JobError, SyntheticSpec
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "load_data",
     "load_npz",
     "load_weighted",
+    "read_array",
     "synthetic_array",
     "synthetic_mixture",
     "write_zarr",
@@ -263,6 +265,11 @@ class _LazyRows:
     def _read(self, key: Any) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def read_rows(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` (all columns), into ``out`` where the format allows (the
+        engine's fused reads, :func:`dask_em._reduce.register_block_reader`)."""
+        return self[start:stop]
+
 
 class _NpyRows(_LazyRows):
     def __init__(self, path: Path):
@@ -276,6 +283,13 @@ class _NpyRows(_LazyRows):
     def _read(self, key: Any) -> np.ndarray:
         # a copy, so the block does not pin the memory map after the task ends
         return np.array(self._open()[key])
+
+    def read_rows(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        rows = self._open()[start:stop]
+        if rows.ndim != 2 or out.shape != rows.shape:
+            return np.array(rows)
+        np.copyto(out, rows, casting="no")
+        return out
 
 
 class _H5Rows(_LazyRows):
@@ -293,12 +307,21 @@ class _H5Rows(_LazyRows):
         with h5py.File(self.path, "r") as f:
             return f[self.dataset][key]
 
+    def read_rows(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        import h5py
+
+        if self.ndim != 2 or out.shape != (stop - start, self.shape[1]):
+            return self[start:stop]
+        with h5py.File(self.path, "r") as f:
+            f[self.dataset].read_direct(out, np.s_[start:stop])
+        return out
+
 
 def _lazy_to_dask(obj: _LazyRows, name: str, chunk_rows: int):
     import dask.array as da
 
     chunks = (chunk_rows,) + tuple(obj.shape[1:])
-    return da.from_array(
+    x = da.from_array(
         obj,
         chunks=chunks,
         name=name,
@@ -306,6 +329,8 @@ def _lazy_to_dask(obj: _LazyRows, name: str, chunk_rows: int):
         fancy=False,
         meta=np.empty((0,) * obj.ndim, dtype=obj.dtype),
     )
+    register_block_reader(x, obj)
+    return x
 
 
 def _check_numeric_array(x, path: str):
@@ -408,22 +433,31 @@ def _load_zarr(cfg: DataConfig):
     x = da.from_zarr(cfg.path, component=component, chunks=chunks)
     # Same graph, but a block that fails to read (a damaged chunk file) raises a one-line
     # JobError naming the file and rows, instead of the codec's own error.
-    return da.from_array(
-        _ZarrRows(arr, cfg.path),
+    rows = _ZarrRows(arr, cfg.path)
+    x = da.from_array(
+        rows,
         chunks=chunks,
         name=x.name,
         asarray=True,
         fancy=False,
         meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
     )
+    register_block_reader(x, rows)
+    return x
 
 
 class _ZarrRows:
-    """A zarr array whose reads turn any failure into a :class:`JobError`."""
+    """A zarr array whose reads turn any failure into a :class:`JobError`.
+
+    For the engine's fused reads (:meth:`read_rows`), an uncompressed 2-D array in a
+    local store with every column in one chunk is read straight from its chunk files
+    into the caller's buffer (:class:`_RawChunks`); anything else goes through zarr.
+    """
 
     def __init__(self, arr, path: str):
         self.arr, self.path = arr, str(path)
         self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+        self.raw = _RawChunks.of(arr)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
@@ -431,11 +465,101 @@ class _ZarrRows:
         except Exception as exc:
             rows = key[0] if isinstance(key, tuple) else key
             where = f"rows {rows.start}-{rows.stop - 1}" if isinstance(rows, slice) else "a block"
-            raise JobError(
-                f"cannot read {where} of {self.path} ({type(exc).__name__}: {exc}); the "
-                "zarr data is damaged: write it again",
-                key="data.path",
-            ) from None
+            raise self._damaged(where, exc) from None
+
+    def _damaged(self, where: str, exc: Exception) -> JobError:
+        return JobError(
+            f"cannot read {where} of {self.path} ({type(exc).__name__}: {exc}); the "
+            "zarr data is damaged: write it again",
+            key="data.path",
+        )
+
+    def read_rows(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        if self.raw is None or out.shape != (stop - start, self.shape[1]):
+            return self[start:stop]
+        try:
+            return self.raw.read(start, stop, out)
+        except (OSError, ValueError) as exc:
+            raise self._damaged(f"rows {start}-{stop - 1}", exc) from None
+
+
+class _RawChunks:
+    """Row ranges of an uncompressed zarr array read from its chunk files, without
+    zarr's codec pipeline: each chunk file of such an array is the chunk's rows in C
+    order, full-sized also at the array's edge. On a warm page cache this is one copy
+    from the kernel into the caller's buffer; zarr's own path allocates and copies the
+    chunk twice more.
+    """
+
+    def __init__(self, folder: str, keys: list[str], chunk_rows: int, row_bytes: int, fill):
+        self.folder, self.keys = folder, keys
+        self.chunk_rows, self.row_bytes, self.fill = chunk_rows, row_bytes, fill
+
+    @classmethod
+    def of(cls, arr) -> _RawChunks | None:
+        """The raw reader of a zarr (v3 library) array, or None where zarr must decode."""
+        import sys
+
+        try:
+            from zarr.codecs import BytesCodec
+            from zarr.storage import LocalStore
+        except ImportError:  # zarr 2: always through zarr
+            return None
+        try:
+            store = arr.store_path.store
+            meta = arr.metadata
+            plain = not arr.compressors and not arr.filters
+            serializer = arr.serializer
+            if arr.metadata.zarr_format == 2:
+                plain = plain and serializer is None and getattr(meta, "order", "C") == "C"
+            else:
+                endian = getattr(serializer, "endian", None)
+                plain = plain and type(serializer) is BytesCodec
+                plain = plain and (endian is None or endian.value == sys.byteorder)
+        except AttributeError:  # another zarr layout than the one this was written for
+            return None
+        dtype = np.dtype(arr.dtype)
+        if (
+            not plain
+            or not isinstance(store, LocalStore)
+            or arr.ndim != 2
+            or arr.chunks[1] != arr.shape[1]
+            or not dtype.isnative
+            or dtype.kind not in "biuf"
+            or meta.fill_value is None
+        ):
+            return None
+        folder = os.path.join(str(store.root), arr.store_path.path)
+        n_chunks = -(-arr.shape[0] // arr.chunks[0])
+        keys = [meta.encode_chunk_key((i, 0)) for i in range(n_chunks)]
+        fill = meta.fill_value
+        return cls(folder, keys, int(arr.chunks[0]), arr.shape[1] * dtype.itemsize, fill)
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` into ``out`` (C-contiguous, shape (stop - start, d))."""
+        flat = memoryview(out).cast("B")
+        first, last = start // self.chunk_rows, (stop - 1) // self.chunk_rows
+        for c in range(first, last + 1):
+            lo = max(start, c * self.chunk_rows)
+            hi = min(stop, (c + 1) * self.chunk_rows)
+            dest = flat[(lo - start) * self.row_bytes : (hi - start) * self.row_bytes]
+            try:
+                f = open(os.path.join(self.folder, self.keys[c]), "rb", buffering=0)
+            except FileNotFoundError:  # a chunk never written holds the fill value
+                out[lo - start : hi - start] = self.fill
+                continue
+            with f:
+                size = os.fstat(f.fileno()).st_size
+                if size != self.chunk_rows * self.row_bytes:
+                    raise ValueError(
+                        f"chunk file {self.keys[c]} has {size} bytes, not the "
+                        f"{self.chunk_rows * self.row_bytes} of an uncompressed chunk"
+                    )
+                f.seek((lo - c * self.chunk_rows) * self.row_bytes)
+                got = f.readinto(dest)
+            if got != len(dest):
+                raise ValueError(f"chunk file {self.keys[c]} ended early")
+        return out
 
 
 def _read_table(cfg: DataConfig):
@@ -655,6 +779,53 @@ def load_data(cfg: DataConfig):
     if x.chunks[1] != (x.shape[1],) or max(x.chunks[0]) > cfg.chunk_rows:
         x = x.rechunk((cfg.chunk_rows, x.shape[1]))
     return x.astype(cfg.dtype, copy=False)
+
+
+_SUFFIXES = {".zarr": "zarr", ".npy": "npy", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5"}
+
+
+def read_array(path, *, source=None, dataset=None, chunk_rows=250_000, dtype="float64"):
+    """Open a zarr, npy or HDF5 file as the lazy array a job would fit.
+
+    Its blocks are read inside the EM statistics tasks, each into a buffer its thread
+    reuses (see :func:`dask_em._reduce.register_block_reader`), as long as the array is
+    passed to ``fit`` as it is: ``da.from_zarr`` works too, but reads every block into
+    a task result of its own first.
+
+    Parameters
+    ----------
+    path : str or Path
+    source : {'zarr', 'npy', 'hdf5'}, optional
+        Default from the suffix (``.zarr``, ``.npy``, ``.h5``/``.hdf5``).
+    dataset : str, optional
+        HDF5 dataset, or the array's name in a zarr group.
+    chunk_rows : int
+        Rows per block.
+    dtype : {'float64', 'float32'}
+
+    Returns
+    -------
+    dask.array.Array of shape (n, d)
+
+    Raises
+    ------
+    JobError
+        The file is missing, unreadable or not a numeric 1-D or 2-D array.
+    """
+    if source is None:
+        source = _SUFFIXES.get(Path(str(path).rstrip("/")).suffix.lower())
+        if source is None:
+            raise ValueError(
+                f"cannot tell the format of {path} from its suffix; pass "
+                "source='zarr', 'npy' or 'hdf5'"
+            )
+    if source not in ("zarr", "npy", "hdf5"):
+        raise ValueError(f"source must be 'zarr', 'npy' or 'hdf5', got {source!r}")
+    return load_data(
+        DataConfig(
+            source=source, path=str(path), dataset=dataset, chunk_rows=chunk_rows, dtype=dtype
+        )
+    )
 
 
 def _weights_file(cfg: DataConfig):
