@@ -13,13 +13,16 @@ Diagonal and spherical covariances, around that ``exp``:
 1. :func:`diag_tile_log_prob` centres the rows (feature-major, ``xt`` (d, m)), writes
    the weighted log-densities minus each row's largest, clamped at ``floor``, into
    ``lp`` (K, m), and the largest into ``mx`` (m,).
-2. :func:`diag_tile_moments` turns ``exp(lp)`` into responsibilities and adds
+2. numpy's ``exp``, :func:`tile_row_sums` (each row's sum) and numpy's ``log`` of the
+   sums.
+3. :func:`diag_tile_moments` turns ``exp(lp)`` into responsibilities and adds
    ``nk``, ``sum r (x - c)`` and ``sum r (x - c)**2`` into float64 accumulators,
    returning the tile's log-likelihood.
 
 Full covariances: :func:`full_tile_design` writes ``Z^T = [x - c; 1]``, BLAS the
 whitened rows ``Y = M Z^T``, :func:`full_tile_log_prob` their squared norms (shifted and
-clamped as above), numpy the ``exp``, :func:`full_tile_weigh` the responsibilities and
+clamped as above), numpy the ``exp`` (and, with :func:`tile_row_sums`, the ``log`` of
+each row's sum), :func:`full_tile_weigh` the responsibilities and
 the wide left factor ``[r_1 (Z - o_1); ...; r_K (Z - o_K)]`` of the moments product,
 which BLAS then multiplies by ``Z``.
 
@@ -30,8 +33,6 @@ expanded form, so they keep their digits when a component is far from the centre
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 from numba import njit
@@ -78,9 +79,9 @@ def _shift_and_clamp(lp, m, floor, mx):  # pragma: no cover
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _responsibilities(e, mx, m, exp_floor, w, use_w, s):  # pragma: no cover
-    """``e = exp(lp)`` -> responsibilities times row weights, in place; ``mx`` ->
-    each row's ``log p(x_i)``; returns ``sum_i w_i log p(x_i)`` (float64)."""
+def tile_row_sums(e, m, exp_floor, s):  # pragma: no cover
+    """``e = exp(lp) - exp_floor`` in place (clamped entries become exact zeros) and
+    ``s = sum_k e``, each row's likelihood relative to its largest term."""
     n_components = e.shape[0]
     zero = e.dtype.type(0.0)
     for i in range(m):
@@ -90,9 +91,18 @@ def _responsibilities(e, mx, m, exp_floor, w, use_w, s):  # pragma: no cover
             v = e[k, i] - exp_floor
             e[k, i] = v
             s[i] += v
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def _responsibilities(e, mx, log_s, m, w, use_w, s):  # pragma: no cover
+    """Responsibilities times row weights, in place, from :func:`tile_row_sums`' ``e``
+    and ``s`` and ``log_s = log(s)`` (float64, numpy's vectorised ``log``: a scalar
+    ``log`` per row cost a tenth of the diag kernel); ``mx`` -> each row's
+    ``log p(x_i)``; returns ``sum_i w_i log p(x_i)`` (float64)."""
+    n_components = e.shape[0]
     loglik = 0.0
     for i in range(m):
-        ln = math.log(np.float64(s[i])) + np.float64(mx[i])
+        ln = log_s[i] + np.float64(mx[i])
         # Kept for the caller's check: fast-math folds an isfinite test away here.
         mx[i] = ln
         if use_w:
@@ -161,23 +171,24 @@ def diag_tile_log_prob(x, start, m, center, b, prec, const, floor, xt, lp, mx): 
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def diag_tile_moments(e, mx, xt, m, exp_floor, w, use_w, s, nk, s1, s2):  # pragma: no cover
+def diag_tile_moments(e, mx, log_s, xt, m, w, use_w, s, nk, s1, s2):  # pragma: no cover
     """Responsibilities of a tile and their moments, added to ``nk``, ``s1``, ``s2``.
 
     Parameters
     ----------
     e : ndarray of shape (K, >= m)
-        ``exp`` of :func:`diag_tile_log_prob`'s ``lp``; overwritten with the
-        responsibilities (times the row weights).
+        From :func:`tile_row_sums` (``exp`` of :func:`diag_tile_log_prob`'s ``lp``,
+        less ``exp(floor)``); overwritten with the responsibilities (times the row
+        weights).
     mx : from :func:`diag_tile_log_prob`
         Overwritten with each row's ``log p(x_i)``.
+    log_s : ndarray of shape (>= m,), float64
+        ``log`` of :func:`tile_row_sums`' ``s``.
     xt : from :func:`diag_tile_log_prob`
-    exp_floor : scalar
-        ``exp(floor)``, subtracted so that clamped entries become exact zeros.
     w : ndarray of shape (>= m,), float64
         Row weights of the tile (read only when ``use_w``).
     s : ndarray of shape (>= m,)
-        Scratch.
+        :func:`tile_row_sums`' ``s``; overwritten.
     nk : ndarray of shape (K,), float64
     s1, s2 : ndarray of shape (K, d), float64
 
@@ -190,7 +201,7 @@ def diag_tile_moments(e, mx, xt, m, exp_floor, w, use_w, s, nk, s1, s2):  # prag
     n_components = e.shape[0]
     d = xt.shape[0]
     zero = e.dtype.type(0.0)
-    loglik = _responsibilities(e, mx, m, exp_floor, w, use_w, s)
+    loglik = _responsibilities(e, mx, log_s, m, w, use_w, s)
     for k in range(n_components):
         acc = zero
         for i in range(m):
@@ -259,12 +270,12 @@ def full_tile_log_prob(y, m, const, floor, lp, mx):  # pragma: no cover
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def full_tile_weigh(e, mx, zt, m, exp_floor, w, use_w, offsets, s, wbuf):  # pragma: no cover
+def full_tile_weigh(e, mx, log_s, zt, m, w, use_w, offsets, s, wbuf):  # pragma: no cover
     """Responsibilities, and the left factor of the moments product.
 
     Parameters
     ----------
-    e, mx, m, exp_floor, w, use_w, s : as in :func:`diag_tile_moments`
+    e, mx, log_s, m, w, use_w, s : as in :func:`diag_tile_moments`
     zt : ndarray of shape (q, >= m)
         From :func:`full_tile_design`.
     offsets : ndarray of shape (K, q)
@@ -279,7 +290,7 @@ def full_tile_weigh(e, mx, zt, m, exp_floor, w, use_w, offsets, s, wbuf):  # pra
     """
     n_components = e.shape[0]
     q = zt.shape[0]
-    loglik = _responsibilities(e, mx, m, exp_floor, w, use_w, s)
+    loglik = _responsibilities(e, mx, log_s, m, w, use_w, s)
     for k in range(n_components):
         for j in range(q):
             o = offsets[k, j]

@@ -301,6 +301,7 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
     lp = np.empty((K, m_max), dtype)
     mx = np.empty(m_max, dtype)
     s = np.empty(m_max, dtype)
+    log_s = np.empty(m_max)
     use_w = sample_weight is not None
     w_all = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else s
     reference = component_reference(params)
@@ -324,7 +325,9 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
             np.matmul(matrix, z, out=y[:, :m])
             _kernels.full_tile_log_prob(y, m, const, floor, lp, mx)
             np.exp(lp[:, :m], out=lp[:, :m])
-            ll = _kernels.full_tile_weigh(lp, mx, zt, m, exp_floor, w, use_w, off, s, wbuf)
+            _kernels.tile_row_sums(lp, m, exp_floor, s)
+            np.log(s[:m], out=log_s[:m], dtype=np.float64)
+            ll = _kernels.full_tile_weigh(lp, mx, log_s, zt, m, w, use_w, off, s, wbuf)
             np.add(acc, np.matmul(wbuf[:, :m], z.T, out=prod), out=acc)
             return ll
 
@@ -340,11 +343,13 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
         def tile(a, m, w):
             _kernels.diag_tile_log_prob(x, a, m, center, b, prec, const, floor, xt, lp, mx)
             np.exp(lp[:, :m], out=lp[:, :m])
-            return _kernels.diag_tile_moments(lp, mx, xt, m, exp_floor, w, use_w, s, nk, s1, s2)
+            _kernels.tile_row_sums(lp, m, exp_floor, s)
+            np.log(s[:m], out=log_s[:m], dtype=np.float64)
+            return _kernels.diag_tile_moments(lp, mx, log_s, xt, m, w, use_w, s, nk, s1, s2)
 
     loglik = 0.0
     # Non-finite input turns into NaN/inf in the products; it is reported below.
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for a in range(0, n, m_max):
             m = min(m_max, n - a)
             ll = tile(a, m, w_all[a : a + m] if use_w else w_all)
