@@ -77,6 +77,37 @@ def test_distributed_numpy_input_is_scattered_once(blobs, client):
     assert_same_fit(gm, _fit(da.from_array(X, chunks=(500, 3)), "diag"))
 
 
+def test_numpy_blocks_are_spread_evenly_over_the_workers_with_their_weights(client):
+    from collections import Counter
+
+    from dask_em.mixture import _prepare_data
+
+    X, _ = make_blobs(n=1300, seed=2)
+    w = np.linspace(0.5, 1.5, X.shape[0])
+    Xd = _prepare_data(da.from_array(X, chunks=(100, 3)), "auto", True)
+    wd = _prepare_data(da.from_array(w, chunks=(100,)), "auto", True)
+    x_owner = _owners(client, Xd, [(i, 0) for i in range(13)])
+    # 13 blocks over 2 workers x 1 thread; each weights block sits with its rows.
+    assert sorted(Counter(x_owner).values()) == [6, 7]
+    assert x_owner == _owners(client, wd, [(i,) for i in range(13)])
+    np.testing.assert_array_equal(Xd.compute(), X)
+    np.testing.assert_array_equal(wd.compute(), w)
+    kw = dict(n_components=3, max_iter=10, tol=0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(**kw).fit(X, sample_weight=w)
+        with dask.config.set(scheduler="threads"):
+            ref = GaussianMixture(**kw).fit(da.from_array(X, chunks=(100, 3)), sample_weight=w)
+    assert_same_fit(gm, ref)
+
+
+def _owners(client, arr, indices):
+    where = {}
+    for key, workers in client.who_has(arr).items():
+        where[str(key)] = next(iter(workers))
+    return [where[str((arr.name, *index))] for index in indices]
+
+
 @pytest.mark.parametrize("ct", COV_TYPES)
 def test_lower_bound_never_decreases(ct):
     X, _ = make_blobs(n=3000, k=4, seed=3)
