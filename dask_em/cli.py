@@ -55,8 +55,9 @@ class _StderrHandler(logging.Handler):
 
 
 class _NoTraceback(logging.Filter):
-    """Without --debug, distributed's client logs no tracebacks (e.g. while it tries to
-    reconnect to a lost scheduler); the runner reports the failure in one line."""
+    """Without --debug, distributed logs no tracebacks in the driver (e.g. while its
+    client tries to reconnect to a lost scheduler); the runner reports the failure in
+    one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info is None:
@@ -71,11 +72,16 @@ _NO_TRACEBACK = _NoTraceback()
 
 
 def _setup_logging(debug: bool) -> None:
+    # A logger's filter sees only its own records, a handler's every record it writes:
+    # distributed's handler also writes e.g. ``distributed.batched``'s traceback when the
+    # scheduler goes away mid-message.
     client_log = logging.getLogger("distributed.client")
-    if debug:
-        client_log.removeFilter(_NO_TRACEBACK)
-    else:
-        client_log.addFilter(_NO_TRACEBACK)
+    targets = [client_log, *logging.getLogger("distributed").handlers]
+    for target in targets:
+        if debug:
+            target.removeFilter(_NO_TRACEBACK)
+        else:
+            target.addFilter(_NO_TRACEBACK)
     logger = logging.getLogger("dask_em")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()

@@ -309,3 +309,31 @@ def test_resume_after_sigkill(tmp_path):
     b = np.load(tmp_path / "reference" / "model.npz", allow_pickle=False)
     for key in ("weights", "means", "covariances", "lower_bounds"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-12)
+
+
+def test_distributed_logs_no_traceback_in_the_driver_without_debug():
+    import io
+    import logging
+
+    from dask_em.cli import _setup_logging
+
+    # As distributed's logging config sets it up in a driver: its own handler.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    top = logging.getLogger("distributed")
+    top.addHandler(handler)
+    log = logging.getLogger("distributed.batched")
+    try:
+        for debug in (False, True):
+            _setup_logging(debug)
+            try:
+                raise OSError("stream closed")
+            except OSError:
+                log.error("Error in batched write", exc_info=True)
+            text, _ = stream.getvalue(), stream.truncate(0)
+            stream.seek(0)
+            assert "Error in batched write" in text
+            assert ("Traceback" in text) == debug
+    finally:
+        top.removeHandler(handler)
+        _setup_logging(False)
