@@ -96,13 +96,13 @@ def tile_row_sums(e, m, exp_floor, s):  # pragma: no cover
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
 def _responsibilities(e, mx, log_s, m, w, use_w, s):  # pragma: no cover
     """Responsibilities times row weights, in place, from :func:`tile_row_sums`' ``e``
-    and ``s`` and ``log_s = log(s)`` (float64, numpy's vectorised ``log``: a scalar
-    ``log`` per row cost a tenth of the diag kernel); ``mx`` -> each row's
+    and ``s`` and ``log_s = log(s)`` (numpy's vectorised ``log``: a scalar ``log`` per
+    row cost a tenth of the diag kernel); ``mx`` -> each row's
     ``log p(x_i)``; returns ``sum_i w_i log p(x_i)`` (float64)."""
     n_components = e.shape[0]
     loglik = 0.0
     for i in range(m):
-        ln = log_s[i] + np.float64(mx[i])
+        ln = np.float64(log_s[i]) + np.float64(mx[i])
         # Kept for the caller's check: fast-math folds an isfinite test away here.
         mx[i] = ln
         if use_w:
@@ -182,7 +182,7 @@ def diag_tile_moments(e, mx, log_s, xt, m, w, use_w, s, nk, s1, s2):  # pragma: 
         weights).
     mx : from :func:`diag_tile_log_prob`
         Overwritten with each row's ``log p(x_i)``.
-    log_s : ndarray of shape (>= m,), float64
+    log_s : ndarray of shape (>= m,)
         ``log`` of :func:`tile_row_sums`' ``s``.
     xt : from :func:`diag_tile_log_prob`
     w : ndarray of shape (>= m,), float64
