@@ -202,3 +202,14 @@ def test_read_array_opens_files_by_suffix_for_fused_reads(tmp_path, X):
         read_array(tmp_path / "x.csv")
     with pytest.raises(JobError, match="nope.zarr"):
         read_array(tmp_path / "nope.zarr")
+
+
+def test_prefetch_hints_skip_chunks_never_written_and_the_end(tmp_path, X):
+    path = _zarr(tmp_path / "x.zarr", X, 500)
+    (path / "c" / "3" / "0").unlink()
+    x = load_data(DataConfig(source="zarr", path=str(path), chunk_rows=500))
+    raw = block_reader(x).raw
+    raw._prefetch(2, 10)  # chunks 2..4 exist but 3; the range runs past the last
+    out = np.empty((500, X.shape[1]))
+    np.testing.assert_array_equal(raw.read(1000, 1500, out), X[1000:1500])
+    np.testing.assert_array_equal(raw.read(1500, 2000, out), 0.0)
