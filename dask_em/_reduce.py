@@ -148,17 +148,20 @@ def tree_reduce(
     if x.numblocks[1] != 1:
         raise ValueError("features must be in one chunk; rechunk with x.rechunk({1: -1})")
     split_every = max(2, int(split_every or default_split_every()))
+    reader = block_reader(x) if fuse_reads else None
     token = tokenize(
-        x.name, weights.name if weights is not None else None, shared, chunk, split_every
+        x.name,
+        weights.name if weights is not None else None,
+        shared,
+        chunk,
+        split_every,
+        reader is not None,
     )
     shared_key = f"{prefix}-params-{token}"
-    stats_name = f"{prefix}-stats-{token}"
+    stats_name = f"{prefix}-{'read-' if reader is not None else ''}stats-{token}"
     combine_name = f"{prefix}-combine-{token}"
     root = f"{prefix}-result-{token}"
     offsets = block_offsets(x.chunks[0])
-    reader = block_reader(x) if fuse_reads else None
-    if reader is not None:
-        stats_name = f"{prefix}-read-stats-{token}"
 
     dsk: dict = {shared_key: _Shared(shared)}
     keys = []

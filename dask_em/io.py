@@ -491,9 +491,14 @@ class _RawChunks:
     chunk twice more.
     """
 
-    def __init__(self, folder: str, keys: list[str], chunk_rows: int, row_bytes: int, fill):
-        self.folder, self.keys = folder, keys
+    def __init__(self, folder, chunk_key, n_chunks, chunk_rows, row_bytes, fill):
+        # ``chunk_key``: the metadata's own ``encode_chunk_key`` (a few hundred bytes
+        # pickled into every task; a list of every chunk's key would grow with N).
+        self.folder, self.chunk_key, self.n_chunks = folder, chunk_key, n_chunks
         self.chunk_rows, self.row_bytes, self.fill = chunk_rows, row_bytes, fill
+
+    def _path(self, c: int) -> str:
+        return os.path.join(self.folder, self.chunk_key((c, 0)))
 
     @classmethod
     def of(cls, arr) -> _RawChunks | None:
@@ -531,9 +536,11 @@ class _RawChunks:
             return None
         folder = os.path.join(str(store.root), arr.store_path.path)
         n_chunks = -(-arr.shape[0] // arr.chunks[0])
-        keys = [meta.encode_chunk_key((i, 0)) for i in range(n_chunks)]
-        fill = meta.fill_value
-        return cls(folder, keys, int(arr.chunks[0]), arr.shape[1] * dtype.itemsize, fill)
+        row_bytes = arr.shape[1] * dtype.itemsize
+        return cls(
+            folder, meta.encode_chunk_key, n_chunks, int(arr.chunks[0]), row_bytes,
+            meta.fill_value,
+        )  # fmt: skip
 
     def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows ``start:stop`` into ``out`` (C-contiguous, shape (stop - start, d))."""
@@ -544,7 +551,7 @@ class _RawChunks:
             hi = min(stop, (c + 1) * self.chunk_rows)
             dest = flat[(lo - start) * self.row_bytes : (hi - start) * self.row_bytes]
             try:
-                f = open(os.path.join(self.folder, self.keys[c]), "rb", buffering=0)
+                f = open(self._path(c), "rb", buffering=0)
             except FileNotFoundError:  # a chunk never written holds the fill value
                 out[lo - start : hi - start] = self.fill
                 continue
@@ -552,13 +559,13 @@ class _RawChunks:
                 size = os.fstat(f.fileno()).st_size
                 if size != self.chunk_rows * self.row_bytes:
                     raise ValueError(
-                        f"chunk file {self.keys[c]} has {size} bytes, not the "
+                        f"chunk file {self.chunk_key((c, 0))} has {size} bytes, not the "
                         f"{self.chunk_rows * self.row_bytes} of an uncompressed chunk"
                     )
                 f.seek((lo - c * self.chunk_rows) * self.row_bytes)
                 got = f.readinto(dest)
             if got != len(dest):
-                raise ValueError(f"chunk file {self.keys[c]} ended early")
+                raise ValueError(f"chunk file {self.chunk_key((c, 0))} ended early")
         self._prefetch(last + 1, 2 * (last - first + 1))
         return out
 
@@ -570,9 +577,9 @@ class _RawChunks:
         """
         if not hasattr(os, "posix_fadvise"):
             return
-        for c in range(first, min(first + count, len(self.keys))):
+        for c in range(first, min(first + count, self.n_chunks)):
             try:
-                fd = os.open(os.path.join(self.folder, self.keys[c]), os.O_RDONLY)
+                fd = os.open(self._path(c), os.O_RDONLY)
             except OSError:  # not written (fill value) or unreadable: found when read
                 continue
             try:
