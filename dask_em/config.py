@@ -199,6 +199,25 @@ class LocalClusterConfig(_Model):
 
     _memory = field_validator("memory_limit", mode="before")(_check_memory)
 
+    @field_validator("memory_limit")
+    @classmethod
+    def _enough_for_a_worker(cls, value: str | None) -> str | None:
+        from dask.utils import format_bytes, parse_bytes
+
+        # A worker holds ~400 MiB before any data (its libraries, numba and the compiled
+        # kernels), and dask pauses a worker at 80% of its limit: with 512 MiB both
+        # workers of the out-of-core job paused for good on the first pass.
+        if value not in (None, "auto") and parse_bytes(value) < _MIN_WORKER_MEMORY:
+            raise ValueError(
+                f"{value} is too little for a worker, which needs about 400 MiB before "
+                f"any data (dask pauses it at 80% of its limit); use at least "
+                f"{format_bytes(_MIN_WORKER_MEMORY)}, 1GiB or more for out-of-core jobs"
+            )
+        return value
+
+
+_MIN_WORKER_MEMORY = 768 * 2**20
+
 
 class TLSConfig(_Model):
     """TLS to an existing scheduler (becomes ``distributed.security.Security``)."""

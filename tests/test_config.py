@@ -148,6 +148,11 @@ BAD = {
         "cluster",
     ),
     "memory": (MINIMAL + "cluster: {local: {memory_limit: lots}}\n", "memory_limit"),
+    # A worker pauses at 80% and holds ~400 MiB before any data: it would stall.
+    "memory_too_small": (
+        MINIMAL + "cluster: {local: {memory_limit: 512MiB}}\n",
+        "cluster.local.memory_limit: 512MiB is too little for a worker",
+    ),
     "jobqueue_kind": (
         MINIMAL + "cluster: {jobqueue: {kind: my.module.Cluster, cores: 1, memory: 1GiB}}\n",
         "cluster.jobqueue.kind",
