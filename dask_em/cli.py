@@ -74,7 +74,10 @@ _NO_TRACEBACK = _NoTraceback()
 def _setup_logging(debug: bool) -> None:
     # A logger's filter sees only its own records, a handler's every record it writes:
     # distributed's handler also writes e.g. ``distributed.batched``'s traceback when the
-    # scheduler goes away mid-message.
+    # scheduler goes away mid-message. That handler is made when distributed is first
+    # imported, so import it first.
+    import distributed  # noqa: F401
+
     client_log = logging.getLogger("distributed.client")
     targets = [client_log, *logging.getLogger("distributed").handlers]
     for target in targets:

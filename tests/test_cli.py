@@ -337,3 +337,24 @@ def test_distributed_logs_no_traceback_in_the_driver_without_debug():
     finally:
         top.removeHandler(handler)
         _setup_logging(False)
+
+
+def test_the_traceback_filter_sits_on_the_handler_distributed_makes_at_import():
+    # In a fresh process, as the command line starts: distributed is not imported yet.
+    code = (
+        "import logging, sys\n"
+        "from dask_em.cli import _setup_logging\n"
+        "assert 'distributed' not in sys.modules\n"
+        "_setup_logging(False)\n"
+        "log = logging.getLogger('distributed.batched')\n"
+        "try:\n"
+        "    raise OSError('stream closed')\n"
+        "except OSError:\n"
+        "    log.error('Error in batched write', exc_info=True)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Error in batched write" in out.stderr
+    assert "Traceback" not in out.stderr
