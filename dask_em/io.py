@@ -515,7 +515,7 @@ class _RawChunks:
             meta = arr.metadata
             plain = not arr.compressors and not arr.filters
             serializer = arr.serializer
-            if arr.metadata.zarr_format == 2:
+            if meta.zarr_format == 2:
                 plain = plain and serializer is None and getattr(meta, "order", "C") == "C"
             else:
                 endian = getattr(serializer, "endian", None)
