@@ -17,8 +17,8 @@ page-faults on every use where glibc's trim threshold is low (dask's workers).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -28,12 +28,36 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.sizeof import sizeof
+
+from ._scratch import thread_array
+
+# The shared value goes inside every block task while the copies add up to at most this
+# many bytes a pass; beyond it, it is stored once under a key of its own. Under its own
+# key it is a task that the scheduler runs on one worker before any block can start,
+# and the other workers fetch it from there: a round trip each pass (measured 5-10 ms of
+# a LocalCluster pass), which small parameters need not pay.
+_INLINE_SHARED_BYTES = 4 * 2**20
+
+
+def _nbytes(obj) -> int:
+    """Bytes of the arrays in ``obj``, through tuples, lists, dicts and dataclass instances."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, tuple | list):
+        return sum(_nbytes(v) for v in obj)
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if dataclasses.is_dataclass(obj) and hasattr(obj, "__dict__"):
+        return sum(_nbytes(v) for v in vars(obj).values())
+    return int(sizeof(obj))
 
 
 @dataclass(frozen=True, eq=False)
 class _Shared:
-    """Opaque holder: the graph stores it once under its own key and every block task
-    refers to that key, so the parameters travel to each worker once per pass."""
+    """Opaque holder of the value every block task needs: in each task, or stored once
+    under its own key that every block task refers to (see ``_INLINE_SHARED_BYTES``);
+    dask leaves its contents alone (no key lookups inside tuples of parameters)."""
 
     value: Any
 
@@ -44,7 +68,6 @@ def _unwrap_call(func, x, shared, row_offset, block_index, w=None):
 
 # id(array) -> (weak reference to the array, reader); an entry goes with its array.
 _READERS: dict = {}
-_BUFFERS = threading.local()
 
 
 def register_block_reader(x, reader) -> None:
@@ -72,19 +95,8 @@ def block_reader(x):
     return entry[1]
 
 
-def _thread_buffer(rows, n_features, dtype) -> np.ndarray:
-    """A (rows, n_features) array owned by this thread, reused by its next block."""
-    buf = getattr(_BUFFERS, "array", None)
-    dtype = np.dtype(dtype)
-    need = rows * n_features
-    # Reallocated when too small or much too large (a last, short block reuses it).
-    if buf is None or buf.dtype != dtype or not need <= buf.size <= 4 * need:
-        buf = _BUFFERS.array = np.empty(max(need, 1), dtype)
-    return buf[:need].reshape(rows, n_features)
-
-
 def _read_and_call(func, reader, start, stop, n_features, dtype, shared, block_index, w=None):
-    x = reader.read_rows(start, stop, _thread_buffer(stop - start, n_features, dtype))
+    x = reader.read_rows(start, stop, thread_array("block", (stop - start, n_features), dtype))
     # ``func`` returns new arrays only (statistics), so the buffer is free again after it.
     return func(x, shared.value, start, block_index, w)
 
@@ -124,7 +136,7 @@ def tree_reduce(
         ``chunk(block, shared, row_offset, block_index, weights_block)`` returns a small
         additive value (a tuple of them when ``combine`` is :func:`add_tuples`).
     shared : object
-        Small value every block needs (parameters); stored once in the graph.
+        Small value every block needs (parameters): in every task, or once in the graph.
     combine : callable
         ``combine(*values)`` adds values.
     weights : dask.array.Array of shape (n,), optional
@@ -163,17 +175,23 @@ def tree_reduce(
     root = f"{prefix}-result-{token}"
     offsets = block_offsets(x.chunks[0])
 
-    dsk: dict = {shared_key: _Shared(shared)}
+    holder = _Shared(shared)
+    if _nbytes(shared) * x.numblocks[0] <= _INLINE_SHARED_BYTES:
+        dsk: dict = {}
+        shared_arg = holder
+    else:
+        dsk = {shared_key: holder}
+        shared_arg = shared_key
     keys = []
     for i in range(x.numblocks[0]):
         key = (stats_name, i)
         start = int(offsets[i])
         if reader is None:
-            task = (_unwrap_call, chunk, (x.name, i, 0), shared_key, start, i)
+            task = (_unwrap_call, chunk, (x.name, i, 0), shared_arg, start, i)
         else:
             stop = start + int(x.chunks[0][i])
             task = (_read_and_call, chunk, reader, start, stop, x.shape[1], x.dtype.str)
-            task = task + (shared_key, i)
+            task = task + (shared_arg, i)
         if weights is not None:
             task = task + ((weights.name, i),)
         dsk[key] = task

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels, _math
+from ._scratch import thread_array
 
 
 class NonFiniteError(ValueError):
@@ -298,12 +299,13 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
     exp_floor = dtype.type(np.exp(floor))
     m_max = min(tile_rows(ct, K, d, dtype.itemsize), max(n, 1))
     center = np.ascontiguousarray(c, dtype=np.float64)
-    lp = np.empty((K, m_max), dtype)
-    mx = np.empty(m_max, dtype)
-    s = np.empty(m_max, dtype)
+    # The tiles' scratch stays with the thread for its next block (see _scratch).
+    lp = thread_array("lp", (K, m_max), dtype)
+    mx = thread_array("mx", m_max, dtype)
+    s = thread_array("s", m_max, dtype)
     # Each row's log-sum-exp in the tiles' dtype: float32's error there (~1e-7 of log K)
     # is far below what the float64 sums across rows keep; its SIMD log is twice as fast.
-    log_s = np.empty(m_max, dtype)
+    log_s = thread_array("log_s", m_max, dtype)
     use_w = sample_weight is not None
     w_all = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else s
     reference = component_reference(params)
@@ -315,11 +317,12 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
         offsets = np.zeros((K, q))
         offsets[:, :d] = reference - c
         off = offsets.astype(dtype)
-        zt = np.empty((q, m_max), dtype)
-        y = np.empty((K * d, m_max), dtype)
-        wbuf = np.empty((K * q, m_max), dtype)
-        prod = np.empty((K * q, q), dtype)
-        acc = np.zeros((K * q, q))
+        zt = thread_array("zt", (q, m_max), dtype)
+        y = thread_array("y", (K * d, m_max), dtype)
+        wbuf = thread_array("wbuf", (K * q, m_max), dtype)
+        prod = thread_array("prod", (K * q, q), dtype)
+        acc = thread_array("acc", (K * q, q), np.float64)
+        acc.fill(0.0)
 
         def tile(a, m, w):
             _kernels.full_tile_design(x, a, m, center, zt)
@@ -339,7 +342,7 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
             prec = np.repeat(prec[:, None], d, axis=1)
         prec = prec.astype(dtype)
         b = np.ascontiguousarray(params.means - c, dtype=dtype)
-        xt = np.empty((d, m_max), dtype)
+        xt = thread_array("xt", (d, m_max), dtype)
         nk, s1, s2 = np.zeros(K), np.zeros((K, d)), np.zeros((K, d))
 
         def tile(a, m, w):
