@@ -13,6 +13,7 @@ from conftest import COV_TYPES, make_blobs
 from dask_em import ConvergenceWarning, EMProgress, GaussianMixture
 from dask_em._em import em_pass
 from dask_em._reduce import tree_reduce
+from dask_em._validation import auto_chunk_rows, check_array
 
 
 def _fit(X, ct="full", callback=None, resume=None, **kw):
@@ -101,6 +102,29 @@ def test_numpy_blocks_are_spread_evenly_over_the_workers_with_their_weights(clie
     assert_same_fit(gm, ref)
 
 
+def test_auto_blocks_suit_the_scheduler():
+    # Threads: ~12 MiB blocks, their number a multiple of the threads.
+    assert auto_chunk_rows(10**6, 16, 8, n_threads=2, cluster=False) == 83334
+    assert auto_chunk_rows(10**6, 16, 8, n_threads=3, cluster=False) == 83334
+    assert auto_chunk_rows(10**6, 16, 8, n_threads=5, cluster=False) == 66667
+    # A cluster's tasks cost more each: ~64 MiB blocks.
+    assert auto_chunk_rows(10**6, 16, 8, n_threads=2, cluster=True) == 500000
+    assert auto_chunk_rows(2 * 10**6, 32, 8, n_threads=2, cluster=True) == 250000
+    # Less than a block of data is still split between the threads, not below 4096 rows.
+    assert auto_chunk_rows(90000, 16, 8, n_threads=2, cluster=False) == 45000
+    assert auto_chunk_rows(90000, 16, 8, n_threads=4, cluster=True) == 22500
+    assert auto_chunk_rows(10000, 16, 8, n_threads=4, cluster=True) == 5000  # not 4 short ones
+    assert auto_chunk_rows(6000, 4, 8, n_threads=2) == 6000
+    assert auto_chunk_rows(0, 4, 8, n_threads=2) == 4096
+
+
+def test_numpy_input_on_a_cluster_gets_the_clusters_block_size(client):
+    X = np.zeros((20000, 200))  # 32 MB: 4 blocks on threads, 2 on the cluster
+    assert check_array(X)[0].chunks[0] == (10000, 10000)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        assert check_array(X)[0].chunks[0] == (5000,) * 4
+
+
 def _owners(client, arr, indices):
     where = {}
     for key, workers in client.who_has(arr).items():
@@ -133,6 +157,26 @@ def test_each_pass_builds_a_fresh_graph_of_the_same_size(blobs):
     # The same inputs give the same graph (stable tokens).
     assert tree_reduce(Xd, lambda *a: a, (p1,), split_every=4).key != g2.key
     assert len(em_pass(Xd, [p1, p2])) == 2
+
+
+def _sum_chunk(block, shared, row_offset, block_index, w=None):
+    return (float(block.sum()) + float(shared[0][:1].sum()),)
+
+
+def test_small_parameters_travel_inside_the_block_tasks(blobs):
+    X, _ = blobs
+    Xd = da.from_array(X, chunks=(100, 3))  # 20 blocks
+
+    def names(graph):
+        return {str(k[0] if isinstance(k, tuple) else k) for k in graph.dask}
+
+    small = tree_reduce(Xd, _sum_chunk, (np.ones(1000),))
+    assert not any(n.startswith("em-params-") for n in names(small))
+    # 20 copies of 256 KiB would be 5 MiB a pass: stored once under its own key.
+    large = tree_reduce(Xd, _sum_chunk, (np.ones(2**15),))
+    assert any(n.startswith("em-params-") for n in names(large))
+    (a,), (b,) = dask.compute(small, large)
+    assert a == pytest.approx(X.sum() + 20) and b == a
 
 
 def test_statistics_tree_has_logarithmic_depth(blobs):
