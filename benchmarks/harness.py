@@ -281,13 +281,12 @@ def local_cluster(n_workers=2, threads_per_worker=1, memory_limit="auto", malloc
     workers (what a user's own ``LocalCluster()`` gets); None unsets it (what
     ``dask-em run`` does by default).
     """
-    import dask
     from distributed import Client, LocalCluster
 
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    if malloc_trim != "dask":
-        environ["MALLOC_TRIM_THRESHOLD_"] = malloc_trim
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    from dask_em.cluster import worker_environment
+
+    environ = {} if malloc_trim == "dask" else {"MALLOC_TRIM_THRESHOLD_": malloc_trim}
+    with worker_environment(environ):
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,

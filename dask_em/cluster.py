@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,12 +75,42 @@ def _wait_for_workers(client, cfg: ClusterConfig, where: str) -> None:
 
 
 @contextlib.contextmanager
+def worker_environment(variables: dict) -> Iterator[None]:
+    """Environment variables for the worker processes that nannies spawn inside.
+
+    Parameters
+    ----------
+    variables : dict
+        Name to value; None means the workers run without that variable.
+
+    Notes
+    -----
+    Added to ``distributed.nanny.pre-spawn-environ``. A nanny takes a variable from
+    this process's ``os.environ`` over that setting, and writes the ones it sets into
+    ``os.environ`` before it spawns its worker: a cluster started later in the same
+    process would get an earlier cluster's values whatever it asks for (the second of
+    two LocalClusters kept dask's ``MALLOC_TRIM_THRESHOLD_=65536`` from the first). So
+    each variable given here is taken out of ``os.environ`` while the workers start,
+    and put back afterwards. A worker that its nanny restarts later spawns with the
+    environment of that moment.
+    """
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.update(variables)
+    saved = {name: os.environ.pop(name) for name in variables if name in os.environ}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            yield
+    finally:
+        for name in variables:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
 def _local(cfg: ClusterConfig) -> Iterator:
     from distributed import Client, LocalCluster
 
     lc = cfg.local
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ["MALLOC_TRIM_THRESHOLD_"] = lc.malloc_trim_threshold  # None unsets it
     kwargs = dict(
         host="127.0.0.1",
         n_workers=lc.n_workers,
@@ -99,7 +130,7 @@ def _local(cfg: ClusterConfig) -> Iterator:
         # Threads in this process talk over inproc://, which binds no port (and rejects a
         # host); only the dashboard listens, on its explicit 127.0.0.1 address.
         del kwargs["host"]
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    with worker_environment({"MALLOC_TRIM_THRESHOLD_": lc.malloc_trim_threshold}):
         cluster = LocalCluster(**kwargs)
     try:
         with Client(cluster, set_as_default=False) as client:
