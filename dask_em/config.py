@@ -192,9 +192,10 @@ class LocalClusterConfig(_Model):
     memory_limit: str | None = "auto"
     processes: StrictBool = True
     dashboard_address: str | None = "127.0.0.1:8787"
-    # dask's nannies set MALLOC_TRIM_THRESHOLD_=65536, which made the EM block kernel ~35%
-    # slower (fresh temporaries page-fault on every use; see PERF_NOTES). None leaves glibc's
-    # default; set a number to restore dask's behaviour.
+    # dask's nannies set MALLOC_TRIM_THRESHOLD_=65536: freed memory over 64 KiB goes back
+    # to the kernel at once, and fresh allocations page-fault on every use (the block
+    # kernel once ran ~35% slower; its scratch now stays per thread). None runs the
+    # workers without it (glibc's default); set a number to restore dask's behaviour.
     malloc_trim_threshold: NonNegInt | None = None
 
     _memory = field_validator("memory_limit", mode="before")(_check_memory)
