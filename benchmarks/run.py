@@ -816,13 +816,16 @@ def suite_scaling(s: Settings) -> dict:
     start = h.make_start(x_all, k, "full")
     rows = []
     # Sizes take turns, a few iterations each per round, so that a slow spell of this
-    # (shared, noisy) machine falls on every N rather than on one.
-    rounds = 1 if s.quick else 3
+    # (shared, noisy) machine falls on every N rather than on one. Its speed moves by
+    # a third within a minute (seen at N=8e6: 3.0 s per iteration for two rounds, then
+    # 2.1 s), so the rounds are many and short.
+    rounds = 1 if s.quick else 6
+    n_iter = s.repeats + 1 if s.quick else max(3, s.repeats // 2 + 1)
     times: dict = {n: [] for n in sizes}
     for i in range(rounds):
         for n in sizes:
             s.say(f"[scaling] round {i + 1}/{rounds}: N={h.fmt_n(n)}")
-            times[n] += daskem_fit(x_all[:n], start, s.repeats + 1)["times"]
+            times[n] += daskem_fit(x_all[:n], start, n_iter)["times"]
     for n in sizes:
         row = _row(f"full N={h.fmt_n(n)} d={d} K={k}", "dask-em threads", times[n], n_rows=n)
         row["ns_per_row"] = row["min"] / n * 1e9
@@ -847,7 +850,7 @@ def suite_scaling(s: Settings) -> dict:
         "rows": rows,
         "targets": targets,
         "notes": [
-            f"{rounds} round(s); in each, every N runs {s.repeats + 1} iterations from the "
+            f"{rounds} round(s); in each, every N runs {n_iter} iterations from the "
             "same start (first left out); min and median over all rounds."
         ],
         "markdown": h.md_table(header, table),
