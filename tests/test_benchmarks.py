@@ -60,6 +60,7 @@ def test_em_suite_runs_and_writes_json_and_markdown(bench, tmp_path):
             "scikit-learn, BLAS 1 thread",
             "dask-em threads",
             "block limit",
+            "one block alone × blocks ÷ cores",
             "dask-em LocalCluster 2×1",
         ):
             assert (case, tool) in tools
@@ -74,6 +75,33 @@ def test_em_suite_runs_and_writes_json_and_markdown(bench, tmp_path):
     assert saved["environment"]["cores"] >= 1
     assert saved["environment"]["blas"]
     assert "## em" in Path(result["paths"]["markdown"]).read_text()
+
+
+def test_block_limit_times_every_block_of_a_pass_once_per_sample(bench, monkeypatch):
+    import dask_em._stats
+
+    seen = []
+
+    def fake_block_statistics(block, params_list):
+        seen.append((block.shape[0], float(block[0, 0])))
+        return ()
+
+    monkeypatch.setattr(dask_em._stats, "block_statistics", fake_block_statistics)
+    monkeypatch.setattr(bench.h, "cores", lambda: 2)
+    x = np.arange(1000 * 2, dtype=np.float64).reshape(1000, 2)
+    lim = bench.block_limit(x, None, 300, 3)
+    # One warm-up and 3 repeats of the first block alone, then 3 passes over the blocks.
+    alone, passes = seen[:4], seen[4:]
+    assert alone == [(300, 0.0)] * 4
+    firsts = sorted(passes)
+    assert firsts == sorted([(300, 0.0), (300, 600.0), (300, 1200.0), (100, 1800.0)] * 3)
+    assert lim["n_blocks"] == 4 and lim["block_rows"] == 300 and lim["cores"] == 2
+    assert len(lim["times"]) == 3 and lim["block"]["n"] == 12
+    # Each sample is the sum of its pass's block times over the cores.
+    total = sum(lim["block"]["all"])
+    assert np.isclose(sum(lim["times"]), total / 2)
+    assert len(lim["alone"]["scaled"]) == 3
+    assert lim["ideal_pass"]["n"] == 3
 
 
 def test_spark_suite_skips_with_a_reason(bench, tmp_path, monkeypatch):
