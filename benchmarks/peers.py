@@ -140,23 +140,38 @@ class SparkRunner:
         warnings.filterwarnings("ignore", category=FutureWarning, module="pyspark")
         from pyspark.sql import SparkSession
 
+        # MLlib calls a native BLAS (libblas.so.3, e.g. Debian's libopenblas0) where one is
+        # installed, else its Java one; native, it must run one thread per task as Spark's
+        # docs advise (local[2] already runs two tasks).
+        saved = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+        os.environ.update({v: "1" for v in saved})
         t0 = time.perf_counter()
-        self.spark = (
-            SparkSession.builder.master(f"local[{cores}]")
-            .appName("dask-em-benchmark")
-            .config("spark.driver.memory", driver_memory)
-            .config("spark.driver.host", "127.0.0.1")
-            .config("spark.driver.bindAddress", "127.0.0.1")
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .config("spark.sql.shuffle.partitions", str(cores))
-            .config("spark.default.parallelism", str(cores))
-            .getOrCreate()
-        )
+        try:
+            self.spark = (
+                SparkSession.builder.master(f"local[{cores}]")
+                .appName("dask-em-benchmark")
+                .config("spark.driver.memory", driver_memory)
+                .config("spark.driver.host", "127.0.0.1")
+                .config("spark.driver.bindAddress", "127.0.0.1")
+                .config("spark.ui.enabled", "false")
+                .config("spark.ui.showConsoleProgress", "false")
+                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                .config("spark.sql.shuffle.partitions", str(cores))
+                .config("spark.default.parallelism", str(cores))
+                .getOrCreate()
+            )
+        finally:
+            for v, value in saved.items():
+                if value is None:
+                    os.environ.pop(v, None)
+                else:
+                    os.environ[v] = value
         self.spark.sparkContext.setLogLevel("ERROR")
         self.spark.range(1).count()
         self.start_seconds = time.perf_counter() - t0
+        jvm = self.spark.sparkContext._jvm
+        #: The BLAS MLlib runs with: JNIBLAS (native), VectorBLAS (Java's vector API), JavaBLAS.
+        self.blas = str(jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName())
         self.cores = cores
         self.frame = None
         self.frame_seconds = None

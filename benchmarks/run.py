@@ -418,7 +418,10 @@ def suite_spark(s: Settings) -> dict:
     n, d, k = s.n(1e6, 1e5), 16, 8
     n_iter = 5 if s.quick else 10
     tol_mean, max_iter = 1e-6, 300
-    seeds = [h.SEED % 2**31 + i for i in range(2 if s.quick else 3)]
+    # From a default start, which optimum a fit ends in is a draw (this data has several
+    # within 1% of each other); 3 seeds made the medians flip between machines.
+    seeds = [h.SEED % 2**31 + i for i in range(2 if s.quick else 10)]
+    restarts = 3
     name = f"full N={h.fmt_n(n)} d={d} K={k}"
     missing = peers.spark_missing()
     if missing:
@@ -473,11 +476,29 @@ def suite_spark(s: Settings) -> dict:
                 (gm.weights_, gm.means_, gm.covariances_),
                 c["lower_bound"],
             )
+    # scikit-learn's lever against a bad draw, as a user would pull it: restarts, which
+    # dask-em runs in the same passes.
+    for seed in seeds:
+        tool = f"dask-em threads float64, n_init={restarts}"
+        s.say(f"[spark] {tool}: to convergence, default init, random_state={seed}")
+        c = daskem_default_fit(x, k, max_iter, tol_mean, random_state=seed, n_init=restarts)
+        gm = c["model"]
+        record(
+            tool,
+            f"default ({gm.init_params})",
+            seed,
+            c,
+            (gm.weights_, gm.means_, gm.covariances_),
+            c["lower_bound"],
+        )
 
     s.say("[spark] starting Spark local[2]")
     runner = peers.SparkRunner(cores=2)
     try:
-        s.say(f"[spark] JVM + session {runner.start_seconds:.1f} s; building the DataFrame")
+        s.say(
+            f"[spark] JVM + session {runner.start_seconds:.1f} s, MLlib's BLAS "
+            f"{runner.blas}; building the DataFrame"
+        )
         runner.load(x)
         s.say(f"[spark] DataFrame {runner.frame_seconds:.1f} s; per-iteration fits")
         sp = runner.per_iteration(k, n_iter, max(1, min(s.repeats, 3)), seed=seeds[0])
@@ -488,6 +509,7 @@ def suite_spark(s: Settings) -> dict:
                 sp.pop("times"),
                 jvm_start_seconds=runner.start_seconds,
                 dataframe_seconds=runner.frame_seconds,
+                blas=runner.blas,
                 **sp,
             )
         )
@@ -559,6 +581,26 @@ def suite_spark(s: Settings) -> dict:
                 note="equal or better at convergence",
             )
         )
+    # How the draws fell, per tool: the best optimum any fit found is the reference.
+    default_fits = [c for c in conv if c["start"].startswith("default")]
+    best_ll = max((c["scored"] for c in default_fits), default=None)
+    seed_summary = []
+    for tool in dict.fromkeys(c["tool"] for c in default_fits):
+        vals = [c["scored"] for c in default_fits if c["tool"] == tool]
+        secs = [c["seconds"] for c in default_fits if c["tool"] == tool]
+        seed_summary.append(
+            {
+                "tool": tool,
+                "seeds": len(vals),
+                "median": float(np.median(vals)),
+                "mean": float(np.mean(vals)),
+                "best": max(vals),
+                "worst": min(vals),
+                # Within 1e-5 of the best mean log-likelihood: the same optimum.
+                "at_best": sum(v >= best_ll - 1e-5 for v in vals),
+                "median_fit_seconds": float(np.median(secs)),
+            }
+        )
     notes.append(
         f"Per iteration: dask-em from `fit(callback=...)` over {n_iter} iterations (first left "
         f"out); Spark (`pyspark.ml.clustering.GaussianMixture`) from its job records (one job "
@@ -612,16 +654,42 @@ def suite_spark(s: Settings) -> dict:
         ],
         conv_table,
     )
+    md += "\n\n" + h.md_table(
+        [
+            f"default starts, {len(seeds)} seeds",
+            "median",
+            "mean",
+            "best",
+            "worst",
+            "at the best optimum",
+            "median fit s",
+        ],
+        [
+            [
+                r_["tool"],
+                f"{r_['median']:.5f}",
+                f"{r_['mean']:.5f}",
+                f"{r_['best']:.5f}",
+                f"{r_['worst']:.5f}",
+                f"{r_['at_best']}/{r_['seeds']}",
+                h.fmt_seconds(r_["median_fit_seconds"]),
+            ]
+            for r_ in seed_summary
+        ],
+    )
     md += (
         f"\n\nSpark fixed costs: JVM + session {runner.start_seconds:.1f} s, DataFrame build "
         f"{runner.frame_seconds:.1f} s, per fit outside the iterations "
         f"{h.fmt_seconds(spark_row['fit_outside_iterations']['min'])} s"
-        + (f", RDD build {runner.rdd_seconds:.1f} s." if runner.rdd_seconds else ".")
+        + (f", RDD build {runner.rdd_seconds:.1f} s" if runner.rdd_seconds else "")
+        + f"; MLlib's BLAS: {runner.blas}."
     )
     return {
         "title": "Spark MLlib GaussianMixture (pyspark, local[2])",
         "rows": rows,
         "convergence": conv,
+        "seed_summary": seed_summary,
+        "spark_blas": runner.blas,
         "targets": targets,
         "notes": notes,
         "markdown": md,
