@@ -446,6 +446,20 @@ def suite_spark(s: Settings) -> dict:
             }
         )
 
+    def default_fits(tool, xi, **kwargs):
+        for seed in seeds:
+            s.say(f"[spark] {tool}: to convergence, default init, random_state={seed}")
+            c = daskem_default_fit(xi, k, max_iter, tol_mean, random_state=seed, **kwargs)
+            gm = c["model"]
+            record(
+                tool,
+                f"default ({gm.init_params})",
+                seed,
+                c,
+                (gm.weights_, gm.means_, gm.covariances_),
+                c["lower_bound"],
+            )
+
     for dtype in ("float64", "float32"):
         xi = x if dtype == "float64" else x.astype(np.float32)
         tool = f"dask-em threads {dtype}"
@@ -464,33 +478,10 @@ def suite_spark(s: Settings) -> dict:
                 (gm.weights_, gm.means_, gm.covariances_),
                 c["lower_bound"],
             )
-        for seed in seeds:
-            s.say(f"[spark] {tool}: to convergence, default init, random_state={seed}")
-            c = daskem_default_fit(xi, k, max_iter, tol_mean, random_state=seed)
-            gm = c["model"]
-            record(
-                tool,
-                f"default ({gm.init_params})",
-                seed,
-                c,
-                (gm.weights_, gm.means_, gm.covariances_),
-                c["lower_bound"],
-            )
+        default_fits(tool, xi)
     # scikit-learn's lever against a bad draw, as a user would pull it: restarts, which
     # dask-em runs in the same passes.
-    for seed in seeds:
-        tool = f"dask-em threads float64, n_init={restarts}"
-        s.say(f"[spark] {tool}: to convergence, default init, random_state={seed}")
-        c = daskem_default_fit(x, k, max_iter, tol_mean, random_state=seed, n_init=restarts)
-        gm = c["model"]
-        record(
-            tool,
-            f"default ({gm.init_params})",
-            seed,
-            c,
-            (gm.weights_, gm.means_, gm.covariances_),
-            c["lower_bound"],
-        )
+    default_fits(f"dask-em threads float64, n_init={restarts}", x, n_init=restarts)
 
     s.say("[spark] starting Spark local[2]")
     runner = peers.SparkRunner(cores=2)
