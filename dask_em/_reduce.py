@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import numpy as np
-from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.sizeof import sizeof
@@ -161,14 +161,12 @@ def tree_reduce(
         raise ValueError("features must be in one chunk; rechunk with x.rechunk({1: -1})")
     split_every = max(2, int(split_every or default_split_every()))
     reader = block_reader(x) if fuse_reads else None
-    token = tokenize(
-        x.name,
-        weights.name if weights is not None else None,
-        shared,
-        chunk,
-        split_every,
-        reader is not None,
-    )
+    # A fresh token for every pass, not one derived from the inputs: two passes with equal
+    # parameters (a converged fit, a repeated score) would otherwise submit the keys
+    # whose futures the client is still releasing from the pass before, and the
+    # distributed scheduler then reschedules them ("Couldn't gather keys"), several
+    # times the pass's own cost on small data.
+    token = uuid.uuid4().hex
     shared_key = f"{prefix}-params-{token}"
     stats_name = f"{prefix}-{'read-' if reader is not None else ''}stats-{token}"
     combine_name = f"{prefix}-combine-{token}"
