@@ -162,10 +162,10 @@ def tree_reduce(
     split_every = max(2, int(split_every or default_split_every()))
     reader = block_reader(x) if fuse_reads else None
     # A fresh token for every pass, not one derived from the inputs: two passes with equal
-    # parameters (a converged fit, a repeated score) would otherwise submit the keys
-    # whose futures the client is still releasing from the pass before, and the
-    # distributed scheduler then reschedules them ("Couldn't gather keys"), several
-    # times the pass's own cost on small data.
+    # parameters (a fit at a fixed point, k-means centres that stopped moving) would
+    # otherwise submit the keys whose futures the client is still releasing from the
+    # pass before; the distributed scheduler then logs "Couldn't gather keys" and the
+    # client reschedules them, or hands back the old result without a pass.
     token = uuid.uuid4().hex
     shared_key = f"{prefix}-params-{token}"
     stats_name = f"{prefix}-{'read-' if reader is not None else ''}stats-{token}"
