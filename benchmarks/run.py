@@ -126,7 +126,9 @@ def engine_chunk_rows(n: int, d: int) -> int:
     return auto_chunk_rows(n, d, 8)
 
 
-def block_limit(x, params, chunk_rows: int, repeats: int) -> dict:
+def block_limit(
+    x, params, chunk_rows: int, repeats: int, alone_repeats: int | None = None
+) -> dict:
     """One block's fused E+M time (BLAS at 1 thread) x blocks / cores: the floor of a
     design that runs one block per core, with nothing between the blocks.
 
@@ -138,7 +140,8 @@ def block_limit(x, params, chunk_rows: int, repeats: int) -> dict:
     compared with are; a minimum of short samples would catch this machine's fast
     spells more often than a minimum of whole passes. ``alone`` keeps the old reading:
     the first block again and again on one thread, the other cores idle, the block in
-    cache.
+    cache. ``repeats`` pass samples (at least 3 unless ``alone_repeats`` is given) and
+    ``alone_repeats`` (default as many) single blocks.
     """
     import threading
 
@@ -155,12 +158,15 @@ def block_limit(x, params, chunk_rows: int, repeats: int) -> dict:
             t, _ = h.timed(block_statistics, x[a:b], [params])
             out.append(t)
 
+    if alone_repeats is None:
+        repeats = alone_repeats = max(3, repeats)
     with threadpool_limits(limits=1, user_api="blas"):
-        block = np.ascontiguousarray(x[: bounds[0][1]])
-        block_statistics(block, [params])
-        for _ in range(max(3, repeats)):
+        if alone_repeats:
+            block = np.ascontiguousarray(x[: bounds[0][1]])
+            block_statistics(block, [params])
+        for _ in range(alone_repeats):
             alone.append(h.timed(block_statistics, block, [params])[0])
-        for _ in range(max(3, repeats)):
+        for _ in range(repeats):
             outs = [[] for _ in range(cores)]
             threads = [
                 threading.Thread(target=run_share, args=(bounds[c::cores], outs[c]))
@@ -277,9 +283,20 @@ def suite_em(s: Settings) -> dict:
 
     for i in range(rounds):
         for name, x, start in state:
-            s.say(f"[em] {name}: dask-em threads, round {i + 1}/{rounds}")
-            th = daskem_fit(x, start, r + 1)
+            s.say(f"[em] {name}: dask-em threads and block limit, round {i + 1}/{rounds}")
             chunk = engine_chunk_rows(*x.shape)
+            # One limit sample right after each iteration (the callback is outside the
+            # timed part), so that both see the same moment of this machine's speed.
+            samples, walls = [], []
+
+            def limit_sample(progress, x=x, chunk=chunk, samples=samples, walls=walls):
+                params = progress.candidates[0].params
+                one = block_limit(x, params, chunk, 1, alone_repeats=0)
+                samples.extend(one["times"])
+                walls.extend(one["ideal_pass"]["all"])
+                return one
+
+            th = daskem_fit(x, start, r + 1, callback=limit_sample)
             if i == 0:
                 threads_lbs[name] = th["lower_bounds"]
             pool(
@@ -290,10 +307,21 @@ def suite_em(s: Settings) -> dict:
                 first_iteration=th["first_iteration"],
                 lower_bounds_vs_sklearn=max_rel_diff(th["lower_bounds"], sk_lbs[name]),
             )
-            s.say(f"[em] {name}: block limit, round {i + 1}/{rounds}")
-            lim = block_limit(x, th["model"]._params(), chunk, r)
+            lim = block_limit(x, th["model"]._params(), chunk, 0, alone_repeats=r)
             alone = lim.pop("alone")
-            pool(name, "block limit", lim.pop("times"), **lim)
+            # The first iteration is left out of the threads figure; so is its sample.
+            pooled_walls = pooled.get((name, "block limit"), {}).get("extra", {})
+            walls_all = pooled_walls.get("ideal_pass_all", []) + walls[1:]
+            pool(
+                name,
+                "block limit",
+                samples[1:],
+                block_rows=lim["block_rows"],
+                n_blocks=lim["n_blocks"],
+                cores=lim["cores"],
+                ideal_pass=h.summary(walls_all),
+                ideal_pass_all=walls_all,
+            )
             pool(name, "one block alone × blocks ÷ cores", alone["scaled"], block=alone)
         for label, trim in _cluster_variants(s):
             s.say(f"[em] starting {label}, round {i + 1}/{rounds}")
@@ -379,9 +407,11 @@ def suite_em(s: Settings) -> dict:
         "the blocks of the threads scheduler's size, BLAS 1 thread, one plain thread per "
         "core running its share of a pass's blocks back to back; each sample is the sum "
         "of the block times ÷ cores (one block's time × blocks ÷ cores, measured with every "
-        "core busy, over a pass's length of time). 'one block alone' is the first block "
-        "repeated on one thread with the other cores idle (in cache) × blocks ÷ cores. On a "
-        "cluster dask-em puts numpy input in larger blocks (64 MiB)."
+        "core busy, over a pass's length of time), one sample right after each dask-em "
+        "threads iteration (from the fit's callback, outside the timed part). 'one block "
+        "alone' is the first block repeated on one thread with the other cores idle (in "
+        "cache) × blocks ÷ cores. On a cluster dask-em puts numpy input in larger blocks "
+        "(64 MiB)."
     )
 
     header = ["case", "tool", "min s/iter", "median s/iter", "vs scikit-learn", "of block limit"]
