@@ -275,6 +275,7 @@ def suite_em(s: Settings) -> dict:
     # falls on all of them rather than on one; times are pooled over the rounds.
     rounds = 1 if s.quick else 3
     pooled: dict = {}
+    ideal_walls: dict = {}  # case -> wall times of the limit's threads, over the rounds
 
     def pool(name, tool, times, **extra):
         row = pooled.setdefault((name, tool), {"times": [], "extra": {}})
@@ -287,14 +288,15 @@ def suite_em(s: Settings) -> dict:
             chunk = engine_chunk_rows(*x.shape)
             # One limit sample right after each iteration (the callback is outside the
             # timed part), so that both see the same moment of this machine's speed.
-            samples, walls = [], []
+            samples, walls = [], ideal_walls.setdefault(name, [])
 
             def limit_sample(progress, x=x, chunk=chunk, samples=samples, walls=walls):
-                params = progress.candidates[0].params
-                one = block_limit(x, params, chunk, 1, alone_repeats=0)
-                samples.extend(one["times"])
-                walls.extend(one["ideal_pass"]["all"])
-                return one
+                # The first iteration is left out of the threads figure; so is its sample.
+                if progress.iteration > 1:
+                    params = progress.candidates[0].params
+                    one = block_limit(x, params, chunk, 1, alone_repeats=0)
+                    samples.extend(one["times"])
+                    walls.extend(one["ideal_pass"]["all"])
 
             th = daskem_fit(x, start, r + 1, callback=limit_sample)
             if i == 0:
@@ -309,18 +311,14 @@ def suite_em(s: Settings) -> dict:
             )
             lim = block_limit(x, th["model"]._params(), chunk, 0, alone_repeats=r)
             alone = lim.pop("alone")
-            # The first iteration is left out of the threads figure; so is its sample.
-            pooled_walls = pooled.get((name, "block limit"), {}).get("extra", {})
-            walls_all = pooled_walls.get("ideal_pass_all", []) + walls[1:]
             pool(
                 name,
                 "block limit",
-                samples[1:],
+                samples,
                 block_rows=lim["block_rows"],
                 n_blocks=lim["n_blocks"],
                 cores=lim["cores"],
-                ideal_pass=h.summary(walls_all),
-                ideal_pass_all=walls_all,
+                ideal_pass=h.summary(walls),
             )
             pool(name, "one block alone × blocks ÷ cores", alone["scaled"], block=alone)
         for label, trim in _cluster_variants(s):
