@@ -158,7 +158,8 @@ def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: in
 # from which both the squared Mahalanobis distances and the moments (responsibilities
 # times Z) follow as matrix products, with the offsets carried by the ones row instead
 # of separate elementwise passes. Per-component arrays are laid out (K, m) so that
-# reductions over components are vectorised.
+# reductions over components are vectorised. (The fused E-step's full-covariance
+# kernels drop the ones row and carry the offsets themselves: see dask_em._kernels.)
 #
 # The design may be float32 (``compute_dtype``): the centring subtraction is done in
 # float64 and rounded once, products run in single precision, and every sum across
@@ -352,8 +353,9 @@ def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=N
         Scratch space.
 
     The fused E-step's full-covariance moments, taken about each component's mean, are
-    built by :func:`dask_em._kernels.full_tile_weigh`; this is the plain form about the
-    tile's centre (initialisation).
+    built by :func:`dask_em._kernels.full_tile_weigh` (and
+    :func:`full_scatter_about_offsets`); this is the plain form about the tile's centre
+    (initialisation).
     """
     if covariance_type == "full":
         # Every component's r_k (z - o_k) side by side, times Z: one product with a wide
@@ -382,19 +384,35 @@ def _symmetric_from_upper(a):
     return np.triu(a) + np.triu(a, 1).T
 
 
-def finish_moments(acc, covariance_type, n_features, offsets=None):
-    """Moments ``(nk, s1, s2)`` (see :class:`dask_em.SuffStats`) from running sums.
+def full_scatter_about_offsets(acc, s1, offsets):
+    """Each component's scatter about its offset, from the fused E-step's sums.
 
-    ``offsets`` (full) are those the moments were taken about, relative to the centre
-    (see :func:`dask_em._kernels.full_tile_weigh`).
+    Parameters
+    ----------
+    acc : ndarray of shape (K*d, d)
+        ``sum r_k (z - o_k) z^T`` of every component, stacked (see
+        :func:`dask_em._kernels.full_tile_weigh`).
+    s1 : ndarray of shape (K, d)
+        ``sum r_k (z - o_k)``.
+    offsets : ndarray of shape (K, d)
+        The ``o_k``.
+
+    Returns
+    -------
+    ndarray of shape (K, d, d)
+        ``sum r_k (z - o_k)(z - o_k)^T``, symmetrised.
     """
+    K, d = s1.shape
+    m = acc.reshape(K, d, d) - s1[:, :, None] * offsets[:, None, :]
+    return 0.5 * (m + m.transpose(0, 2, 1))
+
+
+def finish_moments(acc, covariance_type, n_features):
+    """Moments ``(nk, s1, s2)`` (see :class:`dask_em.SuffStats`) from running sums."""
     d = n_features
     q = acc.shape[1]
     if covariance_type == "full":
-        # acc_k = sum r (z - o_k) z^T; about o_k: subtract (sum r (z - o_k)) o_k^T.
-        m = acc.reshape(-1, q, q).copy()
-        if offsets is not None:
-            m -= m[:, :, d, None] * offsets[:, None, :]
+        m = acc.reshape(-1, q, q)
         m = 0.5 * (m + m.transpose(0, 2, 1))
         return m[:, d, d].copy(), m[:, :d, d].copy(), m[:, :d, :d].copy()
     if covariance_type == "tied":

@@ -310,29 +310,31 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
     w_all = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else s
     reference = component_reference(params)
     if ct == "full":
-        q = d + 1
-        matrix, _ = _math.prepare_log_prob(
-            params.means - c, params.weights, params.precisions_cholesky, ct, dtype
+        prepared, _ = _math.prepare_log_prob(
+            params.means - c, params.weights, params.precisions_cholesky, ct
         )
-        offsets = np.zeros((K, q))
-        offsets[:, :d] = reference - c
+        # The offset column goes to the log-density kernel as a bias (see _kernels).
+        matrix = np.ascontiguousarray(prepared[:, :d], dtype=dtype)
+        bias = np.ascontiguousarray(prepared[:, d], dtype=dtype)
+        offsets = reference - c
         off = offsets.astype(dtype)
-        zt = thread_array("zt", (q, m_max), dtype)
+        zt = thread_array("zt", (d, m_max), dtype)
         y = thread_array("y", (K * d, m_max), dtype)
-        wbuf = thread_array("wbuf", (K * q, m_max), dtype)
-        prod = thread_array("prod", (K * q, q), dtype)
-        acc = thread_array("acc", (K * q, q), np.float64)
+        wbuf = thread_array("wbuf", (K * d, m_max), dtype)
+        prod = thread_array("prod", (K * d, d), dtype)
+        acc = thread_array("acc", (K * d, d), np.float64)
         acc.fill(0.0)
+        nk, s1 = np.zeros(K), np.zeros((K, d))
 
         def tile(a, m, w):
             _kernels.full_tile_design(x, a, m, center, zt)
             z = zt[:, :m]
             np.matmul(matrix, z, out=y[:, :m])
-            _kernels.full_tile_log_prob(y, m, const, floor, lp, mx)
+            _kernels.full_tile_log_prob(y, m, bias, const, floor, lp, mx)
             np.exp(lp[:, :m], out=lp[:, :m])
             _kernels.tile_row_sums(lp, m, exp_floor, s)
             np.log(s[:m], out=log_s[:m])
-            ll = _kernels.full_tile_weigh(lp, mx, log_s, zt, m, w, use_w, off, s, wbuf)
+            ll = _kernels.full_tile_weigh(lp, mx, log_s, zt, m, w, use_w, off, s, wbuf, nk, s1)
             np.add(acc, np.matmul(wbuf[:, :m], z.T, out=prod), out=acc)
             return ll
 
@@ -367,7 +369,7 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
                 _raise_non_finite(x, rows, block_index, row_offset)
             loglik += ll
     if ct == "full":
-        nk, s1, s2 = _math.finish_moments(acc, ct, d, offsets)
+        s2 = _math.full_scatter_about_offsets(acc, s1, offsets)
     elif ct == "spherical":
         s2 = s2.sum(axis=1)
     total = float(n if sample_weight is None else sample_weight.sum())
