@@ -18,7 +18,11 @@ Passes of one k-means run with K > 1 clusters
    with probability ``min(1, ell w_i D_i^2 / phi)`` this needs no earlier pass for the
    total cost ``phi``, so a round is one pass.
 3. One pass weights every candidate by the rows nearest to it; the driver reduces that
-   small weighted set to K centres by greedy k-means++ and weighted Lloyd.
+   small weighted set to K centres by greedy k-means++ and weighted Lloyd, keeping the
+   best (lowest weighted inertia) of ``local_n_init`` such runs (default 10). One run
+   often settles in a poor optimum of the candidates, which Lloyd passes over the data
+   do not leave, and EM from it then stays in a worse optimum too; the restarts cost no
+   pass.
 4. Up to ``max_iter`` Lloyd passes (per-cluster weight sums and row sums), stopping like
    scikit-learn's ``KMeans`` once the summed squared centre shift is at most ``tol``
    times the mean feature variance. The default of 10 (scikit-learn runs up to 300)
@@ -69,6 +73,7 @@ from dataclasses import dataclass, replace
 
 import dask
 import numpy as np
+from scipy.spatial.distance import cdist
 
 from ._em import single_threaded_blas
 from ._reduce import add_tuples, tree_reduce
@@ -81,6 +86,10 @@ OVERSAMPLING_FACTOR = 2.0
 MAX_ITER = 10
 TOL = 1e-4
 _LOCAL_MAX_ITER = 300
+# Runs of the in-memory k-means that reduces the k-means|| candidates to K centres. A
+# single run lands in a poor local optimum of the candidates often enough to decide
+# which optimum EM ends in; restarts here cost no pass over the data.
+LOCAL_N_INIT = 10
 
 # Stream purposes: part of every stream key, so no two uses share random numbers.
 _FIRST, _ROUND, _PLUSPLUS, _LOCAL, _FIRST_RACE = 1, 2, 3, 4, 5
@@ -648,9 +657,9 @@ def reference_point(x) -> np.ndarray:
 
 
 def _sq_dists(a, b):
-    """Exact squared distances between the rows of a (p, d) and b (q, d): (p, q)."""
-    diff = a[:, None, :] - b[None, :, :]
-    return np.einsum("pqd,pqd->pq", diff, diff)
+    """Squared distances between the rows of a (p, d) and b (q, d): (p, q), from the
+    differences (exactly zero between equal rows)."""
+    return cdist(a, b, "sqeuclidean")
 
 
 def _warn_duplicates(n_distinct, n_clusters):
@@ -669,21 +678,8 @@ def _fill_duplicates(rows, n_clusters):
     return np.tile(rows, (reps, 1))[:n_clusters]
 
 
-def _local_kmeans(points, weights, n_clusters, seed):
-    """Weighted greedy k-means++ then weighted Lloyd on a small in-memory set.
-
-    Parameters
-    ----------
-    points : ndarray of shape (p, d), distinct rows
-    weights : ndarray of shape (p,), positive
-    n_clusters : int, at most p
-    seed : int
-
-    Returns
-    -------
-    ndarray of shape (n_clusters, d)
-    """
-    rng = np.random.default_rng([seed, _LOCAL])
+def _local_kmeans_run(points, weights, n_clusters, rng):
+    """One weighted greedy k-means++ seeding then weighted Lloyd; (centres, inertia)."""
     p = points.shape[0]
     n_trials = 2 + int(np.log(n_clusters))
     chosen = [int(rng.choice(p, p=weights / weights.sum()))]
@@ -719,7 +715,38 @@ def _local_kmeans(points, weights, n_clusters, seed):
         centers = np.where(
             counts[:, None] > 0, sums / np.maximum(counts, 1e-300)[:, None], centers
         )
-    return centers
+    inertia = float(_sq_dists(points, centers).min(axis=1) @ weights)
+    return centers, inertia
+
+
+def _local_kmeans(points, weights, n_clusters, seed, n_init=LOCAL_N_INIT):
+    """The best of ``n_init`` weighted k-means runs on a small in-memory set.
+
+    Each run is greedy k-means++ then weighted Lloyd; the run of lowest weighted
+    inertia (the first of equals) is kept.
+
+    Parameters
+    ----------
+    points : ndarray of shape (p, d), distinct rows
+    weights : ndarray of shape (p,), positive
+    n_clusters : int, at most p
+    seed : int
+    n_init : int, at least 1
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, d)
+    """
+    best, best_inertia = None, np.inf
+    for r in range(n_init):
+        # Run 0 draws from the stream a single run always used.
+        key = [seed, _LOCAL] if r == 0 else [seed, _LOCAL, r]
+        centers, inertia = _local_kmeans_run(
+            points, weights, n_clusters, np.random.default_rng(key)
+        )
+        if best is None or inertia < best_inertia:
+            best, best_inertia = centers, inertia
+    return best
 
 
 def _relocate(part, centers, base):
@@ -758,7 +785,16 @@ class _KMeansRun:
     """One k-means|| + Lloyd run; ``task()`` gives its next pass's work."""
 
     def __init__(
-        self, ctx, n_clusters, seed, covariance_types, n_rounds, oversampling, max_iter, tol
+        self,
+        ctx,
+        n_clusters,
+        seed,
+        covariance_types,
+        n_rounds,
+        oversampling,
+        max_iter,
+        tol,
+        local_n_init=LOCAL_N_INIT,
     ):
         self.ctx = ctx
         self.k = int(n_clusters)
@@ -768,6 +804,7 @@ class _KMeansRun:
         self.cap = max(1, int(math.ceil(oversampling * self.k)))
         self.max_iter = int(max_iter)
         self.tol = float(tol)
+        self.local_n_init = int(local_n_init)
         self.round = 0
         self.n_iter = 0
         self.converged = False
@@ -839,7 +876,7 @@ class _KMeansRun:
                 self.centers = _fill_duplicates(points, self.k)
                 self.phase = "stats"
             else:
-                self.centers = _local_kmeans(points, wts, self.k, self.seed)
+                self.centers = _local_kmeans(points, wts, self.k, self.seed, self.local_n_init)
                 self.phase = "lloyd" if self.max_iter > 0 else "stats"
         elif self.phase == "lloyd":
             if np.any(result.counts <= 0):
@@ -1031,6 +1068,7 @@ def kmeans(
     oversampling_factor=OVERSAMPLING_FACTOR,
     max_iter=MAX_ITER,
     tol=TOL,
+    local_n_init=LOCAL_N_INIT,
 ) -> list[KMeansResult]:
     """k-means|| seeding then Lloyd for several runs at once, sharing every pass.
 
@@ -1053,6 +1091,8 @@ def kmeans(
         Lloyd passes at most.
     tol : float
         Relative tolerance on the squared centre shift (scikit-learn's meaning).
+    local_n_init : int
+        Runs of the in-memory k-means on the weighted candidates (the best is kept).
 
     Returns
     -------
@@ -1060,7 +1100,7 @@ def kmeans(
     """
     ctx = _Context(x, weights, split_every, "init-kmeans")
     states = [
-        _KMeansRun(ctx, k, seed, cts, n_rounds, oversampling_factor, max_iter, tol)
+        _KMeansRun(ctx, k, seed, cts, n_rounds, oversampling_factor, max_iter, tol, local_n_init)
         for k, seed, cts in runs
     ]
     _drive(ctx, states, need_moments=any(s.k > 1 for s in states))
