@@ -404,3 +404,25 @@ def test_progress_of_mixed_covariance_types_round_trips(blobs, tmp_path):
         assert a.params.covariance_type == b.params.covariance_type
         np.testing.assert_array_equal(a.params.means, b.params.means)
         assert a.lower_bounds == b.lower_bounds
+
+
+def test_m_step_runs_with_blas_at_one_thread(blobs, monkeypatch):
+    """OpenBLAS threads spin after a threaded call and take cores from the next pass."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from dask_em import _em
+
+    seen = []
+    real = _em.m_step
+
+    def recording(*args, **kwargs):
+        seen.extend(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_em, "m_step", recording)
+    # Two BLAS threads outside the fit, whatever this machine's default.
+    with threadpool_limits(limits=2, user_api="blas"):
+        _fit(blobs[0], max_iter=3)
+        outside = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert seen and set(seen) == {1}
+    assert set(outside) == {2}  # restored after the fit
