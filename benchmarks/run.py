@@ -601,12 +601,12 @@ def suite_spark(s: Settings) -> dict:
             )
         )
     # How the draws fell, per tool: the best optimum any fit found is the reference.
-    default_fits = [c for c in conv if c["start"].startswith("default")]
-    best_ll = max((c["scored"] for c in default_fits), default=None)
+    from_default = [c for c in conv if c["start"].startswith("default")]
+    best_ll = max((c["scored"] for c in from_default), default=None)
     seed_summary = []
-    for tool in dict.fromkeys(c["tool"] for c in default_fits):
-        vals = [c["scored"] for c in default_fits if c["tool"] == tool]
-        secs = [c["seconds"] for c in default_fits if c["tool"] == tool]
+    for tool in dict.fromkeys(c["tool"] for c in from_default):
+        vals = [c["scored"] for c in from_default if c["tool"] == tool]
+        secs = [c["seconds"] for c in from_default if c["tool"] == tool]
         seed_summary.append(
             {
                 "tool": tool,

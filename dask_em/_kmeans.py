@@ -719,6 +719,11 @@ def _local_kmeans_run(points, weights, n_clusters, rng):
     return centers, inertia
 
 
+def _local_rng(seed, run):
+    """The random stream of in-memory run ``run``; run 0 keeps a single run's old stream."""
+    return np.random.default_rng([seed, _LOCAL] if run == 0 else [seed, _LOCAL, run])
+
+
 def _local_kmeans(points, weights, n_clusters, seed, n_init=LOCAL_N_INIT):
     """The best of ``n_init`` weighted k-means runs on a small in-memory set.
 
@@ -739,11 +744,7 @@ def _local_kmeans(points, weights, n_clusters, seed, n_init=LOCAL_N_INIT):
     """
     best, best_inertia = None, np.inf
     for r in range(n_init):
-        # Run 0 draws from the stream a single run always used.
-        key = [seed, _LOCAL] if r == 0 else [seed, _LOCAL, r]
-        centers, inertia = _local_kmeans_run(
-            points, weights, n_clusters, np.random.default_rng(key)
-        )
+        centers, inertia = _local_kmeans_run(points, weights, n_clusters, _local_rng(seed, r))
         if best is None or inertia < best_inertia:
             best, best_inertia = centers, inertia
     return best

@@ -303,10 +303,7 @@ def test_candidate_reduction_keeps_the_run_of_lowest_inertia():
     points = rng.normal(size=(60, 2)) + rng.integers(0, 4, size=(60, 1)) * 3.0
     weights = rng.uniform(1.0, 5.0, size=60)
     runs = [
-        _kmeans._local_kmeans_run(
-            points, weights, 5, np.random.default_rng([9, _kmeans._LOCAL] + ([r] if r else []))
-        )
-        for r in range(8)
+        _kmeans._local_kmeans_run(points, weights, 5, _kmeans._local_rng(9, r)) for r in range(8)
     ]
     inertias = [inertia for _, inertia in runs]
     assert max(inertias) > min(inertias)  # the runs differ, so the choice matters
