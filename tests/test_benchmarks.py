@@ -109,3 +109,49 @@ def test_spark_suite_skips_with_a_reason(bench, tmp_path, monkeypatch):
     result = bench.main(["--quick", "--only", "spark", "--out", str(tmp_path)])
     assert result["suites"]["spark"]["skipped"] == "pyspark is not installed"
     assert "skipped: pyspark is not installed" in Path(result["paths"]["markdown"]).read_text()
+
+
+def test_scaling_samples_cover_equal_work_at_every_size(bench, monkeypatch):
+    assert bench.equal_work_windows([1.0, 3.0, 2.0, 6.0, 9.0], 2) == [2.0, 4.0]
+    assert bench.equal_work_windows([5.0, 7.0], 1) == [5.0, 7.0]
+    assert bench.equal_work_windows([5.0], 2) == []
+
+    fits = []
+    done = [0]  # rows processed so far by the made-up machine
+
+    def fake_fit(x, start, n_iter, **kwargs):
+        # A machine whose speed wanders: 1 ns per row for 4000 rows, then 1.5 ns for
+        # the next 4000, and so on. Every 8000 rows take 1.25 ns per row on average,
+        # wherever they start.
+        n = x.shape[0]
+        fits.append((n, n_iter))
+        times = []
+        for _ in range(n_iter):
+            rows = np.arange(done[0], done[0] + n)
+            times.append(float(np.where(rows // 4000 % 2 == 0, 1.0, 1.5).sum()) * 1e-9)
+            done[0] += n
+        return {"times": times[1:]}
+
+    monkeypatch.setattr(bench, "daskem_fit", fake_fit)
+    monkeypatch.setattr(bench.h, "make_data", lambda n, d, k: np.zeros((n, d)))
+    monkeypatch.setattr(bench.h, "make_start", lambda x, k, ct: None)
+    settings = bench.Settings(repeats=4, log=None)
+    settings.n = lambda full, quick: int(full // 1000)
+    settings.say = lambda msg: None
+    out = bench.suite_scaling(settings)
+    sizes = [row["n_rows"] for row in out["rows"]]
+    assert sizes == [1000, 2000, 4000, 8000]
+    # Two samples per fit, each of as many rows as one iteration at the largest N.
+    assert dict(fits[:4]) == {1000: 17, 2000: 9, 4000: 5, 8000: 3}
+    # Every other round runs the sizes in reverse.
+    assert [n for n, _ in fits] == (sizes + sizes[::-1]) * 3
+    for row in out["rows"]:
+        assert row["window_iterations"] * row["n_rows"] == 8000
+        assert row["n"] == 6 * 2
+        assert np.isclose(row["ns_per_row"], 1.25)
+    assert np.isclose(out["spread_of_minimums"], 0.0)
+    # Minimums of single iterations favour the small N: one of them can fall wholly in
+    # a fast spell.
+    single = [row["ns_per_row_single_iteration_min"] for row in out["rows"]]
+    assert np.isclose(single[0], 1.0) and np.isclose(single[-1], 1.25)
+    assert np.isclose(out["spread_of_single_iteration_minimums"], 0.25)
