@@ -13,6 +13,7 @@ that to a whole run folder.
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import hashlib
 import io as _io
@@ -20,16 +21,24 @@ import json
 import os
 import re
 import secrets
-import shutil
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 
 from dask_em._reduce import register_block_reader
 from dask_em.config import DataConfig, JobError, SyntheticSpec
+from dask_em.folders import (
+    MARKER,
+    RunFolder,
+    fsync_dir,
+    is_owned,
+    remove_owned,
+    write_marker,
+)
 
 __all__ = [
     "RunFolder",
@@ -53,16 +62,6 @@ __all__ = [
 # ------------------------------------------------------------------------------ atomic writes
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform/filesystem allows it.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file, fsync, ``os.replace``)."""
     path = Path(path)
@@ -81,7 +80,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -147,82 +146,6 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
         raise JobError(f"not a readable .npz file ({exc})", file=path) from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise JobError(f"not a readable .npz file ({exc})", file=path) from None
-
-
-class RunFolder:
-    """A run folder that appears complete or not at all.
-
-    Everything is written into a hidden staging folder next to the target
-    (``.<name>.partial``); :meth:`commit` renames it into place. A failed or killed run
-    leaves only the staging folder, whose checkpoint ``--resume`` picks up.
-
-    Parameters
-    ----------
-    path : Path
-        The final run folder.
-    overwrite : bool
-        Replace an existing run folder (at commit time; until then it stays intact).
-    resume : bool
-        Keep the staging folder of an earlier, unfinished run.
-    """
-
-    CHECKPOINT = "checkpoint.npz"
-
-    def __init__(self, path: str | Path, *, overwrite: bool = False, resume: bool = False):
-        self.path = Path(path)
-        self.staging = self.path.parent / f".{self.path.name}.partial"
-        self.overwrite = overwrite
-        self.resume = resume
-
-    def prepare(self) -> Path:
-        """Check the target and create (or, with ``resume``, reuse) the staging folder.
-
-        Raises
-        ------
-        JobError
-            The run folder exists and ``overwrite`` is false, or there is nothing to resume.
-        """
-        if self.path.exists() and not self.overwrite:
-            raise JobError(
-                f"{self.path} already exists; pass --overwrite to replace it "
-                "or --output to choose another folder",
-                key="output.dir",
-            )
-        if self.resume:
-            if not self.staging.is_dir():
-                raise JobError(
-                    f"nothing to resume: no unfinished run at {self.staging}", key="--resume"
-                )
-        else:
-            if self.staging.exists():
-                shutil.rmtree(self.staging)
-            self.staging.mkdir(parents=True)
-        return self.staging
-
-    @property
-    def checkpoint(self) -> Path:
-        """The checkpoint file inside the staging folder."""
-        return self.staging / self.CHECKPOINT
-
-    def commit(self, keep: tuple[str, ...] = ()) -> Path:
-        """Move the staging folder into place (removing checkpoints not in ``keep``)."""
-        for name in (self.CHECKPOINT, "checkpoints"):
-            target = self.staging / name
-            if name in keep:
-                continue
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        old = None
-        if self.path.exists():
-            old = self.path.parent / f".{self.path.name}.old-{os.getpid()}"
-            os.replace(self.path, old)
-        os.replace(self.staging, self.path)
-        _fsync_dir(self.path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.path
 
 
 # ---------------------------------------------------------------------------------- sources
@@ -339,13 +262,24 @@ def _check_numeric_array(x, path: str):
             f"{path} holds dtype {x.dtype}; only numeric (int, float, bool) data can be fitted",
             key="data.path",
         )
-    if x.ndim == 1:
-        x = x[:, None]
     if x.ndim != 2:
-        raise JobError(
-            f"{path} has shape {x.shape}; expected 2-D (rows, features)", key="data.path"
-        )
+        raise JobError(_not_2d(path, x.shape), key="data.path")
     return x
+
+
+def _not_2d(path: str, shape: tuple) -> str:
+    """What to say of an array that is not rows x features (never guessed: a 1-D array
+    may be one feature or one row, a 3-D one images or a time series)."""
+    if len(shape) == 1:
+        how = "for one feature, save it as x.reshape(-1, 1); for one row, x.reshape(1, -1)"
+    elif len(shape) == 0:
+        how = "a single number is not a data set"
+    else:
+        how = "to use each row's values as features, save x.reshape(x.shape[0], -1)"
+    return (
+        f"{path} holds a {len(shape)}-D array of shape {tuple(shape)}; the data must be 2-D "
+        f"(rows x features): {how}"
+    )
 
 
 def _load_npy(cfg: DataConfig):
@@ -603,6 +537,14 @@ def _read_table(cfg: DataConfig):
             return dd.read_parquet(path)
         return dd.read_csv(path)
     except (ValueError, OSError) as exc:
+        # read_csv parses a sample of the first file now; pandas counts lines per block
+        bad = (
+            _first_bad_line(dask.compute(_csv_field_checks(path))[0])
+            if cfg.source == "csv"
+            else None
+        )
+        if bad is not None:
+            raise _csv_line_error(cfg, bad) from None
         raise JobError(f"cannot read {path} as {cfg.source} ({exc})", key="data.path") from None
 
 
@@ -651,11 +593,97 @@ def _load_table(cfg: DataConfig, lengths: bool = True, weights: bool = False):
     df = df.astype(cfg.dtype)
     if weights and wcol is not None:
         df = df.assign(__dask_em_weights__=full[wcol].astype("float64"))
-    try:  # with lengths, every partition is parsed here: bad rows show up now
-        x = df.to_dask_array(lengths=True if lengths else None)
+    if not lengths:
+        return df.to_dask_array()
+    # Every partition is parsed here to count its rows: bad rows show up now. A CSV's
+    # field counts are checked in the same computation, since pandas fills a short row
+    # with NaN, which would pass for missing values.
+    checks = _csv_field_checks(cfg.path) if cfg.source == "csv" else []
+    try:
+        sizes, found = dask.compute([dask.delayed(len)(p) for p in df.to_delayed()], checks)
     except ValueError as exc:  # pandas' ParserError, dask's dtype mismatch
-        raise _table_error(cfg, exc) from None
-    return x.rechunk((cfg.chunk_rows, x.shape[1])) if lengths else x
+        bad = _first_bad_line(dask.compute(checks)[0]) if checks else None
+        raise (_csv_line_error(cfg, bad) if bad else _table_error(cfg, exc)) from None
+    bad = _first_bad_line(found)
+    if bad is not None:
+        raise _csv_line_error(cfg, bad)
+    x = df.to_dask_array(lengths=tuple(int(n) for n in sizes))
+    return x.rechunk((cfg.chunk_rows, x.shape[1]))
+
+
+_CSV_CHECK_BLOCK = 64 * 2**20
+
+
+def _csv_field_checks(path: str) -> list:
+    """Lazy per-block field counts of every file a CSV path names (see
+    :func:`_csv_block_fields`); pass their values to :func:`_first_bad_line`."""
+    import fsspec
+    from dask import delayed
+
+    fs, _, files = fsspec.get_fs_token_paths(path)
+    out = []
+    for f in sorted(files):
+        size = fs.size(f)
+        with fs.open(f, "rb") as fh:
+            n_fields = len(next(csv.reader([fh.readline().decode("utf-8", "replace")]), []))
+        for offset in range(0, max(size, 1), _CSV_CHECK_BLOCK):
+            out.append(
+                delayed(_csv_block_fields, pure=True)(fs, f, offset, _CSV_CHECK_BLOCK, n_fields)
+            )
+    return out
+
+
+def _csv_block_fields(fs, path, offset, length, n_fields):
+    """``(path, lines in the block, (first bad line in the block, its field count) or None)``.
+
+    The block is the whole lines starting in ``[offset, offset + length)``, as dask's
+    ``read_csv`` splits a file. Blank lines are skipped as pandas does. Without quotes a
+    line's fields are its commas plus one, counted with numpy; with quotes, by the
+    ``csv`` module.
+    """
+    from fsspec.utils import read_block
+
+    with fs.open(path, "rb") as fh:
+        data = read_block(fh, offset, length, delimiter=b"\n")
+    n_lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    if b'"' in data:
+        reader = csv.reader(_io.StringIO(data.decode("utf-8", "replace"), newline=""))
+        for row in reader:
+            if row and len(row) != n_fields:
+                return path, n_lines, (reader.line_num - 1, len(row))
+        return path, n_lines, None
+    buf = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buf == ord("\n"))
+    if len(ends) < n_lines:
+        ends = np.append(ends, len(buf))
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    fields = np.bincount(np.searchsorted(ends, np.flatnonzero(buf == ord(","))), minlength=n_lines)
+    fields = fields[:n_lines] + 1
+    width = ends - starts
+    cr = (width > 0) & (buf[np.maximum(ends - 1, 0)] == ord("\r"))
+    blank = (width - cr) == 0
+    bad = np.flatnonzero((fields != n_fields) & ~blank)
+    return path, n_lines, (int(bad[0]), int(fields[bad[0]])) if len(bad) else None
+
+
+def _first_bad_line(blocks) -> tuple[str, int, int] | None:
+    """``(file, 1-based line number, field count)`` of the first short or long row."""
+    seen: dict[str, int] = {}
+    for path, n_lines, bad in blocks:
+        before = seen.get(path, 0)
+        if bad is not None:
+            return path, before + bad[0] + 1, bad[1]
+        seen[path] = before + n_lines
+    return None
+
+
+def _csv_line_error(cfg: DataConfig, bad: tuple[str, int, int]) -> JobError:
+    path, line, found = bad
+    return JobError(
+        f"line {line} of {path} has {found} field(s), not as many as the header's; fix "
+        "that row (an empty field, as in 1,,3, is a missing value)",
+        key="data.path",
+    )
 
 
 def _no_rows(df) -> bool:
@@ -838,7 +866,7 @@ def read_array(path, *, source=None, dataset=None, chunk_rows=250_000, dtype="fl
     Raises
     ------
     JobError
-        The file is missing, unreadable or not a numeric 1-D or 2-D array.
+        The file is missing, unreadable or not a numeric 2-D array (rows x features).
     """
     if source is None:
         source = _SUFFIXES.get(Path(str(path).rstrip("/")).suffix.lower())
@@ -1056,27 +1084,39 @@ def write_zarrs(
         {"compressors": None} if int(zarr.__version__.split(".")[0]) >= 3 else {"compressor": None}
     )
     plan, lazy = [], []
-    for path, x in arrays.items():
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise JobError(f"{path} already exists; pass --overwrite to replace it", key="output")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if x.ndim == 2 and len(x.chunks[1]) != 1:
-            x = x.rechunk({1: -1})
-        plan.append((tmp, path))
-        lazy.append(da.to_zarr(x, str(tmp), mode="w", compute=False, **nocompress))
     try:
+        for path, x in arrays.items():
+            path = Path(path)
+            if path.exists() or path.is_symlink():
+                if not overwrite:
+                    raise JobError(
+                        f"{path} already exists; pass --overwrite to replace it", key="output"
+                    )
+                if not is_owned(path, "zarr"):
+                    raise JobError(
+                        f"{path} exists but was not written by dask-em (no {MARKER} marker); "
+                        "it is never replaced: choose another path, or move it away yourself",
+                        key="output",
+                    )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # A fresh sibling of our own (mkdir fails rather than reuse an existing one).
+            tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+            tmp.mkdir()
+            write_marker(tmp, "zarr", complete=False)
+            plan.append((tmp, path))
+            if x.ndim == 2 and len(x.chunks[1]) != 1:
+                x = x.rechunk({1: -1})
+            lazy.append(da.to_zarr(x, str(tmp), mode="a", compute=False, **nocompress))
         results = dask.compute(*lazy, *also)
         for tmp, path in plan:
-            if path.exists():
-                shutil.rmtree(path)
+            write_marker(tmp, "zarr", complete=True)
+            # Checked again: the target may have appeared while the arrays were computed.
+            if (path.exists() or path.is_symlink()) and not remove_owned(path, "zarr"):
+                raise JobError(f"{path} appeared while it was being written", key="output")
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except BaseException:
         for tmp, _ in plan:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_owned(tmp, "zarr")
         raise
     return tuple(results[len(lazy) :])

@@ -32,8 +32,8 @@ from dask_em.config import (
     job_fingerprint,
     load_job,
 )
+from dask_em.folders import MARKER, RunFolder, check_output_location, is_owned, write_marker
 from dask_em.io import (
-    RunFolder,
     atomic_savez,
     atomic_write_bytes,
     atomic_write_json,
@@ -701,10 +701,33 @@ def run_job(
         raise exc.in_file(config.source) from exc.__cause__
 
 
+def _data_inputs(data: DataConfig) -> list[tuple[str, str | None]]:
+    """The files a data section reads, labelled for messages (an HDF5 weights dataset
+    lives in the data file; a table's weights are one of its columns)."""
+    inputs = [("data", data.path)]
+    if data.weights is not None and data.source not in ("parquet", "csv", "hdf5"):
+        inputs.append(("weights", data.weights))
+    elif data.weights is not None and data.source == "hdf5" and Path(data.weights).exists():
+        inputs.append(("weights", data.weights))
+    return inputs
+
+
+def _run_folder(config: JobConfig, *, resume: bool, overwrite: bool) -> RunFolder:
+    """The job's run folder, refused up front (before any cluster or pass over the data)
+    where writing it could replace or delete an input or other files of the user's."""
+    folder = RunFolder(config.output_dir, kind="run", overwrite=overwrite, resume=resume)
+    inputs = [*_data_inputs(config.data), ("job file", config.source)]
+    if resume:
+        inputs.append(("checkpoint being resumed", folder.staging))
+    check_output_location(folder.path, key="output.dir", inputs=inputs)
+    folder.check()
+    return folder
+
+
 def _run_job(
     config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None
 ) -> RunResult:
-    folder = RunFolder(config.output_dir, overwrite=overwrite, resume=resume)
+    folder = _run_folder(config, resume=resume, overwrite=overwrite)
     staging = folder.prepare()
     fingerprint = job_fingerprint(config)
     out = config.output
@@ -804,8 +827,6 @@ def _run_job(
 
 def _keep_or_clean(folder: RunFolder) -> None:
     """After a failure: keep the staging folder if it holds a checkpoint, else remove it."""
-    import shutil
-
     staging = folder.staging
     if not staging.exists():
         return
@@ -817,7 +838,7 @@ def _keep_or_clean(folder: RunFolder) -> None:
     if has_ckpt:
         log.warning("Run stopped; its checkpoint is kept in %s (rerun with --resume)", staging)
     else:
-        shutil.rmtree(staging, ignore_errors=True)
+        folder.discard()
 
 
 # ---------------------------------------------------------------------------- other commands
@@ -926,8 +947,11 @@ def predict_job(
         The output folder.
     """
     model = Path(model)
+    folder = RunFolder(output, kind="prediction", overwrite=overwrite, key="--output")
+    inputs = [("model", model), *_data_inputs(data)]
+    check_output_location(folder.path, key="--output", inputs=inputs)
+    folder.check()
     gm = load_model(model)
-    folder = RunFolder(output, overwrite=overwrite)
     staging = folder.prepare()
     ok = False
     try:
@@ -966,17 +990,16 @@ def predict_job(
         return path
     finally:
         if not ok:
-            import shutil
-
-            shutil.rmtree(folder.staging, ignore_errors=True)
+            folder.discard()
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Redraw a run folder's pictures from its ``model.npz``, metrics and saved sample."""
     run = Path(run_dir)
-    if not run.is_dir():
-        raise JobError("not a run folder", file=run)
     gm = load_model(run)
+    if not is_owned(run, "run"):
+        # its pictures are rewritten in place: only in a folder dask-em wrote as a run
+        raise JobError(f"not a dask-em run folder (no {MARKER} marker)", file=run)
     metrics_file = run / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     sample_file = run / "sample.npz"
@@ -990,7 +1013,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if sel_file.is_file():
         sel = json.loads(sel_file.read_text())
         selection, crit = sel["candidates"], sel["criterion"]
-    return _draw_plots(run, gm, metrics, sample, tol, selection, crit)
+    written = _draw_plots(run, gm, metrics, sample, tol, selection, crit)
+    write_marker(run, "run", complete=True)  # its list of files includes the new pictures
+    return written
 
 
 def model_info(path: str | Path) -> dict:
@@ -1031,10 +1056,23 @@ def make_data(config: JobConfig, *, overwrite: bool = False) -> Path:
             raise JobError(
                 "make-data needs data.source: zarr and a data.synthetic spec", key="data"
             )
-        if data.path and "://" not in data.path and Path(data.path).exists() and not overwrite:
-            raise JobError(
-                f"{data.path} already exists; pass --overwrite to replace it", key="data.path"
-            )
+        local = "://" not in data.path
+        if local:
+            inputs = [("job file", config.source)]
+            check_output_location(data.path, key="data.path", inputs=inputs)
+        if local and (Path(data.path).exists() or Path(data.path).is_symlink()):
+            if not overwrite:
+                raise JobError(
+                    f"{data.path} already exists; pass --overwrite to replace it",
+                    key="data.path",
+                )
+            if not is_owned(data.path, "zarr"):
+                raise JobError(
+                    f"{data.path} exists but was not written by dask-em (no {MARKER} "
+                    "marker); it is never replaced: choose another data.path, or move it "
+                    "away yourself",
+                    key="data.path",
+                )
         with connect(config.cluster):
             x = synthetic_array(data.synthetic, data.chunk_rows, data.dtype)
             log.info(

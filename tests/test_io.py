@@ -132,8 +132,9 @@ def test_corrupt_and_wrong_kind_files(files):
     np.save(files / "s.npy", np.array(["a", "b"]))
     with pytest.raises(JobError, match="numeric"):
         load_data(cfg(source="npy", path=str(files / "s.npy")))
-    np.save(files / "one.npy", np.arange(5.0))  # 1-D: one feature
-    assert load_data(cfg(source="npy", path=str(files / "one.npy"))).shape == (5, 1)
+    np.save(files / "one.npy", np.arange(5.0))  # 1-D: one feature or one row? not guessed
+    with pytest.raises(JobError, match=r"shape \(5,\).*x\.reshape\(-1, 1\)"):
+        load_data(cfg(source="npy", path=str(files / "one.npy")))
 
 
 SPEC = SyntheticSpec(n_samples=2500, n_features=2, n_components=3, seed=5)
@@ -255,5 +256,5 @@ def test_run_folder(tmp_path):
     (again.prepare() / "new.txt").write_text("x")
     assert (target / "model.json").exists()  # the old run stays until commit
     again.commit()
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [".dask-em.json", "new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -194,7 +194,7 @@ def test_runner_sigkill_then_resume(tmp_path):
     # nothing half-written: only complete files, no temporaries; the checkpoint loads
     assert not run.exists()
     leftovers = sorted(p.name for p in staging.iterdir())
-    assert leftovers == ["checkpoint.npz"], leftovers
+    assert leftovers == [".dask-em.json", "checkpoint.npz"], leftovers
     assert _checkpoint_iteration(staging / "checkpoint.npz") >= 2
 
     resumed = subprocess.run(

@@ -90,7 +90,12 @@ def test_run_writes_the_run_folder(tmp_path):
         "plots",
         "labels.zarr",
         "probabilities.zarr",
+        ".dask-em.json",
     }
+    marker = json.loads((run / ".dask-em.json").read_text())
+    assert marker["kind"] == "run" and marker["complete"] is True
+    written = {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+    assert set(marker["files"]) == written - {".dask-em.json"}
     assert {p.name for p in (run / "plots").iterdir()} == {"lower_bound.png", "density.png"}
     # nothing left behind next to the run folder
     assert sorted(p.name for p in run.parent.iterdir()) == ["job"]
