@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -19,19 +21,21 @@ def blobs():
     return make_blobs()
 
 
-@pytest.fixture(scope="module")
-def client():
-    """A real distributed cluster with two worker processes, bound to 127.0.0.1."""
+@contextlib.contextmanager
+def local_cluster_client(dashboards: bool = False):
+    """A client of a LocalCluster of two 1-thread worker processes (nannies restart a
+    killed worker) bound to 127.0.0.1, closed on exit also on failure."""
     from distributed import Client, LocalCluster
 
+    board = "127.0.0.1:0" if dashboards else None
     cluster = LocalCluster(
         n_workers=2,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
         scheduler_port=0,
-        dashboard_address="127.0.0.1:0",
-        worker_dashboard_address="127.0.0.1:0",
+        dashboard_address=board,
+        worker_dashboard_address=board,
         memory_limit="1GiB",
     )
     try:
@@ -39,6 +43,13 @@ def client():
             yield c
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real distributed cluster with two worker processes, bound to 127.0.0.1."""
+    with local_cluster_client(dashboards=True) as c:
+        yield c
 
 
 # One process, threads: a job cluster that starts in about a second.
@@ -79,4 +90,130 @@ def self_signed_cert(folder):
         check=True,
         capture_output=True,
         stdin=subprocess.DEVNULL,
+    )
+
+
+# ---------------------------------------------------------------- processes and clusters
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def project_env() -> dict:
+    """The environment for a subprocess that must import this checkout of dask_em."""
+    import os
+
+    from dask_em.config import PROJECT_ROOT
+
+    path = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep)}
+
+
+def start_dask_processes(
+    work, *, n_workers: int = 1, nthreads: int = 1, extra=(), scheme: str = "tcp"
+):
+    """`dask scheduler` and ``n_workers`` `dask worker` processes on 127.0.0.1 (free port,
+    no dashboards, 1 GiB per worker, local folders under ``work``).
+
+    Returns
+    -------
+    address : str
+    procs : list of subprocess.Popen
+        The scheduler first; stop them with :func:`stop_processes` or
+        :func:`shutdown_dask_processes`, also on failure.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dask_exe = Path(sys.executable).with_name("dask")
+    base = [str(dask_exe)] if dask_exe.exists() else [sys.executable, "-m", "dask"]
+    port = free_port()
+    address = f"{scheme}://127.0.0.1:{port}"
+    quiet = dict(
+        cwd=work,
+        env=project_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    scheduler = [*base, "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+    procs = [subprocess.Popen([*scheduler, "--no-dashboard", *extra], **quiet)]
+    for i in range(n_workers):
+        worker = [*base, "worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads)]
+        worker += ["--memory-limit", "1GiB", "--no-dashboard", "--name", f"w{i}"]
+        worker += ["--local-directory", str(Path(work) / f"w{i}"), *extra]
+        procs.append(subprocess.Popen(worker, **quiet))
+    return address, procs
+
+
+def stop_processes(procs, grace: float = 6.0, kill: bool = False) -> None:
+    """Wait up to ``grace`` seconds for ``procs`` to exit, then SIGTERM (SIGKILL with
+    ``kill``) the rest and reap them all."""
+    import signal
+    import subprocess
+    import time
+
+    # After client.shutdown() they exit by themselves within a few seconds; a SIGTERM on
+    # top makes a nanny wait for the (gone) scheduler instead.
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def shutdown_dask_processes(address: str, procs, security=None) -> None:
+    """Ask the scheduler to shut the cluster down, then stop whatever is left."""
+    import dask
+    from distributed import Client
+
+    # A scheduler-initiated shutdown is quicker than signalling each process. The outer
+    # config.set undoes Client.shutdown() leaving scheduler="dask.distributed" set
+    # globally (distributed 2026.8), which would break later tests' computes.
+    with dask.config.set(scheduler="sync"):
+        try:
+            with Client(address, timeout=5, security=security) as client:
+                client.shutdown()
+        except Exception:
+            pass
+    stop_processes(procs)
+
+
+@pytest.fixture
+def no_global_dask_state():
+    """Jobs must leave dask's scheduler setting as they found it (a leaked
+    scheduler="dask.distributed" breaks every later compute in the process)."""
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    assert dask.config.get("scheduler", None) == before
+
+
+def run_cli(args, timeout: float = 300):
+    """``python -m dask_em ARGS`` in a subprocess (this checkout, no stdin): the result."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "dask_em", *map(str, args)],
+        env=project_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import THREADS
+from conftest import THREADS, free_port, run_cli
 from typer.testing import CliRunner
 
 from dask_em.cli import app
 from dask_em.config import PROJECT_ROOT
 
 runner = CliRunner()
+
+pytestmark = pytest.mark.usefixtures("no_global_dask_state")
 
 
 def job_file(tmp_path: Path, data: dict | None = None, name: str = "job", **sections) -> Path:
@@ -60,12 +61,6 @@ def assert_bad_input(result, *words: str):
     for w in words:
         assert w in err, err
     return err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -246,17 +241,6 @@ def test_quickstart_end_to_end(tmp_path):
     assert not (PROJECT_ROOT / "runs" / ".quickstart.partial").exists()
 
 
-@pytest.fixture(autouse=True)
-def _no_global_dask_state():
-    """Jobs must leave dask's scheduler setting as they found it (a leaked
-    scheduler="dask.distributed" breaks every later compute in the process)."""
-    import dask
-
-    before = dask.config.get("scheduler", None)
-    yield
-    assert dask.config.get("scheduler", None) == before
-
-
 def test_resume_after_sigkill(tmp_path):
     """Kill the runner process mid-fit; `run --resume` ends with the same numbers."""
     import signal
@@ -293,14 +277,7 @@ def test_resume_after_sigkill(tmp_path):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     assert not (tmp_path / "run").exists()
-    resumed = subprocess.run(
-        [*cmd, "--resume"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_cli([*cmd[3:], "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after iteration" in resumed.stderr
     reference = invoke("run", path, "--output", tmp_path / "reference")

@@ -16,10 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import make_blobs
+from conftest import (
+    free_port,
+    local_cluster_client,
+    make_blobs,
+    project_env,
+    run_cli,
+    start_dask_processes,
+    stop_processes,
+)
 
 from dask_em import GaussianMixture
-from dask_em.config import PROJECT_ROOT
 from dask_em.io import load_npz
 
 RUN = [sys.executable, "-m", "dask_em", "run"]
@@ -28,23 +35,8 @@ FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_")
 
 @pytest.fixture()
 def two_process_client():
-    """A LocalCluster with 2 worker processes (nannies restart killed workers)."""
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        scheduler_port=0,
-        dashboard_address=None,
-        memory_limit="1GiB",
-    )
-    try:
-        with Client(cluster) as client:
-            yield client
-    finally:
-        cluster.close()
+    with local_cluster_client() as client:
+        yield client
 
 
 def _estimator():
@@ -153,10 +145,6 @@ def _job(tmp_path: Path, out: Path) -> Path:
     return path
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-
-
 def _checkpoint_iteration(path: Path) -> int:
     """The checkpoint's iteration; every read must succeed (writes are atomic)."""
     if not path.is_file():
@@ -171,7 +159,7 @@ def test_runner_sigkill_then_resume(tmp_path):
     cmd = [sys.executable, "-m", "dask_em", "run", str(path)]
     proc = subprocess.Popen(
         cmd,
-        env=_env(),
+        env=project_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -197,27 +185,13 @@ def test_runner_sigkill_then_resume(tmp_path):
     assert leftovers == [".dask-em.json", "checkpoint.npz"], leftovers
     assert _checkpoint_iteration(staging / "checkpoint.npz") >= 2
 
-    resumed = subprocess.run(
-        [*cmd, "--resume"],
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_cli([*cmd[3:], "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after iteration" in resumed.stderr
     assert not staging.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
-    reference = subprocess.run(
-        [*cmd, "--output", str(tmp_path / "reference")],
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    reference = run_cli([*cmd[3:], "--output", tmp_path / "reference"])
     assert reference.returncode == 0, reference.stderr
     a = load_npz(run / "model.npz")
     b = load_npz(tmp_path / "reference" / "model.npz")
@@ -237,61 +211,13 @@ def test_runner_sigkill_then_resume(tmp_path):
 # ------------------------------------------------------------------------ scheduler lost
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_scheduler_and_worker(work: Path):
-    """`dask scheduler` + one `dask worker` on 127.0.0.1; returns (address, [procs])."""
-    dask_exe = Path(sys.executable).with_name("dask")
-    base = [str(dask_exe)] if dask_exe.exists() else [sys.executable, "-m", "dask"]
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    quiet = dict(
-        cwd=work,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    procs = [
-        subprocess.Popen(
-            [*base, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            **quiet,
-        )
-    ]
-    procs.append(
-        subprocess.Popen(
-            [
-                *base,
-                "worker",
-                address,
-                "--host",
-                "127.0.0.1",
-                "--nthreads",
-                "2",
-                "--memory-limit",
-                "1GiB",
-                "--no-dashboard",
-                "--local-directory",
-                str(work / "worker"),
-            ],
-            **quiet,
-        )
-    )
-    return address, procs
+    """`dask scheduler` + one 2-thread `dask worker` on 127.0.0.1: (address, procs)."""
+    return start_dask_processes(work, nthreads=2)
 
 
 def _stop(procs) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-    for p in procs:
-        p.wait(30)
+    stop_processes(procs, grace=0, kill=True)
 
 
 def test_scheduler_lost_mid_run_fails_fast_and_keeps_the_checkpoint(tmp_path):
@@ -304,7 +230,7 @@ def test_scheduler_lost_mid_run_fails_fast_and_keeps_the_checkpoint(tmp_path):
         cmd = [*RUN, str(path), "--set", "cluster.timeout=5", "--set", "model.max_iter=8"]
         runner = subprocess.Popen(
             [*cmd, "--scheduler", first],
-            env=_env(),
+            env=project_env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -337,7 +263,7 @@ def test_scheduler_lost_mid_run_fails_fast_and_keeps_the_checkpoint(tmp_path):
     # numbers of an uninterrupted run on the same cluster.
     second, procs = _start_scheduler_and_worker(tmp_path)
     try:
-        kw = dict(env=_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        kw = dict(env=project_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True)
         resumed = subprocess.run([*cmd, "--scheduler", second, "--resume"], timeout=300, **kw)
         assert resumed.returncode == 0, resumed.stderr
         assert f"resuming after iteration {kept}" in resumed.stderr
@@ -359,7 +285,7 @@ def test_unreachable_scheduler_is_bad_input_within_the_timeout(tmp_path):
 
     from dask_em.cli import app
 
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     path = _job(tmp_path, tmp_path / "run")
     t0 = time.monotonic()
     result = CliRunner().invoke(

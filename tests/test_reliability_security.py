@@ -4,7 +4,6 @@ secrets (TLS key contents, passwords in addresses) in messages, logs or run file
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import self_signed_cert
+from conftest import project_env, self_signed_cert, start_dask_processes, stop_processes
 from typer.testing import CliRunner
 
 from dask_em.cli import app
@@ -131,14 +130,6 @@ def test_a_password_in_the_scheduler_address_is_rejected_and_never_echoed(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tls_job_writes_no_secret_anywhere(tmp_path):
     """A job over TLS (scheduler and worker processes with a throwaway certificate): the
     key's contents appear in no output, log line, model.json, metrics.json or run file."""
@@ -148,34 +139,9 @@ def test_tls_job_writes_no_secret_anywhere(tmp_path):
         for line in (tmp_path / "key.pem").read_text().splitlines()
         if line and not line.startswith("-----")
     ]
-    dask_exe = Path(sys.executable).with_name("dask")
-    base = [str(dask_exe)] if dask_exe.exists() else [sys.executable, "-m", "dask"]
     tls_args = ["--tls-ca-file", "cert.pem", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]
-    port = _free_port()
-    address = f"tls://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    quiet = dict(
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    procs = [
-        subprocess.Popen(
-            [*base, "scheduler", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--no-dashboard", *tls_args],
-            **quiet,
-        )
-    ]
-    procs.append(
-        subprocess.Popen(
-            [*base, "worker", address, "--host", "127.0.0.1", "--nthreads", "2"]
-            + ["--no-dashboard", "--memory-limit", "1GiB", *tls_args]
-            + ["--local-directory", str(tmp_path / "w")],
-            **quiet,
-        )
-    )
+    address, procs = start_dask_processes(tmp_path, nthreads=2, extra=tls_args, scheme="tls")
+    env = project_env()
     doc = {
         "cluster": {
             "address": address,
@@ -206,10 +172,7 @@ def test_tls_job_writes_no_secret_anywhere(tmp_path):
             timeout=180,
         )
     finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait(30)
+        stop_processes(procs, grace=0, kill=True)
     assert out.returncode == 0, out.stderr
     run = tmp_path / "run"
     texts = {"stdout": out.stdout, "stderr (debug log)": out.stderr}

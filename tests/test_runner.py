@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import THREADS, self_signed_cert
+from conftest import (
+    THREADS,
+    free_port,
+    self_signed_cert,
+    shutdown_dask_processes,
+    start_dask_processes,
+)
 
-from dask_em.config import PROJECT_ROOT, JobError, load_job
+from dask_em.config import JobError, load_job
 from dask_em.io import load_npz
 from dask_em.runner import (
     data_config_for,
@@ -28,6 +29,8 @@ from dask_em.runner import (
     predict_job,
     run_job,
 )
+
+pytestmark = pytest.mark.usefixtures("no_global_dask_state")
 
 
 def job_file(tmp_path: Path, name: str = "job", **sections) -> Path:
@@ -472,41 +475,18 @@ def test_make_data_writes_the_jobs_zarr(tmp_path):
 # ------------------------------------------------------------------------ real clusters
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(procs, grace: float = 6.0):
-    # after client.shutdown() they exit by themselves within a few seconds; a SIGTERM on
-    # top makes a nanny wait for the (gone) scheduler instead
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.1)
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1."""
     from distributed import Client
 
-    address, procs = _start_cluster(tmp_path_factory.mktemp("dask-cluster"), 2, [])
+    address, procs = start_dask_processes(tmp_path_factory.mktemp("dask-cluster"), n_workers=2)
     try:
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=60)
         yield address
     finally:
-        _shutdown(address, procs)
+        shutdown_dask_processes(address, procs)
 
 
 def test_job_on_a_real_scheduler_and_two_workers(tmp_path, dask_cluster):
@@ -533,83 +513,6 @@ def test_unreachable_scheduler_fails_fast(tmp_path):
     assert not (config.output_dir.parent / ".job.partial").exists()
 
 
-def _start_cluster(work: Path, n_workers: int, extra: list[str], scheme: str = "tcp"):
-    """`dask scheduler` + `dask worker` subprocesses on 127.0.0.1; returns (address, procs)."""
-    dask_exe = Path(sys.executable).with_name("dask")
-    base = [str(dask_exe)] if dask_exe.exists() else [sys.executable, "-m", "dask"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]
-        ).rstrip(os.pathsep),
-    }
-    port = free_port()
-    address = f"{scheme}://127.0.0.1:{port}"
-    procs = [
-        subprocess.Popen(
-            [
-                *base,
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-dashboard",
-                *extra,
-            ],
-            cwd=work,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    for i in range(n_workers):
-        procs.append(
-            subprocess.Popen(
-                [
-                    *base,
-                    "worker",
-                    address,
-                    "--host",
-                    "127.0.0.1",
-                    "--nthreads",
-                    "1",
-                    "--memory-limit",
-                    "1GiB",
-                    "--no-dashboard",
-                    "--name",
-                    f"w{i}",
-                    "--local-directory",
-                    str(work / f"w{i}"),
-                    *extra,
-                ],
-                cwd=work,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    return address, procs
-
-
-def _shutdown(address: str, procs, security=None) -> None:
-    import dask
-    from distributed import Client
-
-    # A scheduler-initiated shutdown is quicker than signalling each process. The outer
-    # config.set undoes Client.shutdown() leaving scheduler="dask.distributed" set
-    # globally (distributed 2026.8), which would break later tests' computes.
-    with dask.config.set(scheduler="sync"):
-        try:
-            with Client(address, timeout=5, security=security) as client:
-                client.shutdown()
-        except Exception:
-            pass
-    _stop(procs)
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_job_over_tls(tmp_path):
     """A scheduler that requires TLS, reached with the certificate files from the config."""
@@ -624,7 +527,7 @@ def test_job_over_tls(tmp_path):
         "cert": str(tmp_path / "cert.pem"),
         "key": str(tmp_path / "key.pem"),
     }
-    address, procs = _start_cluster(tmp_path, 1, files, scheme="tls")
+    address, procs = start_dask_processes(tmp_path, extra=files, scheme="tls")
     config = load_job(job_file(tmp_path, cluster={"address": address, "tls": tls, "timeout": 20}))
     security = security_from_config(config.cluster)
     try:
@@ -637,7 +540,7 @@ def test_job_over_tls(tmp_path):
             run_job(plain)
         assert info.value.key == "cluster.tls"
     finally:
-        _shutdown(address, procs, security)
+        shutdown_dask_processes(address, procs, security)
 
 
 def test_tls_settings_become_security(tmp_path):
@@ -666,14 +569,3 @@ def test_jobqueue_kinds_are_an_allow_list():
 
     assert set(JOBQUEUE_KINDS) == set(JobqueueConfig.model_fields["kind"].annotation.__args__)
     assert all(v.endswith("Cluster") and "." not in v for v in JOBQUEUE_KINDS.values())
-
-
-@pytest.fixture(autouse=True)
-def _no_global_dask_state():
-    """Jobs must leave dask's scheduler setting as they found it (a leaked
-    scheduler="dask.distributed" breaks every later compute in the process)."""
-    import dask
-
-    before = dask.config.get("scheduler", None)
-    yield
-    assert dask.config.get("scheduler", None) == before
