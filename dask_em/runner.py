@@ -965,9 +965,15 @@ def predict_job(
             if probabilities:
                 stores[staging / "probabilities.zarr"] = gm.predict_proba(x)
             # one read of the data for the stores and the counts
-            (counts,) = write_zarrs(
-                stores, overwrite=True, also=(da.bincount(labels, minlength=gm.n_components),)
-            )
+            try:
+                (counts,) = write_zarrs(
+                    stores, overwrite=True, also=(da.bincount(labels, minlength=gm.n_components),)
+                )
+            except ValueError as exc:
+                error = _non_finite_at_predict(exc, gm.missing)
+                if error is None:
+                    raise
+                raise error from exc
             atomic_write_json(
                 staging / "predict.json",
                 {
@@ -988,6 +994,21 @@ def predict_job(
             import shutil
 
             shutil.rmtree(folder.staging, ignore_errors=True)
+
+
+def _non_finite_at_predict(exc: ValueError, missing: str) -> JobError | None:
+    """The estimator's check of each block's values (scikit-learn's "Input X contains NaN."
+    and its advice for scikit-learn users) as bad input, with the advice for a job; None
+    for any other error."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if not first.startswith("Input X contains"):
+        return None
+    if "NaN" in first and missing == "error":
+        first += (
+            " The model was fitted with model.missing: error; impute or remove the missing "
+            "values, or fit with model.missing: em to predict from the observed features."
+        )
+    return JobError(first, key="--data")
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

@@ -286,6 +286,28 @@ def test_predict_with_the_wrong_feature_count(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]
 
 
+@pytest.mark.parametrize(
+    "bad, words",
+    [(_nan_rows, ["--data", "contains NaN", "missing: em"]), (_inf_rows, ["infinity"])],
+    ids=["nan", "inf"],
+)
+def test_predict_with_non_finite_values(tmp_path, bad, words):
+    """NaN is an error at predict time unless the model was fitted with missing: em."""
+    path = _write_job(tmp_path, "negative_tol")  # any job; make a good run first
+    doc = yaml.safe_load(path.read_text())
+    doc["model"]["tol"] = 1e-3
+    path.write_text(yaml.safe_dump(doc))
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 0
+    np.save(tmp_path / "bad.npy", bad())
+    out = tmp_path / "pred"
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "run"), "--data", str(tmp_path / "bad.npy"), "-o", out]
+    )
+    assert_bad_input(result, *words)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]
+
+
 # ------------------------------------------------------------------------------ Python API
 
 # In-memory input and scikit-learn's parameters: the error is scikit-learn's, type and
