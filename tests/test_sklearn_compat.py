@@ -223,10 +223,16 @@ def test_runner_logs_scikit_learns_convergence_warning(X, caplog):
     from dask_em.runner import _fit
 
     params = {"n_components": 2, "max_iter": 1, "random_state": 0}
-    with caplog.at_level(logging.WARNING, logger="dask_em.runner"):
-        gm, _, _ = _fit(
-            params, as_kind(X, "dask"), checkpoint=None, resume=False, fingerprint="", hook=None
-        )
+    Xd = as_kind(X, "dask")
+    # The CLI's logging setup stops dask_em's records from propagating to the root logger
+    # (where caplog listens) once a CLI test has run: listen on the runner's logger.
+    log = logging.getLogger("dask_em.runner")
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="dask_em.runner"):
+            gm, _, _ = _fit(params, Xd, checkpoint=None, resume=False, fingerprint="", hook=None)
+    finally:
+        log.removeHandler(caplog.handler)
     assert not gm.converged_
     assert any("did not converge" in r.getMessage() for r in caplog.records)
 
