@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
-
 import dask.array as da
 import numpy as np
+from sklearn.utils import assert_all_finite
+from sklearn.utils import check_array as _sk_check_array
+from sklearn.utils.validation import validate_data
 
 from . import _math
 
@@ -116,8 +117,29 @@ def _is_numeric(dtype) -> bool:
         return bool(is_numeric_dtype(dtype)) and not is_bool_dtype(dtype)
 
 
+def _dask_rows(X, name="X"):
+    """A dask array or DataFrame as a dask array with known row chunks, features in one
+    chunk; the dtype is left alone (see :func:`_float_dtype`)."""
+    if _is_dask_dataframe(X):
+        bad = [c for c, t in X.dtypes.items() if not _is_numeric(t)]
+        if bad:
+            raise ValueError(f"{name} has non-numeric columns {bad}; select numeric columns only.")
+        X = X.to_dask_array(lengths=True)
+    if X.ndim >= 1 and (any(np.isnan(c) for c in X.chunks[0]) or np.isnan(X.shape[0])):
+        raise ValueError(
+            f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() or "
+            "build it with known lengths (e.g. to_dask_array(lengths=True))."
+        )
+    if X.ndim == 2 and X.numblocks[1] != 1:
+        X = X.rechunk({1: -1})
+    return X
+
+
 def check_array(X, *, name="X", min_rows=1, n_features=None, chunk_rows=None):
     """Turn the input into a dask array with rows chunked and features in one chunk.
+
+    The checks of :func:`dask_em.select_model`; the estimator checks its input with
+    :func:`check_input` (scikit-learn's rules and messages).
 
     Parameters
     ----------
@@ -136,12 +158,9 @@ def check_array(X, *, name="X", min_rows=1, n_features=None, chunk_rows=None):
         Whether the input was an in-memory array.
     """
     from_numpy = False
-    if _is_dask_dataframe(X):
-        bad = [c for c, t in X.dtypes.items() if not _is_numeric(t)]
-        if bad:
-            raise ValueError(f"{name} has non-numeric columns {bad}; select numeric columns only.")
-        X = X.to_dask_array(lengths=True)
-    elif not isinstance(X, da.Array):
+    if _is_dask_dataframe(X) or isinstance(X, da.Array):
+        X = _dask_rows(X, name)
+    else:
         if hasattr(X, "dtypes") and hasattr(X, "to_numpy"):  # pandas DataFrame
             bad = [c for c, t in X.dtypes.items() if not _is_numeric(t)]
             if bad:
@@ -165,19 +184,9 @@ def check_array(X, *, name="X", min_rows=1, n_features=None, chunk_rows=None):
         )
     dtype = _float_dtype(X.dtype)
     if from_numpy:
-        X = np.asarray(X, dtype=dtype)
-        rows = chunk_rows or auto_chunk_rows(X.shape[0], X.shape[1], 8)
-        X = da.from_array(X, chunks=(rows, -1))
-    else:
-        if any(np.isnan(c) for c in X.chunks[0]) or np.isnan(X.shape[0]):
-            raise ValueError(
-                f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() or "
-                "build it with known lengths (e.g. to_dask_array(lengths=True))."
-            )
-        if X.dtype != dtype:
-            X = X.astype(dtype)
-        if X.numblocks[1] != 1:
-            X = X.rechunk({1: -1})
+        X = to_blocks(np.asarray(X, dtype=dtype), chunk_rows)
+    elif X.dtype != dtype:
+        X = X.astype(dtype)
     n, d = X.shape
     if d < 1:
         raise ValueError(f"{name} has 0 features; at least one is required.")
@@ -190,24 +199,152 @@ def check_array(X, *, name="X", min_rows=1, n_features=None, chunk_rows=None):
     return X, from_numpy
 
 
+def to_blocks(x, chunk_rows=None):
+    """An in-memory array as a dask array of row blocks (views of ``x``).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+    chunk_rows : int, optional
+        Rows per block (default: see :func:`auto_chunk_rows`).
+
+    Returns
+    -------
+    dask.array.Array of shape (n, d)
+    """
+    rows = chunk_rows or auto_chunk_rows(x.shape[0], x.shape[1], 8)
+    return da.from_array(x, chunks=(rows, -1))
+
+
+def is_lazy(X) -> bool:
+    """Whether ``X`` is a dask array or dask DataFrame (kept lazy) rather than in memory."""
+    return isinstance(X, da.Array) or _is_dask_dataframe(X)
+
+
+def check_input(estimator, X, *, reset, fit=False, allow_nan=False):
+    """Check the data given to an estimator, by scikit-learn's rules and in its words.
+
+    In-memory input (numpy, lists, pandas; anything but dask) goes through scikit-learn's
+    ``validate_data`` exactly as ``sklearn.mixture.GaussianMixture`` calls it: object
+    arrays of numbers are converted, sparse matrices, complex numbers, NaN and infinity
+    refused with its messages, feature names and counts recorded (``reset``) or checked.
+    Dask input keeps its row blocks; its shape, dtype, feature names and count get the
+    same checks and messages without reading it; values are checked later, in the pass
+    that reads them.
+
+    Parameters
+    ----------
+    estimator : BaseEstimator
+    X : array-like, dask.array.Array or dask.dataframe.DataFrame of shape (n, d)
+    reset : bool
+        Record ``n_features_in_`` (and ``feature_names_in_``) rather than check them.
+    fit : bool
+        At least 2 rows are required, and in-memory data is cast to float64 or float32
+        (as scikit-learn's ``fit``); otherwise numeric data is cast afterwards.
+    allow_nan : bool
+        In-memory data may hold NaN (not infinity).
+
+    Returns
+    -------
+    X : ndarray or dask.array.Array of shape (n, d), float32 or float64
+        numpy for in-memory input, else a dask array with features in one chunk.
+    lazy : bool
+        Whether ``X`` is a dask array.
+    """
+    name = type(estimator).__name__
+    min_rows = 2 if fit else 1
+    if is_lazy(X):
+        Xd = _dask_rows(X)
+        _check_dask_shape(Xd, name, min_rows)
+        # Feature names and counts without reading X: a dask DataFrame's columns as an
+        # empty pandas frame (scikit-learn takes names from pandas, not from dask).
+        if _is_dask_dataframe(X):
+            import pandas as pd
+
+            X = pd.DataFrame(columns=X.columns)
+        validate_data(estimator, X, reset=reset, skip_check_array=True)
+        # Object arrays of numbers are converted, as scikit-learn converts them in memory.
+        dtype = np.dtype(np.float64) if Xd.dtype.kind == "O" else _float_dtype(Xd.dtype)
+        return (Xd if Xd.dtype == dtype else Xd.astype(dtype)), True
+    x = validate_data(
+        estimator,
+        X,
+        reset=reset,
+        dtype=[np.float64, np.float32] if fit else "numeric",
+        ensure_min_samples=min_rows,
+        ensure_all_finite="allow-nan" if allow_nan else True,
+    )
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    return x, False
+
+
+def _check_dask_shape(X, name, min_rows):
+    """scikit-learn's ``check_array`` messages for a dask array's shape and dtype."""
+    if X.ndim != 2:
+        what = {0: "scalar array", 1: "1D array"}.get(X.ndim)
+        if what is None:
+            raise ValueError(
+                f"Found array with dim {X.ndim}, while dim <= 2 is required by {name}."
+            )
+        raise ValueError(
+            f"Expected 2D array, got {what} instead: a dask array of shape {X.shape}. "
+            "Reshape your data either using array.reshape(-1, 1) if your data has a single "
+            "feature or array.reshape(1, -1) if it contains a single sample."
+        )
+    if X.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: a dask array of dtype {X.dtype}.")
+    n, d = X.shape
+    if n < min_rows:
+        raise ValueError(
+            f"Found array with {n} sample(s) (shape={X.shape}) while a minimum of "
+            f"{min_rows} is required by {name}."
+        )
+    if d < 1:
+        raise ValueError(
+            f"Found array with {d} feature(s) (shape={X.shape}) while a minimum of 1 is "
+            f"required by {name}."
+        )
+
+
+def finite_then(x, params, kernel, allow_nan, estimator_name):
+    """``kernel(x, params)`` after scikit-learn's check of ``x``'s values (a dask block at
+    prediction time: NaN and infinity raise its ``ValueError`` when the block is read)."""
+    assert_all_finite(x, allow_nan=allow_nan, estimator_name=estimator_name, input_name="X")
+    return kernel(x, params)
+
+
 def check_weights_like(sample_weight, X):
-    """Row weights as a dask array chunked like ``X``; non-negative, finite, not all zero."""
+    """Row weights for the rows of ``X``; non-negative, finite, not all zero.
+
+    Parameters
+    ----------
+    sample_weight : array-like or dask.array.Array of shape (n,)
+    X : ndarray or dask.array.Array of shape (n, d)
+
+    Returns
+    -------
+    ndarray or dask.array.Array of shape (n,), float64
+        numpy for numpy ``X``, else a dask array chunked like ``X`` (whose values, if
+        lazy, :func:`check_weight_values` checks).
+    """
     n = X.shape[0]
     if isinstance(sample_weight, da.Array):
         w = sample_weight.astype(np.float64)
         if w.ndim != 1 or w.shape[0] != n:
             raise ValueError(f"sample_weight has shape {w.shape}; expected ({n},).")
-        w = w.rechunk((X.chunks[0],))
-    else:
-        w = np.asarray(sample_weight, dtype=np.float64)
-        if w.ndim != 1 or w.shape[0] != n:
-            raise ValueError(f"sample_weight has shape {w.shape}; expected ({n},).")
-        if not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ValueError("sample_weight must be finite and non-negative.")
-        if not np.any(w > 0):
-            raise ValueError("sample_weight is all zero; at least one row needs weight.")
-        w = da.from_array(w, chunks=(X.chunks[0],))
-    return w
+        if not isinstance(X, da.Array):
+            w = w.compute()
+        else:
+            return w.rechunk((X.chunks[0],))
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"sample_weight has shape {w.shape}; expected ({n},).")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("sample_weight must be finite and non-negative.")
+    if not np.any(w > 0):
+        raise ValueError("sample_weight is all zero; at least one row needs weight.")
+    return da.from_array(w, chunks=(X.chunks[0],)) if isinstance(X, da.Array) else w
 
 
 def check_weight_values(w):
@@ -232,65 +369,64 @@ def check_weight_values(w):
         raise ValueError("sample_weight is all zero; at least one row needs weight.")
 
 
-def check_scalar(value, name, kind, low=None, low_inclusive=True):
-    """Check a scalar hyper-parameter and name it in the error."""
-    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if kind == "int" and not is_int:
-        raise ValueError(f"{name} must be an integer, got {value!r}.")
-    if kind == "real" and not is_real:
-        raise ValueError(f"{name} must be a number, got {value!r}.")
-    if kind == "real" and not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    if low is not None:
-        bad = value < low if low_inclusive else value <= low
-        if bad:
-            op = ">=" if low_inclusive else ">"
-            raise ValueError(f"{name} must be {op} {low}, got {value!r}.")
+# The initial parameters are checked as scikit-learn's GaussianMixture checks them (its
+# ``_check_weights``, ``_check_means``, ``_check_precisions``), with its messages, except
+# that NaN or infinity are named by the parameter ("Input means_init contains NaN." where
+# scikit-learn says "Input contains NaN.") and that an out-of-range weight reports the
+# maximum and minimum the right way round (scikit-learn's message swaps them). They are
+# returned as float64, the precision of the M-step.
+def _check_shape(param, shape, name):
+    if param.shape != shape:
+        raise ValueError(
+            f"The parameter '{name}' should have the shape of {shape}, but got {param.shape}"
+        )
 
 
 def check_weights_init(weights, n_components):
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (n_components,):
-        raise ValueError(f"weights_init has shape {w.shape}; expected ({n_components},).")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > 1):
-        raise ValueError("weights_init must be finite and in [0, 1].")
-    if not np.allclose(w.sum(), 1.0, rtol=0, atol=1e-6):
-        raise ValueError(f"weights_init must be normalized (sum to 1), but sums to {w.sum():.5f}.")
-    return w
+    """``weights_init`` as float64, shape (n_components,): in [0, 1] and summing to 1."""
+    w = _sk_check_array(
+        weights, dtype=[np.float64, np.float32], ensure_2d=False, input_name="weights_init"
+    )
+    _check_shape(w, (n_components,), "weights")
+    if np.any(w < 0.0) or np.any(w > 1.0):
+        raise ValueError(
+            "The parameter 'weights' should be in the range [0, 1], but got max value "
+            f"{np.max(w):.5f}, min value {np.min(w):.5f}"
+        )
+    atol = 1e-6 if w.dtype == np.float32 else 1e-8
+    if not np.allclose(abs(1.0 - np.sum(w)), 0.0, atol=atol):
+        raise ValueError(
+            f"The parameter 'weights' should be normalized, but got sum(weights) = {np.sum(w):.5f}"
+        )
+    return w.astype(np.float64)
 
 
 def check_means_init(means, n_components, n_features):
-    m = np.asarray(means, dtype=np.float64)
-    if m.shape != (n_components, n_features):
-        raise ValueError(
-            f"means_init has shape {m.shape}; expected ({n_components}, {n_features})."
-        )
-    if not np.all(np.isfinite(m)):
-        raise ValueError("means_init contains NaN or infinity.")
-    return m
+    """``means_init`` as float64, shape (n_components, n_features)."""
+    m = _sk_check_array(
+        means, dtype=[np.float64, np.float32], ensure_2d=False, input_name="means_init"
+    )
+    _check_shape(m, (n_components, n_features), "means")
+    return m.astype(np.float64)
 
 
 def check_precisions_init(precisions, covariance_type, n_components, n_features):
-    p = np.asarray(precisions, dtype=np.float64)
-    shape = _math.covariance_shape(covariance_type, n_components, n_features)
-    if p.shape != shape:
-        raise ValueError(
-            f"precisions_init has shape {p.shape}; expected {shape} for "
-            f"covariance_type='{covariance_type}'."
-        )
-    if not np.all(np.isfinite(p)):
-        raise ValueError("precisions_init contains NaN or infinity.")
+    """``precisions_init`` as float64 in the shape of ``covariance_type``: positive
+    (diag, spherical) or symmetric positive-definite matrices (full, tied)."""
+    p = _sk_check_array(
+        precisions,
+        dtype=[np.float64, np.float32],
+        ensure_2d=False,
+        allow_nd=covariance_type == "full",
+        input_name="precisions_init",
+    )
+    name = f"{covariance_type} precision"
+    _check_shape(p, _math.covariance_shape(covariance_type, n_components, n_features), name)
     if covariance_type in ("diag", "spherical"):
-        if np.any(p <= 0):
-            raise ValueError(f"precisions_init for '{covariance_type}' must be positive.")
-        return p
-    mats = p if covariance_type == "full" else p[None]
-    for k, m in enumerate(mats):
-        if not np.allclose(m, m.T) or np.any(np.linalg.eigvalsh(m) <= 0):
-            which = f" (component {k})" if covariance_type == "full" else ""
-            raise ValueError(
-                f"precisions_init for '{covariance_type}' must be symmetric, "
-                f"positive-definite{which}."
-            )
-    return p
+        if np.any(p <= 0.0):
+            raise ValueError(f"'{name}' should be positive")
+        return p.astype(np.float64)
+    for m in p if covariance_type == "full" else p[None]:
+        if not (np.allclose(m, m.T) and np.all(np.linalg.eigvalsh(m) > 0.0)):
+            raise ValueError(f"'{name}' should be symmetric, positive-definite")
+    return p.astype(np.float64)

@@ -6,10 +6,16 @@ import logging
 import math
 import uuid
 import warnings
+from numbers import Integral, Real
 
 import dask
 import dask.array as da
 import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state, check_scalar
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from . import _init, _math, _missing
 from ._em import (
@@ -27,21 +33,18 @@ from ._stats import log_prob_block
 from ._stats import row_log_likelihood as _log_norm
 from ._validation import (
     active_client,
-    check_array,
+    auto_chunk_rows,
+    check_input,
     check_means_init,
     check_precisions_init,
-    check_scalar,
     check_weight_values,
     check_weights_init,
     check_weights_like,
+    finite_then,
+    to_blocks,
 )
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
-PERSIST_OPTIONS = ("auto", True, False)
-
-
-class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the lower bound settled within ``tol``."""
 
 
 def _memory_budget(client) -> float:
@@ -116,7 +119,7 @@ def _scatter_blocks(client, X):
     return rebuild(futures, *args, rename={X.name: name})
 
 
-class GaussianMixture:
+class GaussianMixture(DensityMixin, BaseEstimator):
     """Gaussian mixture fitted by one-pass distributed EM.
 
     The parameters, fitted attributes and methods are scikit-learn's
@@ -124,6 +127,13 @@ class GaussianMixture:
     with it to round-off. ``X`` may be a numpy array, a dask array chunked along rows,
     or a dask DataFrame of numeric columns. Each EM iteration reads the data once, on
     the current Dask scheduler (threads by default, or an active ``distributed.Client``).
+
+    It is a scikit-learn estimator (``BaseEstimator``, ``DensityMixin``, as scikit-learn's
+    mixtures): it works in ``Pipeline``, ``GridSearchCV`` (scored by :meth:`score`),
+    ``clone`` and ``check_estimator``. In-memory input is checked by scikit-learn's rules
+    and messages; dask input gives lazy dask arrays back (as dask-ml's estimators). The
+    fitted arrays are float64 whatever the input's dtype (scikit-learn's follow a float32
+    input since 1.7).
 
     Parameters
     ----------
@@ -160,11 +170,14 @@ class GaussianMixture:
     split_every : int, optional
         Fan-in of the tree reduction of the statistics (dask's ``split_every``).
     missing : {'error', 'em'}, default='error'
-        What NaN in ``X`` means. 'error' raises :class:`NonFiniteError` naming the
-        first NaN's block and row. 'em' treats NaN as a value missing at random and fits
-        by the exact EM for incomplete data (Ghahramani & Jordan, 1994): responsibilities
-        from each row's observed features, expected statistics that complete the missing
-        ones; ``lower_bound_`` is then the observed-data log-likelihood per used row.
+        What NaN in ``X`` means. 'error': NaN is an error, in ``fit`` a
+        :class:`NonFiniteError` naming the first NaN's block and row for dask input
+        (found by the pass that reads it), and scikit-learn's ``ValueError`` for
+        in-memory input and in prediction. 'em' treats NaN as a value missing at random
+        and fits by the exact EM for incomplete data (Ghahramani & Jordan, 1994):
+        responsibilities from each row's observed features, expected statistics that
+        complete the missing ones; ``lower_bound_`` is then the observed-data
+        log-likelihood per used row.
         Rows with no observed value are skipped (``n_rows_skipped_``). Infinity is an
         error either way. Prediction and scoring use the observed features of each row.
         'em' costs one extra pass before fitting (counting what is missing), and
@@ -183,19 +196,45 @@ class GaussianMixture:
 
     Attributes
     ----------
-    weights_ : ndarray of shape (n_components,)
-    means_ : ndarray of shape (n_components, n_features)
-    covariances_ : ndarray
-    precisions_ : ndarray
-    precisions_cholesky_ : ndarray
+    weights_ : ndarray of shape (n_components,), float64
+    means_ : ndarray of shape (n_components, n_features), float64
+    covariances_ : ndarray, float64
+    precisions_ : ndarray, float64
+    precisions_cholesky_ : ndarray, float64
     converged_ : bool
     n_iter_ : int
     lower_bound_ : float
     lower_bounds_ : list of float
     n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features,)
+        Column names of ``X``, when it had string column names (pandas or dask
+        DataFrame).
     n_rows_skipped_ : int
         Rows without any observed value, left out of the fit (``missing='em'``).
     """
+
+    # scikit-learn's constraints for its parameters (``sklearn.mixture.GaussianMixture``),
+    # checked by ``fit`` with its ``InvalidParameterError`` messages, plus ours.
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions(set(_math.COVARIANCE_TYPES))],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions(set(INIT_METHODS))],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "persist": [StrOptions({"auto"}), "boolean"],
+        "split_every": [Interval(Integral, 2, None, closed="left"), None],
+        "missing": [StrOptions(set(_missing.MISSING_OPTIONS))],
+        "compute_dtype": [StrOptions(set(COMPUTE_DTYPES))],
+    }
 
     def __init__(
         self,
@@ -238,91 +277,11 @@ class GaussianMixture:
         self.missing = missing
         self.compute_dtype = compute_dtype
 
-    # ----------------------------------------------------------------------------------
-    # scikit-learn estimator protocol
-    # ----------------------------------------------------------------------------------
-    _PARAM_NAMES = (
-        "n_components",
-        "covariance_type",
-        "tol",
-        "reg_covar",
-        "max_iter",
-        "n_init",
-        "init_params",
-        "weights_init",
-        "means_init",
-        "precisions_init",
-        "random_state",
-        "warm_start",
-        "verbose",
-        "verbose_interval",
-        "persist",
-        "split_every",
-        "missing",
-        "compute_dtype",
-    )
-
-    def get_params(self, deep=True):
-        return {name: getattr(self, name) for name in self._PARAM_NAMES}
-
-    def set_params(self, **params):
-        for name, value in params.items():
-            if name not in self._PARAM_NAMES:
-                raise ValueError(f"Invalid parameter {name!r} for GaussianMixture.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self):
-        defaults = GaussianMixture().get_params()
-        changed = [
-            f"{k}={v!r}"
-            for k, v in self.get_params().items()
-            if not (isinstance(v, np.ndarray) or isinstance(defaults[k], np.ndarray))
-            and v != defaults[k]
-        ]
-        return f"GaussianMixture({', '.join(changed)})"
-
-    # ----------------------------------------------------------------------------------
-    # Checking
-    # ----------------------------------------------------------------------------------
-    def _check_parameters(self):
-        check_scalar(self.n_components, "n_components", "int", low=1)
-        if self.covariance_type not in _math.COVARIANCE_TYPES:
-            raise ValueError(
-                f"Invalid value for covariance_type: {self.covariance_type!r}. "
-                f"Choose one of {list(_math.COVARIANCE_TYPES)}."
-            )
-        check_scalar(self.tol, "tol", "real", low=0.0)
-        check_scalar(self.reg_covar, "reg_covar", "real", low=0.0)
-        check_scalar(self.max_iter, "max_iter", "int", low=0)
-        check_scalar(self.n_init, "n_init", "int", low=1)
-        check_scalar(self.verbose_interval, "verbose_interval", "int", low=1)
-        if self.init_params not in INIT_METHODS:
-            raise ValueError(
-                f"Invalid value for init_params: {self.init_params!r}. "
-                f"Choose one of {list(INIT_METHODS)}."
-            )
-        if self.persist not in PERSIST_OPTIONS:
-            raise ValueError(f"persist must be 'auto', True or False, got {self.persist!r}.")
-        if self.split_every is not None:
-            check_scalar(self.split_every, "split_every", "int", low=2)
-        if self.missing not in _missing.MISSING_OPTIONS:
-            raise ValueError(
-                f"Invalid value for missing: {self.missing!r}. "
-                f"Choose one of {list(_missing.MISSING_OPTIONS)}."
-            )
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(
-                f"Invalid value for compute_dtype: {self.compute_dtype!r}. "
-                f"Choose one of {list(COMPUTE_DTYPES)}."
-            )
-
-    def _check_is_fitted(self):
-        if not hasattr(self, "precisions_cholesky_"):
-            raise AttributeError(
-                "This GaussianMixture instance is not fitted yet. Call 'fit' with "
-                "appropriate arguments before using this estimator."
-            )
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # With missing='em' NaN are data, in fit and prediction alike.
+        tags.input_tags.allow_nan = self.missing == "em"
+        return tags
 
     def _params(self) -> MixtureParams:
         return MixtureParams(
@@ -336,15 +295,21 @@ class GaussianMixture:
     # ----------------------------------------------------------------------------------
     # Fitting
     # ----------------------------------------------------------------------------------
-    def _starts(self, X, rng, eps, weights):
-        K, d = self.n_components, X.shape[1]
-        w0 = m0 = p0 = None
-        if self.weights_init is not None:
-            w0 = check_weights_init(self.weights_init, K)
-        if self.means_init is not None:
-            m0 = check_means_init(self.means_init, K, d)
-        if self.precisions_init is not None:
-            p0 = check_precisions_init(self.precisions_init, self.covariance_type, K, d)
+    def _initial_arrays(self, n_features):
+        """The given ``weights_init``, ``means_init``, ``precisions_init`` checked (None
+        for those not given), as scikit-learn checks them before initialising."""
+        K, ct = self.n_components, self.covariance_type
+        return (
+            None if self.weights_init is None else check_weights_init(self.weights_init, K),
+            None if self.means_init is None else check_means_init(self.means_init, K, n_features),
+            None
+            if self.precisions_init is None
+            else check_precisions_init(self.precisions_init, ct, K, n_features),
+        )
+
+    def _starts(self, X, rng, eps, weights, given):
+        K = self.n_components
+        w0, m0, p0 = given
         if w0 is not None and m0 is not None and p0 is not None:
             # Given entirely; every start is the same, as in scikit-learn.
             return [_init.from_arrays(w0, m0, p0, self.covariance_type)] * self.n_init
@@ -363,6 +328,7 @@ class GaussianMixture:
         )
         return [_init.override(s, w0, m0, p0) for s in starts]
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, sample_weight=None, callback=None, resume=None):
         """Estimate the parameters by EM.
 
@@ -373,8 +339,9 @@ class GaussianMixture:
         sample_weight : array-like or dask array of shape (n_samples,), optional
             Non-negative, finite row weights, not all zero (dask weights are checked in
             one pass before fitting); responsibilities and the log-likelihood are
-            weighted by them and mixture weights are normalised by their total. An
-            integer weight equals repeating the row, a zero weight removing it. To score
+            weighted by them and mixture weights are normalised by their total. From
+            the same start, an integer weight equals repeating the row, a zero weight
+            removing it (random starts are drawn per row, so they differ). To score
             weighted data, pass the same weights to :meth:`bic` and :meth:`aic` (then
             ``n`` is the total weight).
         callback : callable, optional
@@ -395,14 +362,18 @@ class GaussianMixture:
         return self.fit(X, sample_weight=sample_weight).predict(X)
 
     def _fit(self, X, sample_weight, callback, resume):
-        self._check_parameters()
-        X, from_numpy = check_array(X, min_rows=2)
-        n, d = X.shape
+        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        # A warm start continues from parameters of a given number of features: X is
+        # checked against them (scikit-learn's message), not recorded anew.
+        x, lazy = check_input(self, X, reset=do_init, fit=True, allow_nan=self.missing == "em")
+        n, d = x.shape
         if n < self.n_components:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = "
                 f"{self.n_components}, n_samples = {n}"
             )
+        given = self._initial_arrays(d)
+        X = x if lazy else to_blocks(x)
         weights = None
         if sample_weight is not None:
             weights = check_weights_like(sample_weight, X)
@@ -410,7 +381,7 @@ class GaussianMixture:
         log_level = logging.INFO if self.verbose else logging.DEBUG
         if self.verbose:
             _ensure_handler()
-        X = _prepare_data(X, self.persist, from_numpy)
+        X = _prepare_data(X, self.persist, not lazy)
         if weights is not None:
             weights = _prepare_data(weights, self.persist, not isinstance(sample_weight, da.Array))
             if isinstance(sample_weight, da.Array):
@@ -423,22 +394,13 @@ class GaussianMixture:
             x_init, weights_init, summary = _missing.prepare_fit(X, weights, self.split_every)
             n_skipped = summary.n_skipped
 
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
         initial = None
         if resume is not None:
             starts = None
         elif do_init:
-            rng = (
-                np.random.mtrand._rand
-                if self.random_state is None
-                else (
-                    self.random_state
-                    if isinstance(self.random_state, np.random.RandomState)
-                    else np.random.RandomState(self.random_state)
-                )
-            )
+            rng = check_random_state(self.random_state)
             with single_threaded_blas():
-                starts = self._starts(x_init, rng, eps, weights_init)
+                starts = self._starts(x_init, rng, eps, weights_init, given)
             for i, s in enumerate(starts):
                 if not s.is_finite():
                     raise ValueError(
@@ -446,11 +408,6 @@ class GaussianMixture:
                         "Check the data for NaN or infinity, or scale it."
                     )
         else:
-            if self.n_features_in_ != d:
-                raise ValueError(
-                    f"X has {d} features, but the model was fitted with "
-                    f"{self.n_features_in_} features."
-                )
             starts = [self._params()]
             initial = [self.lower_bound_]
 
@@ -477,14 +434,13 @@ class GaussianMixture:
                 "Best performing initialization did not converge. Try different init "
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,  # _fit, fit, its validating wrapper, the caller
             )
         self._set_fitted(best.params)
         self.converged_ = converged
         self.n_iter_ = best.n_iter
         self.lower_bound_ = best.lower_bound
         self.lower_bounds_ = list(best.lower_bounds)
-        self.n_features_in_ = d
         self.n_rows_skipped_ = n_skipped
         self.fit_state_ = state
 
@@ -506,22 +462,52 @@ class GaussianMixture:
     # ----------------------------------------------------------------------------------
     # Inference
     # ----------------------------------------------------------------------------------
-    def _map_rows(self, X, func, out_cols):
-        """Apply ``func(block, params)`` to row blocks; numpy in -> numpy out."""
-        self._check_is_fitted()
-        Xd, from_numpy = check_array(X, n_features=self.n_features_in_)
+    def __sklearn_is_fitted__(self):
+        # Fitted means parameters to predict with: a fit that failed after checking X
+        # leaves n_features_in_, which scikit-learn's default test would take as fitted.
+        return hasattr(self, "precisions_cholesky_")
+
+    def _check_rows(self, X, allow_nan=None):
+        """Check a fitted model's input: (X as numpy or dask array, whether lazy)."""
+        check_is_fitted(self)
+        if allow_nan is None:
+            allow_nan = self.missing == "em"
+        return check_input(self, X, reset=False, allow_nan=allow_nan)
+
+    def _map_rows(self, x, lazy, func, out_cols, allow_nan=None):
+        """Apply ``func(block, params)`` to the row blocks of checked input (numpy in ->
+        numpy out, dask in -> lazy dask out).
+
+        Parameters
+        ----------
+        x : ndarray or dask.array.Array of shape (n, d)
+            From :meth:`_check_rows`.
+        lazy : bool
+        func : callable
+            ``func(block, params)`` -> (rows,) or (rows, out_cols).
+        out_cols : int or None
+        allow_nan : bool, optional
+            NaN in a dask block is data (default: ``missing='em'``); infinity never is.
+        """
         params = self._params()
         out_dtype = np.int64 if func is _labels else np.float64
-        if getattr(self, "missing", "error") == "em":
+        if allow_nan is None:
+            allow_nan = self.missing == "em"
+        if self.missing == "em":
             func = _NAN_AWARE.get(func, func)
-        if from_numpy:
-            x = X if isinstance(X, np.ndarray) and X.dtype.kind == "f" else Xd.compute()
+        if not lazy:
+            rows = auto_chunk_rows(x.shape[0], x.shape[1], 8)
             with single_threaded_blas():
-                parts = [func(x[s], params) for s in _row_slices(x.shape[0], Xd.chunks[0])]
+                parts = [func(x[s], params) for s in _row_slices(x.shape[0], rows)]
             return np.concatenate(parts) if parts else func(x, params)
+        # The values of a dask array are checked as each block is read (scikit-learn's
+        # check and message), not in a pass of their own.
+        kwargs = dict(kernel=func, allow_nan=allow_nan, estimator_name=type(self).__name__)
         if out_cols is None:
-            return Xd.map_blocks(func, params, drop_axis=1, dtype=out_dtype)
-        return Xd.map_blocks(func, params, chunks=(Xd.chunks[0], (out_cols,)), dtype=np.float64)
+            return x.map_blocks(finite_then, params, drop_axis=1, dtype=out_dtype, **kwargs)
+        return x.map_blocks(
+            finite_then, params, chunks=(x.chunks[0], (out_cols,)), dtype=np.float64, **kwargs
+        )
 
     def score_samples(self, X):
         """Log-likelihood of each row, shape (n_samples,); lazy for dask input.
@@ -529,16 +515,15 @@ class GaussianMixture:
         With ``missing='em'``, rows may hold NaN: the log-likelihood is that of the
         observed features (zero for a row with none).
         """
-        return self._map_rows(X, _log_norm, None)
+        return self._map_rows(*self._check_rows(X), _log_norm, None)
 
     def score(self, X, y=None):
         """Mean log-likelihood of the rows of ``X`` (a float)."""
-        s = self.score_samples(X)
-        return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())
+        return _mean(self.score_samples(X))
 
     def predict(self, X):
         """Most probable component of each row, shape (n_samples,); lazy for dask input."""
-        return self._map_rows(X, _labels, None)
+        return self._map_rows(*self._check_rows(X), _labels, None)
 
     def predict_proba(self, X):
         """Responsibilities, shape (n_samples, n_components); lazy for dask input.
@@ -546,8 +531,7 @@ class GaussianMixture:
         With ``missing='em'``, rows may hold NaN: responsibilities come from the observed
         features (the mixture weights for a row with none).
         """
-        self._check_is_fitted()
-        return self._map_rows(X, _proba, self.n_components)
+        return self._map_rows(*self._check_rows(X), _proba, self.n_components)
 
     def impute(self, X):
         """Fill missing values (NaN) with their conditional expectation under the model.
@@ -559,14 +543,15 @@ class GaussianMixture:
         Parameters
         ----------
         X : array-like or dask array of shape (n_samples, n_features)
+            NaN marks the values to fill, whatever ``missing`` was; infinity is an error.
 
         Returns
         -------
         ndarray or dask array of shape (n_samples, n_features), float64
             Lazy for dask input, numpy for numpy input.
         """
-        self._check_is_fitted()
-        return self._map_rows(X, _missing.impute_block, self.n_features_in_)
+        x, lazy = self._check_rows(X, allow_nan=True)
+        return self._map_rows(x, lazy, _missing.impute_block, self.n_features_in_, True)
 
     def _n_parameters(self):
         return _math.n_parameters(self.covariance_type, self.n_components, self.means_.shape[1])
@@ -586,23 +571,17 @@ class GaussianMixture:
         return -2 * loglik + 2 * self._n_parameters()
 
     def _total_loglik(self, X, sample_weight):
+        x, lazy = self._check_rows(X)
+        s = self._map_rows(x, lazy, _log_norm, None)
         if sample_weight is None:
-            X, n = self._with_row_count(X)
-            return self.score(X) * n, n
-        self._check_is_fitted()
-        Xd, _ = check_array(X, n_features=self.n_features_in_)
-        w = check_weights_like(sample_weight, Xd)
-        if isinstance(sample_weight, da.Array):
+            # scikit-learn's arithmetic: the mean log-likelihood times n.
+            n = int(x.shape[0])
+            return _mean(s) * n, n
+        w = check_weights_like(sample_weight, x)
+        if lazy and isinstance(sample_weight, da.Array):
             check_weight_values(w)
-        loglik, n = dask.compute((w * self.score_samples(Xd)).sum(), w.sum())
+        loglik, n = dask.compute((w * s).sum(), w.sum())
         return float(loglik), float(n)
-
-    def _with_row_count(self, X):
-        # A dask DataFrame's length is lazy; its array form knows it.
-        if isinstance(X, (np.ndarray, da.Array)):
-            return X, int(X.shape[0])
-        Xd, from_numpy = check_array(X, n_features=self.n_features_in_)
-        return (Xd.compute() if from_numpy else Xd), int(Xd.shape[0])
 
     def sample(self, n_samples=1):
         """Draw samples from the fitted mixture (scikit-learn's draws for a seed).
@@ -612,16 +591,15 @@ class GaussianMixture:
         X : ndarray of shape (n_samples, n_features)
         y : ndarray of shape (n_samples,)
         """
-        self._check_is_fitted()
-        check_scalar(n_samples, "n_samples", "int", low=1)
+        check_is_fitted(self)
+        check_scalar(n_samples, "n_samples", Integral)
+        if n_samples < 1:
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples} . The sampling requires at "
+                "least one sample."
+            )
         _, d = self.means_.shape
-        rng = (
-            self.random_state
-            if isinstance(self.random_state, np.random.RandomState)
-            else np.random.RandomState(self.random_state)
-            if self.random_state is not None
-            else np.random.mtrand._rand
-        )
+        rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_)
         if self.covariance_type == "full":
             X = np.vstack(
@@ -644,7 +622,7 @@ class GaussianMixture:
                     for mean, cov, c in zip(self.means_, self.covariances_, counts, strict=True)
                 ]
             )
-        y = np.concatenate([np.full(c, j, dtype=int) for j, c in enumerate(counts)])
+        y = np.concatenate([np.full(c, j, dtype=np.int64) for j, c in enumerate(counts)])
         return X, y
 
     # ----------------------------------------------------------------------------------
@@ -652,7 +630,7 @@ class GaussianMixture:
     # ----------------------------------------------------------------------------------
     def fitted_arrays(self) -> dict:
         """Everything needed to rebuild this fitted model, as numpy arrays (no objects)."""
-        self._check_is_fitted()
+        check_is_fitted(self)
         out = {
             "weights": self.weights_,
             "means": self.means_,
@@ -664,8 +642,9 @@ class GaussianMixture:
             "lower_bounds": np.asarray(self.lower_bounds_, dtype=np.float64),
             "n_features_in": np.asarray(self.n_features_in_),
         }
-        for name in self._PARAM_NAMES:
-            value = getattr(self, name)
+        if hasattr(self, "feature_names_in_"):
+            out["feature_names_in"] = np.asarray(self.feature_names_in_, dtype=str)
+        for name, value in self.get_params(deep=False).items():
             if name in ("weights_init", "means_init", "precisions_init"):
                 if value is not None:
                     out["param_" + name] = np.asarray(value, dtype=np.float64)
@@ -702,14 +681,24 @@ class GaussianMixture:
         gm.lower_bound_ = float(arrays["lower_bound"])
         gm.lower_bounds_ = [float(v) for v in np.asarray(arrays["lower_bounds"])]
         gm.n_features_in_ = int(arrays["n_features_in"])
+        if "feature_names_in" in arrays:
+            names = np.asarray(arrays["feature_names_in"])
+            if names.dtype.kind != "U":
+                raise ValueError(f"model array 'feature_names_in' has dtype {names.dtype}.")
+            # scikit-learn keeps feature names as an object array of str.
+            gm.feature_names_in_ = names.astype(object)
         return gm
 
 
-def _row_slices(n, chunks):
-    start = 0
-    for c in chunks:
-        yield slice(start, start + c)
-        start += c
+def _row_slices(n, rows):
+    for start in range(0, n, rows):
+        yield slice(start, min(start + rows, n))
+
+
+def _mean(values) -> float:
+    """The mean of a numpy or dask array, as a Python float."""
+    m = values.mean()
+    return float(m.compute() if isinstance(m, da.Array) else m)
 
 
 def _proba(x, params):
@@ -750,4 +739,7 @@ def _ensure_handler():
         logger.setLevel(logging.INFO)
 
 
+# ConvergenceWarning is scikit-learn's, so that filters and ``pytest.warns`` written for
+# scikit-learn catch ours; it stays importable from here and as
+# ``dask_em.ConvergenceWarning`` for code written when it was a class of our own.
 __all__ = ["GaussianMixture", "ConvergenceWarning", "EMProgress"]

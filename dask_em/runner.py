@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import platform
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -246,6 +247,20 @@ def _fit(
     return gm, history, time.perf_counter() - t0
 
 
+# The initial-array parameter in the estimator's messages: "The parameter 'means' ...",
+# "'full precision' should be ...", "Input weights_init contains NaN."
+_INIT_ARRAY_NAMES = re.compile(
+    r"parameter '(?:(weights)|(means))'|'(?:full|tied|diag|spherical) (precision)s?'"
+    r"|Input (weights_init|means_init|precisions_init) "
+)
+_INIT_ARRAY_KEYS = {
+    "weights": "weights_init",
+    "means": "means_init",
+    "precision": "precisions_init",
+    **{name: name for name in ("weights_init", "means_init", "precisions_init")},
+}
+
+
 def _job_error(exc: ValueError, missing: str) -> JobError:
     """The estimator's input checks speak in terms of its parameters/data; attach the
     config section so the one-line message says where to fix it."""
@@ -254,6 +269,10 @@ def _job_error(exc: ValueError, missing: str) -> JobError:
     message, key = str(exc), "model"
     if "sample_weight" in message:
         message, key = message.replace("sample_weight", "the weights"), "data.weights"
+    elif match := _INIT_ARRAY_NAMES.search(message):
+        # scikit-learn's messages name the initial arrays its own way ('means',
+        # 'full precision', ...); the key says which setting of the job it is.
+        key = "model." + _INIT_ARRAY_KEYS[next(name for name in match.groups() if name)]
     elif (
         isinstance(exc, NonFiniteError)
         and missing == "error"
@@ -970,9 +989,15 @@ def predict_job(
             if probabilities:
                 stores[staging / "probabilities.zarr"] = gm.predict_proba(x)
             # one read of the data for the stores and the counts
-            (counts,) = write_zarrs(
-                stores, overwrite=True, also=(da.bincount(labels, minlength=gm.n_components),)
-            )
+            try:
+                (counts,) = write_zarrs(
+                    stores, overwrite=True, also=(da.bincount(labels, minlength=gm.n_components),)
+                )
+            except ValueError as exc:
+                error = _non_finite_at_predict(exc, gm.missing)
+                if error is None:
+                    raise
+                raise error from exc
             atomic_write_json(
                 staging / "predict.json",
                 {
@@ -991,6 +1016,21 @@ def predict_job(
     finally:
         if not ok:
             folder.discard()
+
+
+def _non_finite_at_predict(exc: ValueError, missing: str) -> JobError | None:
+    """The estimator's check of each block's values (scikit-learn's "Input X contains NaN."
+    and its advice for scikit-learn users) as bad input, with the advice for a job; None
+    for any other error."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if not first.startswith("Input X contains"):
+        return None
+    if "NaN" in first and missing == "error":
+        first += (
+            " The model was fitted with model.missing: error; impute or remove the missing "
+            "values, or fit with model.missing: em to predict from the observed features."
+        )
+    return JobError(first, key="--data")
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:

@@ -622,7 +622,7 @@ def select_model(
             compute_dtype=compute_dtype,
             verbose=verbose,
         )
-        gm._check_parameters()
+        gm._validate_params()  # scikit-learn's parameter checks and messages
         protos.append(gm)
 
     x, from_numpy = check_array(X, min_rows=2)

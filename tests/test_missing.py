@@ -442,7 +442,7 @@ def test_infinity_is_an_error_under_em():
 
 def test_bad_missing_option_and_hopeless_data():
     X = _with_missing(make_blobs(n=100)[0], 0.1, seed=0)
-    with pytest.raises(ValueError, match="Invalid value for missing"):
+    with pytest.raises(ValueError, match="The 'missing' parameter of GaussianMixture must be"):
         GaussianMixture(2, missing="drop").fit(X)
     Xc = X.copy()
     Xc[:, 1] = np.nan

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dask.array as da
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
@@ -110,7 +112,7 @@ CASES: dict[str, tuple] = {
     "inf": (lambda t: _npy(t, _inf_rows()), {}, ["inf"]),
     "inf_with_missing_em": (lambda t: _npy(t, _inf_rows()), {"missing": "em"}, ["inf"]),
     "empty_npy": (lambda t: _npy(t, np.zeros((0, 2))), {}, ["x.npy", "no rows"]),
-    "one_row": (lambda t: _npy(t, GOOD[:1]), {"n_components": 1}, ["1 row", "at least 2"]),
+    "one_row": (lambda t: _npy(t, GOOD[:1]), {"n_components": 1}, ["1 sample", "minimum of 2"]),
     "no_features": (lambda t: _npy(t, np.zeros((10, 0))), {}, ["no columns"]),
     "three_d_npy": (lambda t: _npy(t, np.zeros((4, 3, 2))), {}, ["shape", "2-D"]),
     "string_npy": (lambda t: _npy(t, np.array([["a", "b"]] * 9)), {}, ["dtype", "numeric"]),
@@ -284,45 +286,106 @@ def test_predict_with_the_wrong_feature_count(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]
 
 
+@pytest.mark.parametrize(
+    "bad, words",
+    [(_nan_rows, ["--data", "contains NaN", "missing: em"]), (_inf_rows, ["infinity"])],
+    ids=["nan", "inf"],
+)
+def test_predict_with_non_finite_values(tmp_path, bad, words):
+    """NaN is an error at predict time unless the model was fitted with missing: em."""
+    path = _write_job(tmp_path, "negative_tol")  # any job; make a good run first
+    doc = yaml.safe_load(path.read_text())
+    doc["model"]["tol"] = 1e-3
+    path.write_text(yaml.safe_dump(doc))
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 0
+    np.save(tmp_path / "bad.npy", bad())
+    out = tmp_path / "pred"
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "run"), "--data", str(tmp_path / "bad.npy"), "-o", out]
+    )
+    assert_bad_input(result, *words)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]
+
+
 # ------------------------------------------------------------------------------ Python API
 
+# In-memory input and scikit-learn's parameters: the error is scikit-learn's, type and
+# message (``sklearn.mixture.GaussianMixture`` fitted on the same input).
 API_CASES = {
-    "empty": (np.zeros((0, 2)), {}, "0 row"),
-    "one_row": (np.zeros((1, 2)), {"n_components": 1}, "at least 2"),
-    "no_features": (np.zeros((5, 0)), {}, "0 features"),
-    "strings": (np.array([["a", "b"]] * 5), {}, "not numeric"),
-    "mixed_object": (np.array([[1.0, "a"]] * 5, dtype=object), {}, "not numeric"),
-    "ragged_lists": ([[1.0, 2.0], [3.0]], {}, "2-D"),
-    "frame_with_strings": (
-        pd.DataFrame({"a": [1.0, 2.0, 3.0], "s": ["x", "y", "z"]}),
-        {},
-        "non-numeric columns",
-    ),
-    "complex": (GOOD.astype(complex), {}, "not numeric"),
-    "nan": (_nan_rows(), {}, "NaN"),
-    "inf_with_missing_em": (_inf_rows(), {"missing": "em"}, "inf"),
-    "n_components_above_rows": (GOOD[:3], {"n_components": 4}, "n_samples >= n_components"),
-    "negative_reg_covar": (GOOD, {"reg_covar": -1.0}, "reg_covar"),
-    "negative_tol": (GOOD, {"tol": -1.0}, "tol"),
-    "weights_init_sum": (GOOD, {"weights_init": [0.7, 0.7]}, "weights_init"),
-    "weights_init_negative": (GOOD, {"weights_init": [1.5, -0.5]}, "weights_init"),
-    "means_init_shape": (GOOD, {"means_init": np.zeros((3, 2))}, "means_init"),
+    "empty": (np.zeros((0, 2)), {}),
+    "one_row": (np.zeros((1, 2)), {"n_components": 1}),
+    "no_features": (np.zeros((5, 0)), {}),
+    "strings": (np.array([["a", "b"]] * 5), {}),
+    "mixed_object": (np.array([[1.0, "a"]] * 5, dtype=object), {}),
+    "ragged_lists": ([[1.0, 2.0], [3.0]], {}),
+    "frame_with_strings": (pd.DataFrame({"a": [1.0, 2.0, 3.0], "s": ["x", "y", "z"]}), {}),
+    "complex": (GOOD.astype(complex), {}),
+    "nan": (_nan_rows(), {}),
+    "inf": (_inf_rows(), {}),
+    "one_dimensional": (GOOD[:, 0], {}),
+    "three_dimensional": (np.zeros((4, 3, 2)), {}),
+    "n_components_above_rows": (GOOD[:3], {"n_components": 4}),
+    "negative_reg_covar": (GOOD, {"reg_covar": -1.0}),
+    "negative_tol": (GOOD, {"tol": -1.0}),
+    "weights_init_sum": (GOOD, {"weights_init": [0.7, 0.7]}),
+    "weights_init_shape": (GOOD, {"weights_init": [1.0]}),
+    "means_init_shape": (GOOD, {"means_init": np.zeros((3, 2))}),
+    "precisions_init_shape": (GOOD, {"precisions_init": np.ones((2, 3, 3))}),
     "precisions_init_not_pd": (
         GOOD,
         {"precisions_init": np.array([[[1.0, 2.0], [2.0, 1.0]]] * 2)},
-        "positive",
     ),
-    "precisions_init_nan": (
+    "precisions_init_diag_negative": (
         GOOD,
-        {"precisions_init": np.full((2, 2, 2), np.nan)},
-        "precisions_init",
+        {"precisions_init": -np.ones((2, 2)), "covariance_type": "diag"},
     ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(API_CASES))
+def test_api_bad_input_as_scikit_learn(case):
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    X, params = API_CASES[case]
+    with pytest.raises(Exception) as expected:
+        SkGaussianMixture(**{**MODEL, **params}).fit(X)
+    gm = GaussianMixture(**{**MODEL, **params})
+    with pytest.raises(type(expected.value)) as info:
+        gm.fit(X)
+    assert str(info.value) == str(expected.value)
+    assert not hasattr(gm, "means_")
+
+
+# Ours alone: messages of one line naming the problem.
+OWN_API_CASES = {
+    "inf_with_missing_em": (_inf_rows(), {"missing": "em"}, "infinity"),
+    "weights_init_negative": (GOOD, {"weights_init": [1.5, -0.5]}, "range [0, 1]"),
+    "precisions_init_nan": (
+        GOOD,
+        {"precisions_init": np.full((2, 2, 2), np.nan)},
+        "precisions_init contains NaN",
+    ),
+    "persist": (GOOD, {"persist": "maybe"}, "'persist' parameter"),
+    # dask input: scikit-learn's words where it has them, checked without reading the data
+    "dask_empty": (da.zeros((0, 2)), {}, "0 sample(s)"),
+    "dask_one_row": (da.zeros((1, 2)), {"n_components": 1}, "1 sample(s)"),
+    "dask_no_features": (da.zeros((5, 0)), {}, "0 feature(s)"),
+    "dask_one_dimensional": (da.zeros(5), {}, "Expected 2D array, got 1D array"),
+    "dask_complex": (da.from_array(GOOD.astype(complex)), {}, "Complex data not supported"),
+    "dask_strings": (da.from_array(np.array([["a", "b"]] * 5)), {}, "not numeric"),
+    "dask_nan": (da.from_array(_nan_rows(), chunks=50), {}, "row 17, column 1"),
+    "dask_frame_with_strings": (
+        dd.from_pandas(pd.DataFrame({"a": [1.0, 2.0, 3.0], "s": ["x", "y", "z"]}), 1),
+        {},
+        "non-numeric columns",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OWN_API_CASES))
 def test_api_bad_input(case):
-    X, params, match = API_CASES[case]
+    X, params, match = OWN_API_CASES[case]
     gm = GaussianMixture(**{**MODEL, **params})
     with pytest.raises(ValueError) as info:
         gm.fit(X)
