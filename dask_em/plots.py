@@ -91,6 +91,8 @@ def plot_lower_bound(
     title: str = "EM convergence",
 ) -> bytes:
     """Lower bound (mean log-likelihood) per iteration, and its change on a log scale."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(6.4, 5.2)
     ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     it = np.array([r["iteration"] for r in iterations])
@@ -110,6 +112,14 @@ def plot_lower_bound(
                 xycoords="axes fraction",
                 fontsize=8,
             )
+    if len(finite) and np.ptp(finite) < 1e-6 * max(abs(finite[-1]), 1.0):
+        # A flat curve (a start already at the optimum): without an offset, ticks over a
+        # range of 1e-14 would need 16 digits, so show a range whose ticks read.
+        pad = 5e-7 * max(abs(finite[-1]), 1.0)
+        ax1.set_ylim(float(finite.min()) - pad, float(finite.max()) + pad)
+    # Plain numbers on the y axis (no "1e-12 - 2.5347" offset) and whole iterations on x.
+    ax1.ticklabel_format(axis="y", style="plain", useOffset=False)
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set_ylabel("lower bound (mean log-likelihood)")
     ax1.set_title(title)
     ax1.grid(alpha=0.3)
