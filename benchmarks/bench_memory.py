@@ -78,7 +78,7 @@ class Sampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
-def main(argv=None) -> dict:
+def _parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gib", type=float, default=8.0, help="size of the zarr data (GiB)")
     p.add_argument("--features", type=int, default=16)
@@ -89,7 +89,74 @@ def main(argv=None) -> dict:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--dir", default=None, help="work folder (default: a new temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the zarr data and run folder")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _job_doc(args, work: Path, n_rows: int, address: str) -> dict:
+    """The job: synthetic data written to zarr in ``work``, fitted on the cluster at
+    ``address`` without persisting it."""
+    return {
+        "name": "bench_memory",
+        "cluster": {"address": address, "wait_for_workers": args.workers},
+        "data": {
+            "source": "zarr",
+            "path": str(work / "data.zarr"),
+            "chunk_rows": args.chunk_rows,
+            "synthetic": {
+                "n_samples": n_rows,
+                "n_features": args.features,
+                "n_components": args.components,
+                "separation": 3.0,
+                "seed": 2024,
+            },
+        },
+        "model": {
+            "n_components": args.components,
+            "max_iter": args.iters,
+            "tol": 0.0,
+            "init_params": "random_from_data",
+            "random_state": 0,
+            "persist": "auto",
+        },
+        "output": {"dir": str(work / "run"), "plots": False, "labels": False},
+    }
+
+
+def _make_and_run(config, work: Path, result: dict) -> None:
+    """Write the data (unless there) and run the job; their seconds, and the job's
+    outcome, into ``result``. run_job connects its own client to the cluster's address."""
+    t0 = time.perf_counter()
+    if not (work / "data.zarr").exists():
+        make_data(config)
+    result["make_data_seconds"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    try:
+        run = run_job(config, overwrite=True)
+        result["ok"] = True
+        result["n_iter"] = run.metrics["n_iter"]
+        result["seconds_per_iteration"] = [
+            round(r["seconds"], 2) for r in run.metrics["iterations"]
+        ]
+    except Exception as exc:  # report, do not hide
+        result["ok"] = False
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    result["run_seconds"] = round(time.perf_counter() - t0, 1)
+
+
+def _log_warnings(client) -> dict:
+    """How many worker log lines match each of ``WARNINGS`` (those that occur)."""
+    logs = client.get_worker_logs()
+    counts = {w: 0 for w in WARNINGS}
+    for lines in logs.values():
+        for _level, line in lines:
+            match = next((w for w in WARNINGS if w.lower() in line.lower()), None)
+            if match is not None:
+                counts[match] += 1
+    return {k: v for k, v in counts.items() if v}
+
+
+def main(argv=None) -> dict:
+    args = _parse_args(argv)
 
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
@@ -119,55 +186,14 @@ def main(argv=None) -> dict:
     )
     try:
         client = Client(cluster, set_as_default=False)
-        doc = {
-            "name": "bench_memory",
-            "cluster": {"address": cluster.scheduler_address, "wait_for_workers": args.workers},
-            "data": {
-                "source": "zarr",
-                "path": str(work / "data.zarr"),
-                "chunk_rows": args.chunk_rows,
-                "synthetic": {
-                    "n_samples": n_rows,
-                    "n_features": args.features,
-                    "n_components": args.components,
-                    "separation": 3.0,
-                    "seed": 2024,
-                },
-            },
-            "model": {
-                "n_components": args.components,
-                "max_iter": args.iters,
-                "tol": 0.0,
-                "init_params": "random_from_data",
-                "random_state": 0,
-                "persist": "auto",
-            },
-            "output": {"dir": str(work / "run"), "plots": False, "labels": False},
-        }
         job = work / "job.yaml"
-        job.write_text(yaml.safe_dump(doc))
+        job.write_text(yaml.safe_dump(_job_doc(args, work, n_rows, cluster.scheduler_address)))
         config = load_job(job)
         sampler = Sampler(client)
         sampler.refresh()
         first_pids = set(sampler.pids)
         sampler.start()
-        if True:  # run_job connects its own client to the cluster's address
-            t0 = time.perf_counter()
-            if not (work / "data.zarr").exists():
-                make_data(config)
-            result["make_data_seconds"] = round(time.perf_counter() - t0, 1)
-            t0 = time.perf_counter()
-            try:
-                run = run_job(config, overwrite=True)
-                result["ok"] = True
-                result["n_iter"] = run.metrics["n_iter"]
-                result["seconds_per_iteration"] = [
-                    round(r["seconds"], 2) for r in run.metrics["iterations"]
-                ]
-            except Exception as exc:  # report, do not hide
-                result["ok"] = False
-                result["error"] = f"{type(exc).__name__}: {exc}"
-            result["run_seconds"] = round(time.perf_counter() - t0, 1)
+        _make_and_run(config, work, result)
         sampler.stop.set()
         sampler.join()
         sampler.refresh()
@@ -175,14 +201,7 @@ def main(argv=None) -> dict:
         result["peak_worker_rss_mib"] = [round(v / 2**20, 1) for v in peaks]
         result["peak_over_limit"] = round(peaks[0] / limit, 3) if peaks else None
         result["worker_restarts"] = len(sampler.pids - first_pids)
-        logs = client.get_worker_logs()
-        counts = {w: 0 for w in WARNINGS}
-        for lines in logs.values():
-            for _level, line in lines:
-                match = next((w for w in WARNINGS if w.lower() in line.lower()), None)
-                if match is not None:
-                    counts[match] += 1
-        result["worker_log_warnings"] = {k: v for k, v in counts.items() if v}
+        result["worker_log_warnings"] = _log_warnings(client)
         client.close()
     finally:
         cluster.close()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,25 @@ def timed(func, *args, **kwargs):
     t0 = time.perf_counter()
     out = func(*args, **kwargs)
     return time.perf_counter() - t0, out
+
+
+def after_first(times) -> list:
+    """Per-iteration seconds without the first iteration, unless it is the only one.
+
+    The first iteration also pays one-time costs (imports, a warm-up, data a cluster
+    is still receiving), so it is left out of every per-iteration figure.
+    """
+    return times[1:] if len(times) > 1 else times
+
+
+def quiet_fit(model, x, warning, **kwargs) -> float:
+    """Seconds of ``model.fit(x, **kwargs)`` with the ``warning`` category silenced (a
+    fit of a fixed number of iterations warns that it did not converge)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", warning)
+        t0 = time.perf_counter()
+        model.fit(x, **kwargs)
+        return time.perf_counter() - t0
 
 
 def loadavg() -> list:

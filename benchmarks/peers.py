@@ -1,7 +1,7 @@
 """The peers dask-em is measured against: scikit-learn and Spark MLlib (through pyspark).
 
-Each function returns plain numbers (seconds, log-likelihoods) so that ``run.py`` can put
-them next to dask-em's in one table.
+Each function returns plain numbers (seconds, log-likelihoods) so that the suites of
+``run.py`` can put them next to dask-em's in one table.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 
 import numpy as np
-from harness import Start, summary
+from harness import Start, quiet_fit, summary
 
 
 # --------------------------------------------------------------------------------------
@@ -73,16 +73,10 @@ def sklearn_iterations(x, start: Start, n_iter: int, *, reg_covar=1e-6) -> dict:
             bounds.append(float(log_prob_norm))
         return {"times": times, "lower_bounds": bounds, "method": "e-step + m-step"}
     except (AttributeError, TypeError, ImportError) as exc:  # private API changed
-        import warnings
-
         from sklearn.exceptions import ConvergenceWarning
 
         gm = model(n_iter)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            t0 = time.perf_counter()
-            gm.fit(x)
-            total = time.perf_counter() - t0
+        total = quiet_fit(gm, x, ConvergenceWarning)
         return {
             "times": [total / n_iter],
             "lower_bounds": list(gm.lower_bounds_),

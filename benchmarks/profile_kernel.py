@@ -25,34 +25,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness as h  # noqa: E402
+import measure  # noqa: E402
 
 
 def _params(x, k, cov):
-    import warnings
-
-    import dask_em
-
+    """Mid-fit parameters: two iterations from the benchmark start."""
     start = h.make_start(x, k, cov)
-    gm = dask_em.GaussianMixture(k, covariance_type=cov, max_iter=2, tol=0, **start.kwargs())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gm.fit(x[: min(len(x), 200_000)])
-    return gm._params()
-
-
-def kernel_times(block, params, repeats):
-    from threadpoolctl import threadpool_limits
-
-    from dask_em._stats import block_statistics
-
-    out = []
-    with threadpool_limits(1, "blas"):
-        block_statistics(block, [params])
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            block_statistics(block, [params])
-            out.append(time.perf_counter() - t0)
-    return out
+    return measure.daskem_fit(x[: min(len(x), 200_000)], start, 2)["model"]._params()
 
 
 def parts(block, params, repeats):
@@ -177,7 +156,7 @@ def main(argv=None):
         "cov": a.cov,
         "dtype": a.dtype,
     }
-    one = kernel_times(blocks[0], params, a.repeats)
+    one = measure.kernel_times(blocks[0], params, a.repeats)
     res["kernel"] = h.summary(one)
     res["parts"] = parts(blocks[0], params, a.repeats)
     two_threads = _run_copies_threads(blocks, params, a.repeats)

@@ -132,7 +132,7 @@ def test_scaling_samples_cover_equal_work_at_every_size(bench, monkeypatch):
             done[0] += n
         return {"times": times[1:]}
 
-    monkeypatch.setattr(bench, "daskem_fit", fake_fit)
+    monkeypatch.setattr(bench.measure, "daskem_fit", fake_fit)  # the suites fit through it
     monkeypatch.setattr(bench.h, "make_data", lambda n, d, k: np.zeros((n, d)))
     monkeypatch.setattr(bench.h, "make_start", lambda x, k, ct: None)
     settings = bench.Settings(repeats=4, log=None)
