@@ -388,11 +388,10 @@ def _default(obj):
 
 
 def write_json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
-    os.replace(tmp, path)
-    return path
+    # a temporary file of a fresh random name (never a file of the user's), then a rename
+    from dask_em.io import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=_default) + "\n")
 
 
 def fmt_seconds(v) -> str:
