@@ -105,6 +105,14 @@ class _H5Rows(_LazyRows):
         return out
 
 
+def _open_npy(p: Path, shown: str, key: str) -> _NpyRows:
+    """The rows of a ``.npy`` file, never unpickled (``shown``, ``key``: for messages)."""
+    try:
+        return _NpyRows(p)
+    except ValueError as exc:
+        raise JobError(f"cannot read {shown} as .npy without pickle ({exc})", key=key) from None
+
+
 def _lazy_to_dask(obj: _LazyRows, name: str, chunk_rows: int):
     import dask.array as da
 
@@ -190,12 +198,7 @@ class _ArraySource(Source):
 
     def _read_npy_weights(self, ref: str):
         p = Path(ref).expanduser()
-        try:
-            obj = _NpyRows(p)
-        except ValueError as exc:
-            raise JobError(
-                f"cannot read {ref} as .npy without pickle ({exc})", key="data.weights"
-            ) from None
+        obj = _open_npy(p, ref, "data.weights")
         return _lazy_to_dask(obj, f"read-npy-weights-{_file_token(p)}", self.chunk_rows)
 
     def _read_zarr_weights(self, ref: str):
@@ -227,12 +230,7 @@ class NpySource(_ArraySource):
 
     def read(self):
         p = _require_local(self.path, "npy")
-        try:
-            obj = _NpyRows(p)
-        except ValueError as exc:
-            raise JobError(
-                f"cannot read {self.path} as .npy without pickle ({exc})", key="data.path"
-            ) from None
+        obj = _open_npy(p, self.path, "data.path")
         if obj.dtype.hasobject:
             raise JobError(f"{self.path} holds object arrays", key="data.path")
         return _lazy_to_dask(obj, f"read-npy-{_file_token(p)}", self.chunk_rows)
