@@ -26,8 +26,12 @@ from dask_em.config import (
     load_job,
     validate_preset,
 )
+from dask_em.data.sources import SOURCES
 
 __all__ = ["app", "main"]
+
+#: The usual suffix of each file source, for the help of ``--data``.
+_DATA_SUFFIXES = " ".join(cls.suffixes[0] for cls in SOURCES.values() if cls.suffixes)
 
 app = typer.Typer(
     name="dask-em",
@@ -163,7 +167,7 @@ def validate(
     debug: Debug = False,
 ) -> None:
     """Check job (or preset) files; print every problem, exit 2 if there are any."""
-    from dask_em.io import check_data as _check_data
+    from dask_em.data.sources import check_data as _check_data
 
     _setup_logging(debug)
     bad = False
@@ -206,8 +210,7 @@ def predict(
     data: Annotated[
         str | None,
         typer.Option(
-            help="Data file (.zarr .npy .h5 .parquet .csv) or job .yaml; default: the run's "
-            "training data."
+            help=f"Data file ({_DATA_SUFFIXES}) or job .yaml; default: the run's training data."
         ),
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="HDF5 dataset / zarr array.")] = None,

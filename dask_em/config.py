@@ -47,7 +47,6 @@ import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     StrictBool,
@@ -56,6 +55,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from dask_em._schema import FiniteFloat, NonNegFloat, NonNegInt, PosFloat, PosInt
+from dask_em._schema import Model as _Model
+from dask_em.data.sources import DataConfig, DataSource, untag_error
+from dask_em.data.spec import SyntheticSpec
+from dask_em.errors import JobError
 
 __all__ = [
     "ClusterConfig",
@@ -87,46 +92,6 @@ CONFIGS_DIR = PROJECT_ROOT / "configs"
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 InitParams = Literal["kmeans", "k-means++", "random", "random_from_data"]
-SourceKind = Literal["zarr", "npy", "hdf5", "parquet", "csv", "synthetic"]
-
-# YAML already gives typed scalars, so integers and booleans are strict (``true`` is not 1,
-# ``2.5`` is not 2); floats stay lax because PyYAML reads ``1e-3`` (no dot) as a string.
-PosInt = Annotated[StrictInt, Field(ge=1)]
-NonNegInt = Annotated[StrictInt, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class JobError(Exception):
-    """Bad input from the user: printed as one line ``FILE: key.path: message``, exit 2.
-
-    Parameters
-    ----------
-    message : str
-        What is wrong and, where possible, what to do about it.
-    file : str or Path, optional
-        The file the problem is in (the job file, a data file, ...).
-    key : str, optional
-        Dotted path of the config key the problem is about, e.g. ``data.columns``.
-    """
-
-    def __init__(self, message: str, *, file: str | Path | None = None, key: str | None = None):
-        # one line, whatever a wrapped library error looked like
-        message = " ".join(str(message).split())
-        super().__init__(message)
-        self.message = message
-        self.file = None if file is None else str(file)
-        self.key = key
-
-    def __str__(self) -> str:
-        return ": ".join(p for p in (self.file, self.key, self.message) if p)
-
-    def in_file(self, file: str | Path | None) -> JobError:
-        """Attach ``file`` unless the error already names one; returns ``self``."""
-        if self.file is None and file is not None:
-            self.file = str(file)
-        return self
 
 
 class ConfigError(JobError):
@@ -151,10 +116,6 @@ class ConfigError(JobError):
         for p in self.problems:
             p.in_file(file)
         return super().in_file(file)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 def _check_memory(value: Any) -> Any:
@@ -296,131 +257,6 @@ class ClusterConfig(_Model):
         return "local"
 
 
-# ------------------------------------------------------------------------------------ data
-
-
-class SyntheticSpec(_Model):
-    """A seeded Gaussian mixture to draw data from.
-
-    Either give the mixture explicitly (``means``, optionally ``weights`` and full
-    ``covariances``) or let a generator make one from ``n_features``, ``n_components``,
-    ``separation`` (minimum distance between means, in units of the largest component
-    standard deviation) and ``seed``.
-    """
-
-    n_samples: PosInt
-    n_features: PosInt | None = None
-    n_components: PosInt | None = None
-    separation: PosFloat = 4.0
-    seed: NonNegInt = 0
-    weights: list[FiniteFloat] | None = None
-    means: list[list[FiniteFloat]] | None = None
-    covariances: list[list[list[FiniteFloat]]] | None = None
-
-    @model_validator(mode="after")
-    def _shape(self) -> SyntheticSpec:
-        if self.means is None:
-            if self.weights is not None or self.covariances is not None:
-                raise ValueError("'weights' and 'covariances' need 'means' too")
-            if self.n_features is None or self.n_components is None:
-                raise ValueError("give 'n_features' and 'n_components', or explicit 'means'")
-            return self
-        means = np.asarray(self.means, dtype=float)
-        if means.ndim != 2 or means.size == 0:
-            raise ValueError("'means' must be a non-empty list of equal-length rows")
-        k, d = means.shape
-        for name, value in (("n_components", self.n_components), ("n_features", self.n_features)):
-            expected = k if name == "n_components" else d
-            if value is not None and value != expected:
-                raise ValueError(f"'{name}' is {value} but 'means' has shape {means.shape}")
-        self.n_components, self.n_features = k, d
-        if self.weights is not None:
-            w = np.asarray(self.weights, dtype=float)
-            if w.shape != (k,) or np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-6):
-                raise ValueError(f"'weights' must be {k} non-negative numbers summing to 1")
-        if self.covariances is not None:
-            try:
-                c = np.asarray(self.covariances, dtype=float)
-            except ValueError:
-                raise ValueError("'covariances' must be a list of square matrices") from None
-            if c.shape != (k, d, d):
-                raise ValueError(f"'covariances' must have shape ({k}, {d}, {d}), got {c.shape}")
-            for i, ci in enumerate(c):
-                if not np.allclose(ci, ci.T):
-                    raise ValueError(f"covariance {i} is not symmetric")
-                try:
-                    np.linalg.cholesky(ci)
-                except np.linalg.LinAlgError:
-                    raise ValueError(f"covariance {i} is not positive definite") from None
-        return self
-
-
-class DataConfig(_Model):
-    """Where the rows come from, and how they are chunked and typed."""
-
-    source: SourceKind
-    path: str | None = None
-    """Local path or fsspec URL (zarr, parquet, csv); local path for npy and hdf5."""
-    dataset: str | None = None
-    """HDF5 dataset name, or the array's name inside a zarr group."""
-    columns: list[str] | None = None
-    """parquet/csv: columns to use (default: all, which must then all be numeric)."""
-    chunk_rows: PosInt = 250_000
-    dtype: Literal["float64", "float32"] = "float64"
-    synthetic: SyntheticSpec | None = None
-    """For ``source: synthetic`` the mixture to sample; for ``zarr`` the recipe used by
-    ``dask-em make-data`` to create the file."""
-    weights: str | None = None
-    """Row weights (``fit(X, sample_weight=w)``): for parquet/csv a numeric column (not one
-    of ``columns``; left out of the features when ``columns`` is omitted); for npy/zarr the
-    path of a 1-D array file (``.npy`` or zarr), relative like ``path``; for hdf5 a dataset
-    in the same file, or such a path. BIC/AIC then use n = the total weight."""
-
-    @field_validator("weights")
-    @classmethod
-    def _weights_for_source(cls, value: str | None, info: Any) -> str | None:
-        if value is None:
-            return value
-        src = info.data.get("source")
-        if not value.strip():
-            raise ValueError("is empty; omit it for unweighted rows")
-        if src == "synthetic":
-            raise ValueError(
-                "does not apply to source 'synthetic' (its rows are unweighted draws); "
-                "remove data.weights"
-            )
-        columns = info.data.get("columns")
-        if src in ("parquet", "csv") and columns and value in columns:
-            raise ValueError(
-                f"column {value!r} is also listed in data.columns; a column "
-                "cannot be both a feature and the weights"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _fields_for_source(self) -> DataConfig:
-        src = self.source
-        if src == "synthetic":
-            if self.synthetic is None:
-                raise ValueError("source 'synthetic' needs a 'synthetic' spec")
-            if self.path is not None:
-                raise ValueError("source 'synthetic' takes no 'path'")
-        else:
-            if self.path is None:
-                raise ValueError(f"source {src!r} needs a 'path'")
-            if self.synthetic is not None and src != "zarr":
-                raise ValueError("'synthetic' applies to sources 'synthetic' and 'zarr' only")
-        if self.columns is not None and src not in ("parquet", "csv"):
-            raise ValueError(f"'columns' applies to parquet and csv, not {src!r}")
-        if self.columns is not None and not self.columns:
-            raise ValueError("'columns' is empty; omit it to use every column")
-        if self.dataset is not None and src not in ("hdf5", "zarr"):
-            raise ValueError(f"'dataset' applies to hdf5 and zarr, not {src!r}")
-        if src == "hdf5" and self.dataset is None:
-            raise ValueError("source 'hdf5' needs 'dataset' (the dataset's name in the file)")
-        return self
-
-
 # ----------------------------------------------------------------------------------- model
 
 
@@ -504,7 +340,7 @@ class JobConfig(_Model):
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    data: DataConfig
+    data: DataSource
     model: ModelConfig = Field(default_factory=ModelConfig)
     selection: SelectionConfig | None = None
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -690,10 +526,14 @@ def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | N
 
 
 def _format_errors(
-    exc: ValidationError, job_file: Path | None, origins: dict[str, Path]
+    exc: ValidationError, job_file: Path | None, origins: dict[str, Path], data_at: int = 1
 ) -> list[JobError]:
+    """One :class:`JobError` a pydantic error; the data section (at ``loc[data_at]``, or
+    nowhere for None) reads as one model, without the source kind in the key."""
     problems = []
     for err in exc.errors(include_url=False):
+        if data_at == 0 or (data_at == 1 and err["loc"][:1] == ("data",)):
+            err = untag_error(err, data_at)
         loc = [p for p in err["loc"]]
         key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
         key = key.replace(".[", "[") or "(top level)"
@@ -790,7 +630,7 @@ def validate_preset(path: str | Path, section: str) -> None:
     ConfigError, JobError
     """
     path = Path(path)
-    models: dict[str, type[BaseModel]] = {
+    models: dict[str, Any] = {
         "cluster": ClusterConfig,
         "data": DataConfig,
         "model": ModelConfig,
@@ -807,7 +647,7 @@ def validate_preset(path: str | Path, section: str) -> None:
     try:
         models[section].model_validate(raw)
     except ValidationError as exc:
-        problems = _format_errors(exc, path, {})
+        problems = _format_errors(exc, path, {}, data_at=0 if section == "data" else None)
         for p in problems:
             p.key = f"{section}.{p.key}"
         raise ConfigError(problems) from None

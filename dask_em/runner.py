@@ -33,16 +33,28 @@ from dask_em.config import (
     job_fingerprint,
     load_job,
 )
-from dask_em.folders import MARKER, RunFolder, check_output_location, is_owned, write_marker
-from dask_em.io import (
-    atomic_savez,
-    atomic_write_bytes,
-    atomic_write_json,
+from dask_em.data.folders import (
+    MARKER,
+    RunFolder,
+    check_output_location,
+    is_owned,
+    write_marker,
+)
+from dask_em.data.sources import (
     check_data,
     data_summary,
     load_data,
-    load_npz,
     load_weighted,
+    source_for_suffix,
+    suffixes,
+    untag_error,
+)
+from dask_em.data.synthetic import synthetic_array
+from dask_em.data.writers import (
+    atomic_savez,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_npz,
     write_zarr,
     write_zarrs,
 )
@@ -720,22 +732,11 @@ def run_job(
         raise exc.in_file(config.source) from exc.__cause__
 
 
-def _data_inputs(data: DataConfig) -> list[tuple[str, str | None]]:
-    """The files a data section reads, labelled for messages (an HDF5 weights dataset
-    lives in the data file; a table's weights are one of its columns)."""
-    inputs = [("data", data.path)]
-    if data.weights is not None and data.source not in ("parquet", "csv", "hdf5"):
-        inputs.append(("weights", data.weights))
-    elif data.weights is not None and data.source == "hdf5" and Path(data.weights).exists():
-        inputs.append(("weights", data.weights))
-    return inputs
-
-
 def _run_folder(config: JobConfig, *, resume: bool, overwrite: bool) -> RunFolder:
     """The job's run folder, refused up front (before any cluster or pass over the data)
     where writing it could replace or delete an input or other files of the user's."""
     folder = RunFolder(config.output_dir, kind="run", overwrite=overwrite, resume=resume)
-    inputs = [*_data_inputs(config.data), ("job file", config.source)]
+    inputs = [*config.data.input_files(), ("job file", config.source)]
     if resume:
         inputs.append(("checkpoint being resumed", folder.staging))
     check_output_location(folder.path, key="output.dir", inputs=inputs)
@@ -884,17 +885,6 @@ def load_model(path: str | Path):
         raise JobError(f"not a dask-em model file ({exc})", file=path) from None
 
 
-_SUFFIX_SOURCES = {
-    ".zarr": "zarr",
-    ".npy": "npy",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-}
-
-
 def data_config_for(
     data: str | Path | None,
     *,
@@ -921,12 +911,11 @@ def data_config_for(
     elif str(data).endswith((".yaml", ".yml")):
         raw = load_job(data).data.model_dump()
     else:
-        suffix = Path(str(data).rstrip("/")).suffix.lower()
-        source = _SUFFIX_SOURCES.get(suffix)
+        source = source_for_suffix(data)
         if source is None:
             raise JobError(
                 f"cannot tell the format of {data} from its suffix (use one of "
-                f"{', '.join(sorted(_SUFFIX_SOURCES))}, or a job .yaml)",
+                f"{', '.join(sorted(suffixes()))}, or a job .yaml)",
                 key="--data",
             )
         raw = {"source": source, "path": str(data)}
@@ -941,7 +930,7 @@ def data_config_for(
     try:
         return DataConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
+        first = untag_error(exc.errors(include_url=False)[0])
         key = ".".join(str(p) for p in ("data", *first["loc"]))
         raise JobError(first["msg"].removeprefix("Value error, "), key=key) from None
 
@@ -967,7 +956,7 @@ def predict_job(
     """
     model = Path(model)
     folder = RunFolder(output, kind="prediction", overwrite=overwrite, key="--output")
-    inputs = [("model", model), *_data_inputs(data)]
+    inputs = [("model", model), *data.input_files()]
     check_output_location(folder.path, key="--output", inputs=inputs)
     folder.check()
     gm = load_model(model)
@@ -1088,8 +1077,6 @@ def make_data(config: JobConfig, *, overwrite: bool = False) -> Path:
         The job's data is not ``source: zarr`` with a ``synthetic`` spec, or the target
         exists without ``overwrite``.
     """
-    from dask_em.io import synthetic_array
-
     try:
         data = config.data
         if data.source != "zarr" or data.synthetic is None:

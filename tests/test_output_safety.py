@@ -388,9 +388,9 @@ def test_csv_empty_fields_are_missing_values_not_errors(tmp_path):
 
 
 def test_csv_line_numbers_count_across_files_blocks(tmp_path, monkeypatch):
-    import dask_em.io
+    import dask_em.data.tables
 
-    monkeypatch.setattr(dask_em.io, "_CSV_CHECK_BLOCK", 64)  # many blocks per file
+    monkeypatch.setattr(dask_em.data.tables, "_CSV_CHECK_BLOCK", 64)  # many blocks per file
     good = "".join(f"{i},{i + 1},{i + 2}\n" for i in range(40))
     (tmp_path / "a.csv").write_text("a,b,c\n" + good)
     (tmp_path / "b.csv").write_text("a,b,c\n" + good + "1,2\n" + good)
