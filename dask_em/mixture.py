@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _init, _math, _missing
+from ._blas import single_threaded_blas
 from ._em import (
     COMPUTE_DTYPES,
     EMProgress,
@@ -25,10 +26,10 @@ from ._em import (
     em_kernel,
     logger,
     run_em,
-    single_threaded_blas,
 )
 from ._math import normalize_log_prob
 from ._params import MixtureParams
+from ._reduce import compute
 from ._stats import log_prob_block
 from ._stats import row_log_likelihood as _log_norm
 from ._validation import (
@@ -580,7 +581,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         w = check_weights_like(sample_weight, x)
         if lazy and isinstance(sample_weight, da.Array):
             check_weight_values(w)
-        loglik, n = dask.compute((w * s).sum(), w.sum())
+        loglik, n = compute((w * s).sum(), w.sum())
         return float(loglik), float(n)
 
     def sample(self, n_samples=1):

@@ -12,28 +12,27 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import dask
 import dask.array as da
 import numpy as np
 
 from . import _math, _missing
+from ._blas import single_threaded_blas
 from ._em import (
     CandidateState,
     EMProgress,
     best_candidate,
     em_kernel,
     run_em,
-    single_threaded_blas,
 )
-from ._reduce import tree_reduce
+from ._errors import raise_non_finite
+from ._reduce import compute_pass
 from ._starts import StartRequest, make_starts
-from ._stats import _raise_non_finite, log_prob_block
+from ._stats import log_prob_block
 from ._validation import check_array, check_weight_values, check_weights_like
 from .mixture import GaussianMixture, _ensure_handler, _prepare_data
 
@@ -363,7 +362,7 @@ def _loglik_chunk(x, spec, row_offset, block_index, w=None):
         lp = np.ascontiguousarray(lp.T)  # (K, n), normalised in place
         log_norm = _math.normalize_log_prob(lp)
         if not np.all(np.isfinite(log_norm)):
-            _raise_non_finite(x, np.flatnonzero(~np.isfinite(log_norm)), block_index, row_offset)
+            raise_non_finite(x, np.flatnonzero(~np.isfinite(log_norm)), block_index, row_offset)
         out.append(float(log_norm.sum() if w is None else w @ log_norm))
     out.append(float(x.shape[0] if w is None else w.sum()))
     return tuple(out)
@@ -389,7 +388,7 @@ def final_log_likelihoods(x, params_list, *, weights=None, split_every=None, mis
     n : float
         Number of rows, or the total weight.
     """
-    graph = tree_reduce(
+    out = compute_pass(
         x,
         _loglik_chunk,
         (tuple(params_list), bool(missing)),
@@ -397,59 +396,27 @@ def final_log_likelihoods(x, params_list, *, weights=None, split_every=None, mis
         split_every=split_every,
         prefix="select-loglik",
     )
-    with single_threaded_blas():
-        (out,) = dask.compute(graph)
     return list(out[:-1]), float(out[-1])
 
 
-_START_ERROR = re.compile(r"\(start (\d+), iteration \d+\)")
-
-
 def _run_em_dropping_failures(x, starts, failures, *, resume=None, callback=None, **kw):
-    """run_em, but a start whose M-step fails is dropped and the others go on.
+    """:func:`run_em` with ``on_start_error='drop'``: a start whose M-step fails is
+    stopped and the others go on. ``failures`` (start index -> message) gets each
+    dropped start before ``callback`` sees the state it was dropped in."""
 
-    run_em raises on the first failing start, naming it "(start i, iteration j)"; the
-    state after the previous iteration (from the callback) is resumed with that start
-    stopped, so the other candidates of the grid lose only that one pass. ``failures``
-    (start index -> message) gets each dropped start. ``resume`` (an EMProgress)
-    continues an earlier run; ``callback`` is called with the EMProgress after every
-    iteration, and an exception it raises propagates as it is.
-    """
-    last = [resume] if resume is not None else []
-    max_iter = kw["max_iter"]
-    in_callback = [False]
+    def collect(progress: EMProgress) -> None:
+        for c in progress.candidates:
+            if c.error is not None:
+                failures.setdefault(c.index, str(c.error))
 
-    def keep(progress):
-        last[:] = [progress]
+    def on_iteration(progress: EMProgress) -> None:
+        collect(progress)
         if callback is not None:
-            in_callback[0] = True
             callback(progress)
-            in_callback[0] = False
 
-    while True:
-        try:
-            return run_em(x, starts, resume=resume, callback=keep, **kw)
-        except ValueError as exc:
-            match = _START_ERROR.search(str(exc))
-            if match is None or in_callback[0]:
-                raise
-            i = int(match.group(1))
-            failures[i] = str(exc)
-            base = (
-                last[0]
-                if last
-                else EMProgress(
-                    0,
-                    0.0,
-                    tuple(
-                        CandidateState(j, p, (), False, max_iter > 0) for j, p in enumerate(starts)
-                    ),
-                )
-            )
-            cands = list(base.candidates)
-            cands[i] = replace(cands[i], active=False, converged=False)
-            resume = EMProgress(base.iteration, base.seconds, tuple(cands))
-            logger.warning("select_model: start %d dropped: %s", i, exc)
+    state = run_em(x, starts, resume=resume, callback=on_iteration, on_start_error="drop", **kw)
+    collect(state)
+    return state
 
 
 def _fitted(proto, best: CandidateState, group, d, n_skipped) -> GaussianMixture:
