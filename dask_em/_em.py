@@ -22,7 +22,7 @@ from ._stats import block_statistics, compute_dtype_for
 
 COMPUTE_DTYPES = ("auto", "float32", "float64")
 
-logger = logging.getLogger("dask_em")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)

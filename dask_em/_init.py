@@ -44,13 +44,7 @@ def random_from_data(x, n_components, covariance_type, reg_covar, eps, rng):
     means[order] = rows_sorted
     # One row per component: its scatter is exactly zero, so the covariance is
     # reg_covar alone (what the one-hot responsibilities give scikit-learn).
-    d = x.shape[1]
-    cov = {
-        "full": lambda: np.broadcast_to(reg_covar * np.eye(d), (n_components, d, d)).copy(),
-        "tied": lambda: reg_covar * np.eye(d),
-        "diag": lambda: np.full((n_components, d), float(reg_covar)),
-        "spherical": lambda: np.full(n_components, float(reg_covar)),
-    }[covariance_type]()
+    cov = _math.scaled_identity_covariances(covariance_type, n_components, x.shape[1], reg_covar)
     weights = np.full(n_components, 1.0 / n_components)
     prec_chol = _math.precision_cholesky(cov, covariance_type)
     return MixtureParams(weights, means, cov, prec_chol, covariance_type)

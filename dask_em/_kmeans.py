@@ -78,7 +78,7 @@ from ._errors import raise_non_finite
 from ._reduce import compute_pass
 from ._stats import SuffStats
 
-logger = logging.getLogger("dask_em")
+logger = logging.getLogger(__name__)
 
 N_ROUNDS = 5
 OVERSAMPLING_FACTOR = 2.0

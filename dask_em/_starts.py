@@ -62,12 +62,7 @@ def params_on_rows(rows, covariance_type, reg_covar) -> MixtureParams:
     """
     means = np.array(rows, dtype=np.float64)
     k, d = means.shape
-    cov = {
-        "full": lambda: np.broadcast_to(reg_covar * np.eye(d), (k, d, d)).copy(),
-        "tied": lambda: reg_covar * np.eye(d),
-        "diag": lambda: np.full((k, d), float(reg_covar)),
-        "spherical": lambda: np.full(k, float(reg_covar)),
-    }[covariance_type]()
+    cov = _math.scaled_identity_covariances(covariance_type, k, d, reg_covar)
     prec_chol = _math.precision_cholesky(cov, covariance_type)
     return MixtureParams(np.full(k, 1.0 / k), means, cov, prec_chol, covariance_type)
 

@@ -57,12 +57,7 @@ class SuffStats:
     @classmethod
     def zero(cls, covariance_type, reference):
         n_components, d = reference.shape
-        s2_shape = {
-            "full": (n_components, d, d),
-            "tied": (d, d),
-            "diag": (n_components, d),
-            "spherical": (n_components,),
-        }[covariance_type]
+        s2_shape = _math.covariance_shape(covariance_type, n_components, d)
         return cls(
             covariance_type,
             reference,

@@ -24,7 +24,6 @@ from ._em import (
     EMProgress,
     best_candidate,
     em_kernel,
-    logger,
     run_em,
 )
 from ._math import normalize_log_prob
@@ -731,6 +730,9 @@ _NAN_AWARE = {_log_norm: _log_norm_missing, _proba: _proba_missing, _labels: _la
 
 
 def _ensure_handler():
+    """A stderr handler and INFO level on the package logger ``dask_em``, whose children
+    (every module logs to ``logging.getLogger(__name__)``) pass their records up to it."""
+    logger = logging.getLogger("dask_em")
     root = logging.getLogger()
     if not logger.handlers and not root.handlers:
         handler = logging.StreamHandler()

@@ -36,7 +36,7 @@ from ._stats import log_prob_block
 from ._validation import check_array, check_weight_values, check_weights_like
 from .mixture import GaussianMixture, _ensure_handler, _prepare_data
 
-logger = logging.getLogger("dask_em")
+logger = logging.getLogger(__name__)
 
 CRITERIA = ("bic", "aic")
 TABLE_COLUMNS = (
