@@ -1,8 +1,9 @@
 """dask-em: Gaussian mixture models fitted by one-pass distributed EM on Dask arrays."""
 
 from ._em import CandidateState, EMProgress
+from ._errors import NonFiniteError, StartError
 from ._params import MixtureParams
-from ._stats import NonFiniteError, SuffStats
+from ._stats import SuffStats
 from .mixture import ConvergenceWarning, GaussianMixture
 from .selection import select_model
 
@@ -16,6 +17,7 @@ __all__ = [
     "MixtureParams",
     "NonFiniteError",
     "SuffStats",
+    "StartError",
     "select_model",
     "__version__",
 ]

@@ -10,19 +10,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-import dask
 import numpy as np
 
+from ._blas import single_threaded_blas
+from ._errors import StartError
 from ._params import MixtureParams, m_step
-from ._reduce import tree_reduce
+from ._reduce import compute_pass
 from ._stats import block_statistics, compute_dtype_for
 
 COMPUTE_DTYPES = ("auto", "float32", "float64")
 
-logger = logging.getLogger("dask_em")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +40,9 @@ class CandidateState:
     converged : bool
     active : bool
         Still iterating.
+    error : StartError or None
+        Why the start was dropped (``run_em(on_start_error='drop')``); its parameters
+        and lower bounds are those of the iteration before.
     """
 
     index: int
@@ -47,6 +50,7 @@ class CandidateState:
     lower_bounds: tuple
     converged: bool
     active: bool
+    error: StartError | None = None
 
     @property
     def n_iter(self) -> int:
@@ -150,28 +154,6 @@ def em_kernel(missing: bool, x_dtype, compute_dtype="auto"):
     return partial(missing_block_statistics if missing else block_statistics, compute_dtype=dtype)
 
 
-@contextmanager
-def single_threaded_blas():
-    """Run BLAS single-threaded in this process while Dask threads run blocks.
-
-    Each Dask thread runs one block; a multi-threaded BLAS inside each would
-    oversubscribe the cores (measured 1.6-2x slower). Distributed workers already start
-    with one BLAS thread (distributed's ``nanny.pre-spawn-environ``).
-    """
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        # Finding the loaded BLAS libraries reads /proc/self/maps (~2 ms); do it once.
-        # numpy's and scipy's BLAS are both loaded by then (dask_em imports scipy).
-        _BLAS_CONTROLLER = ThreadpoolController()
-    with _BLAS_CONTROLLER.limit(limits=1, user_api="blas"):
-        yield
-
-
-_BLAS_CONTROLLER = None
-
-
 def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
     """One E-step pass over ``x`` for several candidates: statistics of each.
 
@@ -185,7 +167,7 @@ def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
     -------
     tuple of SuffStats
     """
-    graph = tree_reduce(
+    return compute_pass(
         x,
         kernel or _em_chunk,
         tuple(params_list),
@@ -195,9 +177,22 @@ def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
         # The E-step kernels return statistics only, never a view of the block.
         fuse_reads=True,
     )
-    with single_threaded_blas():
-        (stats,) = dask.compute(graph)
-    return stats
+
+
+def _checked_m_step(stats, reg_covar, eps, start, iteration) -> MixtureParams:
+    """The M-step of one start; its failure is a :class:`StartError` naming the start."""
+    try:
+        # The M-step's matrices are tiny; with BLAS threads, OpenBLAS's idle threads
+        # spin on after it and took cores from the next pass (measured: N=1e6, d=16,
+        # K=8 iterations ~10% slower, median of 33).
+        with single_threaded_blas():
+            params = m_step(stats, reg_covar, eps)
+    except ValueError as exc:
+        raise StartError.at(str(exc), start, iteration) from None
+    if not params.is_finite():
+        hint = ". Scale the input data or increase reg_covar."
+        raise StartError.at("EM produced non-finite parameters", start, iteration, hint)
+    return params
 
 
 def run_em(
@@ -216,6 +211,7 @@ def run_em(
     log_level: int = logging.DEBUG,
     log_interval: int = 1,
     kernel=None,
+    on_start_error: str = "raise",
 ) -> EMProgress:
     """Run EM from several starts together, one pass over ``x`` per iteration.
 
@@ -244,12 +240,18 @@ def run_em(
         Called with the :class:`EMProgress` after every iteration.
     kernel : callable, optional
         The per-block E-step (see :func:`em_pass`).
+    on_start_error : {'raise', 'drop'}
+        A start whose M-step fails (or gives non-finite parameters) raises
+        :class:`StartError`, or is stopped with the error in its ``error`` and the
+        others go on (their numbers are those of a run without it).
 
     Returns
     -------
     EMProgress
         The final state of every candidate.
     """
+    if on_start_error not in ("raise", "drop"):
+        raise ValueError(f"on_start_error must be 'raise' or 'drop', got {on_start_error!r}")
     if resume is not None:
         cands = list(resume.candidates)
         iteration = resume.iteration
@@ -278,18 +280,13 @@ def run_em(
             c = cands[i]
             lower_bound = st.loglik / st.weight_total
             try:
-                # The M-step's matrices are tiny; with BLAS threads, OpenBLAS's idle
-                # threads spin on after it and took cores from the next pass (measured:
-                # N=1e6, d=16, K=8 iterations ~10% slower, median of 33).
-                with single_threaded_blas():
-                    new_params = m_step(st, reg_covar, eps)
-            except ValueError as exc:
-                raise ValueError(f"{exc} (start {c.index}, iteration {iteration})") from None
-            if not new_params.is_finite():
-                raise ValueError(
-                    f"EM produced non-finite parameters (start {c.index}, iteration "
-                    f"{iteration}). Scale the input data or increase reg_covar."
-                )
+                new_params = _checked_m_step(st, reg_covar, eps, c.index, iteration)
+            except StartError as exc:
+                if on_start_error == "raise":
+                    raise
+                logger.warning("start %d dropped: %s", c.index, exc)
+                cands[i] = replace(c, active=False, converged=False, error=exc)
+                continue
             change = lower_bound - prev[i]
             prev[i] = lower_bound
             converged = abs(change) < tol
@@ -303,7 +300,8 @@ def run_em(
         seconds = time.perf_counter() - t0
         state = EMProgress(iteration, seconds, tuple(cands))
         if iteration % log_interval == 0 or not any(c.active for c in cands):
-            best = max((cands[i] for i in live), key=lambda c: c.lower_bound)
+            ran = [cands[i] for i in live if cands[i].error is None] or [cands[i] for i in live]
+            best = max(ran, key=lambda c: c.lower_bound)
             logger.log(
                 log_level,
                 "iteration %d: lower bound %.10g, change %.3g, %.3f s, %d/%d starts running",

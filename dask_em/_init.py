@@ -6,12 +6,11 @@ on the global row order only, never on how the rows are chunked or where blocks 
 
 from __future__ import annotations
 
-import dask
 import numpy as np
 
 from . import _math
 from ._params import MixtureParams, m_step
-from ._reduce import add_tuples, tree_reduce
+from ._reduce import compute_pass
 from ._stats import SuffStats, responsibility_statistics
 
 # Random responsibilities are drawn per logical block of this many rows, each from its
@@ -45,13 +44,7 @@ def random_from_data(x, n_components, covariance_type, reg_covar, eps, rng):
     means[order] = rows_sorted
     # One row per component: its scatter is exactly zero, so the covariance is
     # reg_covar alone (what the one-hot responsibilities give scikit-learn).
-    d = x.shape[1]
-    cov = {
-        "full": lambda: np.broadcast_to(reg_covar * np.eye(d), (n_components, d, d)).copy(),
-        "tied": lambda: reg_covar * np.eye(d),
-        "diag": lambda: np.full((n_components, d), float(reg_covar)),
-        "spherical": lambda: np.full(n_components, float(reg_covar)),
-    }[covariance_type]()
+    cov = _math.scaled_identity_covariances(covariance_type, n_components, x.shape[1], reg_covar)
     weights = np.full(n_components, 1.0 / n_components)
     prec_chol = _math.precision_cholesky(cov, covariance_type)
     return MixtureParams(weights, means, cov, prec_chol, covariance_type)
@@ -111,16 +104,14 @@ def random_resp(
     # A centre near the data; non-finite rows are left out here and reported by the pass.
     finite = head[np.all(np.isfinite(head), axis=1)]
     center = finite.mean(axis=0) if finite.size else np.zeros(x.shape[1])
-    graph = tree_reduce(
+    stats = compute_pass(
         x,
         _random_chunk,
         (seeds, n_components, center, covariance_type),
-        combine=add_tuples,
         weights=weights,
         split_every=split_every,
         prefix="init-random",
     )
-    (stats,) = dask.compute(graph)
     return [params_from_stats(s, reg_covar, eps) for s in stats]
 
 

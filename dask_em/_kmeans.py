@@ -71,15 +71,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import dask
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from ._em import single_threaded_blas
-from ._reduce import add_tuples, tree_reduce
-from ._stats import SuffStats, _raise_non_finite
+from ._errors import raise_non_finite
+from ._reduce import compute_pass
+from ._stats import SuffStats
 
-logger = logging.getLogger("dask_em")
+logger = logging.getLogger(__name__)
 
 N_ROUNDS = 5
 OVERSAMPLING_FACTOR = 2.0
@@ -607,7 +606,7 @@ def _chunk(x, spec, row_offset, block_index, w=None):
         finite = np.isfinite(t.xc)
         if not finite.all():
             bad = np.flatnonzero(~finite.all(axis=1)) + a
-            _raise_non_finite(x, bad, block_index, row_offset)
+            raise_non_finite(x, bad, block_index, row_offset)
         for i, task in enumerate(tasks):
             part = task.tile(t)
             acc[i] = part if acc[i] is None else acc[i] + part
@@ -630,17 +629,14 @@ class _Context:
         self.n_passes = 0
 
     def run_pass(self, tasks):
-        graph = tree_reduce(
+        out = compute_pass(
             self.x,
             _chunk,
             (self.ref, tuple(tasks)),
-            combine=add_tuples,
             weights=self.weights,
             split_every=self.split_every,
             prefix=self.prefix,
         )
-        with single_threaded_blas():
-            (out,) = dask.compute(graph)
         self.n_passes += 1
         return out
 

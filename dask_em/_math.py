@@ -42,26 +42,46 @@ _ILL_DEFINED = (
 # --------------------------------------------------------------------------------------
 # Parameters
 # --------------------------------------------------------------------------------------
+# Per covariance type: shape of the covariances (also of ``precisions_cholesky`` and of
+# the second moments ``SuffStats.s2``) and the number of free covariance parameters.
+_COV_SHAPE = {
+    "full": lambda k, d: (k, d, d),
+    "tied": lambda k, d: (d, d),
+    "diag": lambda k, d: (k, d),
+    "spherical": lambda k, d: (k,),
+}
+_N_COV_PARAMS = {
+    "full": lambda k, d: k * d * (d + 1) // 2,
+    "tied": lambda k, d: d * (d + 1) // 2,
+    "diag": lambda k, d: k * d,
+    "spherical": lambda k, d: k,
+}
+
+
 def covariance_shape(covariance_type: str, n_components: int, n_features: int) -> tuple:
-    """Shape of ``covariances`` (and of ``precisions_cholesky``) for a covariance type."""
-    return {
-        "full": (n_components, n_features, n_features),
-        "tied": (n_features, n_features),
-        "diag": (n_components, n_features),
-        "spherical": (n_components,),
-    }[covariance_type]
+    """Shape of ``covariances`` (and of ``precisions_cholesky`` and the second moments
+    ``SuffStats.s2``) for a covariance type."""
+    return _COV_SHAPE[covariance_type](n_components, n_features)
 
 
 def n_parameters(covariance_type: str, n_components: int, n_features: int) -> int:
     """Number of free parameters of a mixture (as used by BIC and AIC)."""
     d, k = n_features, n_components
-    cov_params = {
-        "full": k * d * (d + 1) // 2,
-        "tied": d * (d + 1) // 2,
-        "diag": k * d,
-        "spherical": k,
-    }[covariance_type]
-    return int(cov_params + k * d + k - 1)
+    return int(_N_COV_PARAMS[covariance_type](k, d) + k * d + k - 1)
+
+
+def scaled_identity_covariances(covariance_type, n_components, n_features, scale):
+    """Covariances ``scale * I`` for every component, in the covariance type's shape
+    (a start on single rows: their scatter is zero, the covariance is ``reg_covar``)."""
+    return _SCALED_IDENTITY[covariance_type](n_components, n_features, scale)
+
+
+_SCALED_IDENTITY = {
+    "full": lambda k, d, s: np.broadcast_to(s * np.eye(d), (k, d, d)).copy(),
+    "tied": lambda k, d, s: s * np.eye(d),
+    "diag": lambda k, d, s: np.full((k, d), float(s)),
+    "spherical": lambda k, d, s: np.full(k, float(s)),
+}
 
 
 def _chol_full(cov: np.ndarray, component: int | None) -> np.ndarray:
@@ -92,40 +112,55 @@ def precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndar
     ValueError
         If a covariance is not positive definite.
     """
-    if covariance_type == "full":
-        return np.stack([_chol_full(c, k) for k, c in enumerate(covariances)])
-    if covariance_type == "tied":
-        return _chol_full(covariances, None)
+    return _PRECISION_CHOLESKY[covariance_type](covariances)
+
+
+def _precision_cholesky_full(covariances):
+    return np.stack([_chol_full(c, k) for k, c in enumerate(covariances)])
+
+
+def _precision_cholesky_tied(covariances):
+    return _chol_full(covariances, None)
+
+
+def _precision_cholesky_diagonal(covariances):
     if np.any(np.less_equal(covariances, 0.0)) or not np.all(np.isfinite(covariances)):
         raise ValueError(_ILL_DEFINED)
     return 1.0 / np.sqrt(covariances)
 
 
+_PRECISION_CHOLESKY = {
+    "full": _precision_cholesky_full,
+    "tied": _precision_cholesky_tied,
+    "diag": _precision_cholesky_diagonal,
+    "spherical": _precision_cholesky_diagonal,
+}
+
+
 def precision_cholesky_from_precisions(precisions: np.ndarray, covariance_type: str):
     """Cholesky factors of given precision matrices (scikit-learn's ``precisions_init``)."""
-    if covariance_type == "full":
-        return np.stack([linalg.cholesky(p, lower=True) for p in precisions])
-    if covariance_type == "tied":
-        return linalg.cholesky(precisions, lower=True)
-    return np.sqrt(precisions)
+    return _CHOLESKY_OF_PRECISIONS[covariance_type](precisions)
+
+
+_CHOLESKY_OF_PRECISIONS = {
+    "full": lambda p: np.stack([linalg.cholesky(pk, lower=True) for pk in p]),
+    "tied": lambda p: linalg.cholesky(p, lower=True),
+    "diag": np.sqrt,
+    "spherical": np.sqrt,
+}
 
 
 def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
     """Precision matrices ``P @ P.T`` (full, tied) or ``P**2`` (diag, spherical)."""
-    if covariance_type == "full":
-        return np.einsum("kij,klj->kil", prec_chol, prec_chol)
-    if covariance_type == "tied":
-        return prec_chol @ prec_chol.T
-    return prec_chol**2
+    return _PRECISIONS[covariance_type](prec_chol)
 
 
-def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
-    """Covariances from precision Cholesky factors (used for ``precisions_init`` starts)."""
-    if covariance_type == "full":
-        return np.stack([_inv_from_chol(p) for p in prec_chol])
-    if covariance_type == "tied":
-        return _inv_from_chol(prec_chol)
-    return 1.0 / prec_chol**2
+_PRECISIONS = {
+    "full": lambda p: np.einsum("kij,klj->kil", p, p),
+    "tied": lambda p: p @ p.T,
+    "diag": lambda p: p**2,
+    "spherical": lambda p: p**2,
+}
 
 
 def _inv_from_chol(p: np.ndarray) -> np.ndarray:
@@ -135,15 +170,30 @@ def _inv_from_chol(p: np.ndarray) -> np.ndarray:
     return p_inv.T @ p_inv
 
 
+def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Covariances from precision Cholesky factors (used for ``precisions_init`` starts)."""
+    return _COVARIANCES_OF_CHOLESKY[covariance_type](prec_chol)
+
+
+_COVARIANCES_OF_CHOLESKY = {
+    "full": lambda p: np.stack([_inv_from_chol(pk) for pk in p]),
+    "tied": _inv_from_chol,
+    "diag": lambda p: 1.0 / p**2,
+    "spherical": lambda p: 1.0 / p**2,
+}
+
+
 def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: int):
     """Log-determinant of the precision Cholesky factors, shape (K,) or scalar."""
-    if covariance_type == "full":
-        return np.sum(np.log(np.diagonal(prec_chol, axis1=1, axis2=2)), axis=1)
-    if covariance_type == "tied":
-        return np.sum(np.log(np.diag(prec_chol)))
-    if covariance_type == "diag":
-        return np.sum(np.log(prec_chol), axis=1)
-    return n_features * np.log(prec_chol)
+    return _LOG_DET[covariance_type](prec_chol, n_features)
+
+
+_LOG_DET = {
+    "full": lambda p, d: np.sum(np.log(np.diagonal(p, axis1=1, axis2=2)), axis=1),
+    "tied": lambda p, d: np.sum(np.log(np.diag(p))),
+    "diag": lambda p, d: np.sum(np.log(p), axis=1),
+    "spherical": lambda p, d: d * np.log(p),
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -181,21 +231,35 @@ def fill_design(zt, x, center, covariance_type):
     center : ndarray of shape (d,), float64
         The subtraction is computed in float64 whatever the dtypes, then stored.
     """
-    d = x.shape[1]
-    if covariance_type in ("full", "tied"):
-        np.subtract(x.T, center[:, None], out=zt[:d])
-        zt[d] = 1.0
-    elif covariance_type == "diag":
-        xc = zt[d : 2 * d]
-        np.subtract(x.T, center[:, None], out=xc)
-        np.multiply(xc, xc, out=zt[:d])
-        zt[2 * d] = 1.0
-    else:
-        xc = zt[1 : d + 1]
-        np.subtract(x.T, center[:, None], out=xc)
-        np.einsum("ij,ij->j", xc, xc, out=zt[0])
-        zt[d + 1] = 1.0
+    _FILL_DESIGN[covariance_type](zt, x, center, x.shape[1])
     return zt
+
+
+def _fill_design_matrix(zt, x, center, d):
+    np.subtract(x.T, center[:, None], out=zt[:d])
+    zt[d] = 1.0
+
+
+def _fill_design_diag(zt, x, center, d):
+    xc = zt[d : 2 * d]
+    np.subtract(x.T, center[:, None], out=xc)
+    np.multiply(xc, xc, out=zt[:d])
+    zt[2 * d] = 1.0
+
+
+def _fill_design_spherical(zt, x, center, d):
+    xc = zt[1 : d + 1]
+    np.subtract(x.T, center[:, None], out=xc)
+    np.einsum("ij,ij->j", xc, xc, out=zt[0])
+    zt[d + 1] = 1.0
+
+
+_FILL_DESIGN = {
+    "full": _fill_design_matrix,
+    "tied": _fill_design_matrix,
+    "diag": _fill_design_diag,
+    "spherical": _fill_design_spherical,
+}
 
 
 def log_prob_const(weights, prec_chol, covariance_type, n_features):
@@ -225,27 +289,47 @@ def prepare_log_prob(b, weights, prec_chol, covariance_type, dtype=np.float64):
         -2 b P, |b P|^2)`` for tied, (K, q) for diag and spherical; ``const`` (K,) is
         ``log w_k + log det P_k - d/2 log(2 pi)``, float64.
     """
+    const = log_prob_const(weights, prec_chol, covariance_type, b.shape[1])
+    return _LOG_PROB_MATRIX[covariance_type](b, prec_chol, dtype), const
+
+
+def _log_prob_matrix_full(b, prec_chol, dtype):
     K, d = b.shape
-    const = log_prob_const(weights, prec_chol, covariance_type, d)
-    if covariance_type == "full":
-        m = np.empty((K, d, d + 1))
-        m[:, :, :d] = prec_chol.transpose(0, 2, 1)
-        m[:, :, d] = -np.einsum("kj,kji->ki", b, prec_chol)
-        return m.reshape(K * d, d + 1).astype(dtype), const
-    if covariance_type == "tied":
-        pt = np.zeros((d, d + 1))
-        pt[:, :d] = prec_chol.T
-        v = b @ prec_chol
-        return (pt.astype(dtype), (-2.0 * v).astype(dtype), np.einsum("ij,ij->i", v, v)), const
+    m = np.empty((K, d, d + 1))
+    m[:, :, :d] = prec_chol.transpose(0, 2, 1)
+    m[:, :, d] = -np.einsum("kj,kji->ki", b, prec_chol)
+    return m.reshape(K * d, d + 1).astype(dtype)
+
+
+def _log_prob_matrix_tied(b, prec_chol, dtype):
+    d = b.shape[1]
+    pt = np.zeros((d, d + 1))
+    pt[:, :d] = prec_chol.T
+    v = b @ prec_chol
+    return (pt.astype(dtype), (-2.0 * v).astype(dtype), np.einsum("ij,ij->i", v, v))
+
+
+def _log_prob_matrix_diag(b, prec_chol, dtype):
     prec = prec_chol**2
-    if covariance_type == "diag":
-        w = np.concatenate([prec, -2.0 * b * prec, np.sum(b * b * prec, axis=1)[:, None]], 1)
-        return w.astype(dtype), const
+    w = np.concatenate([prec, -2.0 * b * prec, np.sum(b * b * prec, axis=1)[:, None]], 1)
+    return w.astype(dtype)
+
+
+def _log_prob_matrix_spherical(b, prec_chol, dtype):
+    prec = prec_chol**2
     w = np.concatenate(
         [prec[:, None], -2.0 * b * prec[:, None], (prec * np.einsum("ij,ij->i", b, b))[:, None]],
         axis=1,
     )
-    return w.astype(dtype), const
+    return w.astype(dtype)
+
+
+_LOG_PROB_MATRIX = {
+    "full": _log_prob_matrix_full,
+    "tied": _log_prob_matrix_tied,
+    "diag": _log_prob_matrix_diag,
+    "spherical": _log_prob_matrix_spherical,
+}
 
 
 def tile_log_prob(zt, prepared, covariance_type, out, ybuf):
@@ -262,24 +346,39 @@ def tile_log_prob(zt, prepared, covariance_type, out, ybuf):
         Scratch space.
     """
     matrix, const = prepared
-    K = out.shape[0]
-    if covariance_type == "full":
-        # All components' whitened rows in one product, then squared norms per component.
-        np.matmul(matrix, zt, out=ybuf)
-        np.multiply(ybuf, ybuf, out=ybuf)
-        np.sum(ybuf.reshape(K, -1, ybuf.shape[1]), axis=1, out=out)
-    elif covariance_type == "tied":
-        pt, m2v, vv = matrix
-        np.matmul(pt, zt, out=ybuf)
-        # |y - v_k|^2 = |y|^2 - 2 v_k.y + |v_k|^2: one product for all components.
-        np.matmul(m2v, ybuf, out=out)
-        out += np.einsum("ij,ij->j", ybuf, ybuf)[None, :]
-        out += vv[:, None].astype(out.dtype)
-    else:
-        np.matmul(matrix, zt, out=out)
+    _TILE_DISTANCES[covariance_type](zt, matrix, out, ybuf)
     out *= -0.5
     out += const[:, None].astype(out.dtype)
     return out
+
+
+def _tile_distances_full(zt, matrix, out, ybuf):
+    # All components' whitened rows in one product, then squared norms per component.
+    np.matmul(matrix, zt, out=ybuf)
+    np.multiply(ybuf, ybuf, out=ybuf)
+    np.sum(ybuf.reshape(out.shape[0], -1, ybuf.shape[1]), axis=1, out=out)
+
+
+def _tile_distances_tied(zt, matrix, out, ybuf):
+    pt, m2v, vv = matrix
+    np.matmul(pt, zt, out=ybuf)
+    # |y - v_k|^2 = |y|^2 - 2 v_k.y + |v_k|^2: one product for all components.
+    np.matmul(m2v, ybuf, out=out)
+    out += np.einsum("ij,ij->j", ybuf, ybuf)[None, :]
+    out += vv[:, None].astype(out.dtype)
+
+
+def _tile_distances_diagonal(zt, matrix, out, ybuf):
+    np.matmul(matrix, zt, out=out)
+
+
+# Squared Mahalanobis distances of a tile, (K, m), written into ``out``.
+_TILE_DISTANCES = {
+    "full": _tile_distances_full,
+    "tied": _tile_distances_tied,
+    "diag": _tile_distances_diagonal,
+    "spherical": _tile_distances_diagonal,
+}
 
 
 # exp(-60) = 8.8e-27 (float32), exp(-600) = 2.7e-261 (float64): normal numbers with
@@ -317,24 +416,35 @@ def normalize_log_prob(wlp):
         return np.log(s) + m_safe
 
 
+# Rows of the running sums of :func:`accumulate_moments` (K components, design width q):
+# full every component's (q, q) block stacked, tied the pooled Gram matrix then one row
+# of first moments per component, diag and spherical one row per component.
+_MOMENT_ROWS = {
+    "full": lambda k, q: k * q,
+    "tied": lambda k, q: q + k,
+    "diag": lambda k, q: k,
+    "spherical": lambda k, q: k,
+}
+
+
+_MOMENT_BUFFER = {
+    "full": lambda k, q, m: (k * q, m),
+    "tied": lambda k, q, m: (q + k, m),
+    "diag": lambda k, q, m: (k, q),
+    "spherical": lambda k, q, m: (k, q),
+}
+
+
 def new_accumulator(covariance_type, n_components, n_features):
     """Zeroed float64 running sums for :func:`accumulate_moments`."""
     q = design_width(covariance_type, n_features)
-    if covariance_type == "full":
-        return np.zeros((n_components * q, q))
-    if covariance_type == "tied":
-        return np.zeros((q + n_components, q))
-    return np.zeros((n_components, q))
+    return np.zeros((_MOMENT_ROWS[covariance_type](n_components, q), q))
 
 
 def moment_buffer_shape(covariance_type, n_components, n_features, m):
     """Shape of the scratch space :func:`accumulate_moments` needs for ``m`` rows."""
     q = design_width(covariance_type, n_features)
-    if covariance_type == "full":
-        return (n_components * q, m)
-    if covariance_type == "tied":
-        return (q + n_components, m)
-    return (n_components, q)
+    return _MOMENT_BUFFER[covariance_type](n_components, q, m)
 
 
 def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=None):
@@ -357,27 +467,42 @@ def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=N
     :func:`full_scatter_about_offsets`); this is the plain form about the tile's centre
     (initialisation).
     """
-    if covariance_type == "full":
-        # Every component's r_k (z - o_k) side by side, times Z: one product with a wide
-        # output. A product per component (tiny output, long inner dimension) does not
-        # run concurrently in two threads of one process with OpenBLAS; this one does.
-        K = resp.shape[0]
-        q, m = zt.shape
-        w3 = buf.reshape(K, q, m)
-        np.multiply(zt[None, :, :], resp[:, None, :], out=w3)
-        acc += buf @ zt.T
-    elif covariance_type == "tied":
-        # Rows [sqrt(w) z ; r]: the pooled Gram matrix (weighted by the row weights) and
-        # every component's first moments in one product.
-        q = zt.shape[0]
-        if sample_weight is None:
-            buf[:q] = zt
-        else:
-            np.multiply(zt, sample_weight[None, :], out=buf[:q])
-        buf[q:] = resp
-        acc += buf @ zt.T
+    _ACCUMULATE[covariance_type](acc, zt, resp, sample_weight, buf)
+
+
+def _accumulate_full(acc, zt, resp, sample_weight, buf):
+    # Every component's r_k (z - o_k) side by side, times Z: one product with a wide
+    # output. A product per component (tiny output, long inner dimension) does not
+    # run concurrently in two threads of one process with OpenBLAS; this one does.
+    K = resp.shape[0]
+    q, m = zt.shape
+    w3 = buf.reshape(K, q, m)
+    np.multiply(zt[None, :, :], resp[:, None, :], out=w3)
+    acc += buf @ zt.T
+
+
+def _accumulate_tied(acc, zt, resp, sample_weight, buf):
+    # Rows [sqrt(w) z ; r]: the pooled Gram matrix (weighted by the row weights) and
+    # every component's first moments in one product.
+    q = zt.shape[0]
+    if sample_weight is None:
+        buf[:q] = zt
     else:
-        acc += np.matmul(resp, zt.T, out=buf)
+        np.multiply(zt, sample_weight[None, :], out=buf[:q])
+    buf[q:] = resp
+    acc += buf @ zt.T
+
+
+def _accumulate_diagonal(acc, zt, resp, sample_weight, buf):
+    acc += np.matmul(resp, zt.T, out=buf)
+
+
+_ACCUMULATE = {
+    "full": _accumulate_full,
+    "tied": _accumulate_tied,
+    "diag": _accumulate_diagonal,
+    "spherical": _accumulate_diagonal,
+}
 
 
 def _symmetric_from_upper(a):
@@ -409,20 +534,38 @@ def full_scatter_about_offsets(acc, s1, offsets):
 
 def finish_moments(acc, covariance_type, n_features):
     """Moments ``(nk, s1, s2)`` (see :class:`dask_em.SuffStats`) from running sums."""
-    d = n_features
+    return _FINISH_MOMENTS[covariance_type](acc, n_features)
+
+
+def _finish_moments_full(acc, d):
     q = acc.shape[1]
-    if covariance_type == "full":
-        m = acc.reshape(-1, q, q)
-        m = 0.5 * (m + m.transpose(0, 2, 1))
-        return m[:, d, d].copy(), m[:, :d, d].copy(), m[:, :d, :d].copy()
-    if covariance_type == "tied":
-        g = acc[:q]
-        g = 0.5 * (g + g.T)
-        ra = acc[q:]
-        return ra[:, d].copy(), ra[:, :d].copy(), g[:d, :d].copy()
-    if covariance_type == "diag":
-        return acc[:, 2 * d].copy(), acc[:, d : 2 * d].copy(), acc[:, :d].copy()
+    m = acc.reshape(-1, q, q)
+    m = 0.5 * (m + m.transpose(0, 2, 1))
+    return m[:, d, d].copy(), m[:, :d, d].copy(), m[:, :d, :d].copy()
+
+
+def _finish_moments_tied(acc, d):
+    q = acc.shape[1]
+    g = acc[:q]
+    g = 0.5 * (g + g.T)
+    ra = acc[q:]
+    return ra[:, d].copy(), ra[:, :d].copy(), g[:d, :d].copy()
+
+
+def _finish_moments_diag(acc, d):
+    return acc[:, 2 * d].copy(), acc[:, d : 2 * d].copy(), acc[:, :d].copy()
+
+
+def _finish_moments_spherical(acc, d):
     return acc[:, d + 1].copy(), acc[:, 1 : d + 1].copy(), acc[:, 0].copy()
+
+
+_FINISH_MOMENTS = {
+    "full": _finish_moments_full,
+    "tied": _finish_moments_tied,
+    "diag": _finish_moments_diag,
+    "spherical": _finish_moments_spherical,
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -437,7 +580,7 @@ def covariances_from_moments(nk_raw, nk, s1, s2, delta, reg_covar, covariance_ty
         Weight sums.
     nk : ndarray of shape (K,)
         Weight sums plus scikit-learn's ``10 * eps`` guard (the divisor).
-    s1, s2 : moments about ``c`` (see :func:`moments`)
+    s1, s2 : moments about ``c`` (see :class:`dask_em.SuffStats`)
     delta : ndarray of shape (K, d)
         New means minus ``c`` (``s1 / nk``).
     reg_covar : float
@@ -447,26 +590,46 @@ def covariances_from_moments(nk_raw, nk, s1, s2, delta, reg_covar, covariance_ty
     -------
     covariances : ndarray in the covariance type's shape
     """
+    return _COVARIANCES_FROM_MOMENTS[covariance_type](nk_raw, nk, s1, s2, delta, reg_covar)
+
+
+def _covariances_full(nk_raw, nk, s1, s2, delta, reg_covar):
     d = s1.shape[1]
-    if covariance_type == "full":
-        # sum r (x - mu)(x - mu)^T = S2 - s1 delta^T - delta s1^T + nk delta delta^T
-        cross = s1[:, :, None] * delta[:, None, :]
-        scatter = s2 - cross - cross.transpose(0, 2, 1)
-        scatter += nk_raw[:, None, None] * delta[:, :, None] * delta[:, None, :]
-        cov = scatter / nk[:, None, None]
-        cov = 0.5 * (cov + cov.transpose(0, 2, 1))
-        cov[:, np.arange(d), np.arange(d)] += reg_covar
-        return cov
-    if covariance_type == "tied":
-        cross = s1.T @ delta
-        scatter = s2 - cross - cross.T + (delta.T * nk_raw) @ delta
-        cov = scatter / nk.sum()
-        cov = 0.5 * (cov + cov.T)
-        cov[np.arange(d), np.arange(d)] += reg_covar
-        return cov
-    if covariance_type == "diag":
-        scatter = s2 - 2.0 * s1 * delta + nk_raw[:, None] * delta * delta
-        # The true scatter is never negative; clip what cancellation leaves below zero.
-        return np.maximum(scatter, 0.0) / nk[:, None] + reg_covar
+    # sum r (x - mu)(x - mu)^T = S2 - s1 delta^T - delta s1^T + nk delta delta^T
+    cross = s1[:, :, None] * delta[:, None, :]
+    scatter = s2 - cross - cross.transpose(0, 2, 1)
+    scatter += nk_raw[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    cov = scatter / nk[:, None, None]
+    cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+    cov[:, np.arange(d), np.arange(d)] += reg_covar
+    return cov
+
+
+def _covariances_tied(nk_raw, nk, s1, s2, delta, reg_covar):
+    d = s1.shape[1]
+    cross = s1.T @ delta
+    scatter = s2 - cross - cross.T + (delta.T * nk_raw) @ delta
+    cov = scatter / nk.sum()
+    cov = 0.5 * (cov + cov.T)
+    cov[np.arange(d), np.arange(d)] += reg_covar
+    return cov
+
+
+def _covariances_diag(nk_raw, nk, s1, s2, delta, reg_covar):
+    scatter = s2 - 2.0 * s1 * delta + nk_raw[:, None] * delta * delta
+    # The true scatter is never negative; clip what cancellation leaves below zero.
+    return np.maximum(scatter, 0.0) / nk[:, None] + reg_covar
+
+
+def _covariances_spherical(nk_raw, nk, s1, s2, delta, reg_covar):
+    d = s1.shape[1]
     scatter = s2 - 2.0 * np.sum(s1 * delta, axis=1) + nk_raw * np.sum(delta * delta, axis=1)
     return np.maximum(scatter, 0.0) / (nk * d) + reg_covar
+
+
+_COVARIANCES_FROM_MOMENTS = {
+    "full": _covariances_full,
+    "tied": _covariances_tied,
+    "diag": _covariances_diag,
+    "spherical": _covariances_spherical,
+}

@@ -44,9 +44,9 @@ import numpy as np
 from scipy.linalg import blas
 
 from . import _math
+from ._errors import NonFiniteError
 from ._math import LOG_2PI, normalize_log_prob
 from ._stats import (
-    NonFiniteError,
     SuffStats,
     block_statistics,
     component_reference,
@@ -138,7 +138,13 @@ def _raise_infinite(x, block_index, row_offset):
     raise NonFiniteError(
         f"Input contains infinity: {where}, first at row {row_offset + row}, column {col} "
         f"({x[row, col]!r}), {int(inf_rows.sum())} bad row(s) in this block. "
-        "missing='em' treats only NaN as missing; remove or clip infinite values."
+        "missing='em' treats only NaN as missing; remove or clip infinite values.",
+        kind="input",
+        block=block_index,
+        row=row_offset + row,
+        column=col,
+        value=float(x[row, col]),
+        n_bad_rows=int(inf_rows.sum()),
     )
 
 
@@ -417,7 +423,10 @@ def _check_log_norm(log_norm, rows, block_index, row_offset, n):
         raise NonFiniteError(
             f"Numerical overflow in the E-step: block {block_index} (rows {row_offset}-"
             f"{row_offset + n - 1}), row {row_offset + row} has a non-finite observed-data "
-            "log-likelihood. Scale the input data or increase reg_covar."
+            "log-likelihood. Scale the input data or increase reg_covar.",
+            kind="overflow",
+            block=block_index,
+            row=row_offset + row,
         )
 
 
@@ -577,7 +586,9 @@ def missing_block_statistics(
         # Row numbers in the subset are not the block's: say where, without them.
         raise NonFiniteError(
             f"Numerical overflow in the E-step: block {block_index} (rows {row_offset}-"
-            f"{row_offset + x.shape[0] - 1}). Scale the input data or increase reg_covar."
+            f"{row_offset + x.shape[0] - 1}). Scale the input data or increase reg_covar.",
+            kind="overflow",
+            block=block_index,
         ) from None
     out = []
     n_other = layout.incomplete.size + layout.skipped.size
@@ -727,12 +738,11 @@ def _summary_chunk(x, _shared, row_offset, block_index, w=None):
 
 def missing_summary(x, split_every=None) -> MissingSummary:
     """Count the missing values of a dask array in one pass (a tree reduction)."""
-    import dask
+    from ._reduce import compute_pass
 
-    from ._reduce import tree_reduce
-
-    graph = tree_reduce(x, _summary_chunk, None, split_every=split_every, prefix="missing-scan")
-    ((col_sum, n_obs, n_incomplete, n_skipped),) = dask.compute(graph)
+    col_sum, n_obs, n_incomplete, n_skipped = compute_pass(
+        x, _summary_chunk, None, split_every=split_every, prefix="missing-scan"
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         means = col_sum / n_obs
     return MissingSummary(means, n_obs, int(n_incomplete), int(n_skipped))

@@ -4,6 +4,11 @@
 value. ``combine``: ``split_every`` of those are added at each inner node of a tree.
 The root is a single key, so one ``compute`` brings one small value to the driver.
 
+:func:`compute_pass` is the one way a pass runs: it builds the tree (:func:`tree_reduce`),
+checks that row weights are chunked like the rows, and computes with one BLAS thread per
+Dask thread (:func:`dask_em._blas.single_threaded_blas`). The block functions raise
+:class:`dask_em._errors.NonFiniteError` for NaN, infinity or overflow.
+
 The graph is built afresh for every pass from the (persisted or lazily read) array and
 the current numpy parameters, so nothing accumulates from one EM iteration to the next.
 
@@ -30,6 +35,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.sizeof import sizeof
 
+from ._blas import single_threaded_blas
 from ._scratch import thread_array
 
 # The shared value goes inside every block task while the copies add up to at most this
@@ -209,3 +215,53 @@ def tree_reduce(
         deps.append(weights)
     graph = HighLevelGraph.from_collections(root, dsk, dependencies=deps)
     return Delayed(root, graph)
+
+
+def compute_pass(
+    x,
+    chunk,
+    shared,
+    *,
+    combine=add_tuples,
+    weights=None,
+    split_every=None,
+    prefix="em",
+    fuse_reads=False,
+):
+    """One pass over the row blocks of ``x``: the combined value of ``chunk``.
+
+    Builds the graph with :func:`tree_reduce` (same parameters) and computes it with
+    BLAS single-threaded, so the Dask threads do not oversubscribe the cores.
+
+    Raises
+    ------
+    ValueError
+        If ``weights`` is not chunked like the rows of ``x``, or the features of ``x``
+        are not in one chunk.
+    NonFiniteError
+        From ``chunk``, for NaN, infinity or overflow in a block.
+    """
+    if weights is not None and tuple(weights.chunks[0]) != tuple(x.chunks[0]):
+        raise ValueError(
+            "row weights must be chunked like the rows of the data; got "
+            f"{len(weights.chunks[0])} weight blocks for {x.numblocks[0]} row blocks"
+        )
+    graph = tree_reduce(
+        x,
+        chunk,
+        shared,
+        combine=combine,
+        weights=weights,
+        split_every=split_every,
+        prefix=prefix,
+        fuse_reads=fuse_reads,
+    )
+    with single_threaded_blas():
+        (out,) = dask.compute(graph)
+    return out
+
+
+def compute(*collections):
+    """``dask.compute`` with BLAS single-threaded, for a pass built by ``dask.array``."""
+    with single_threaded_blas():
+        return dask.compute(*collections)

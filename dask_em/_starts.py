@@ -16,13 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dask
 import numpy as np
 
 from . import _init, _kmeans, _math
-from ._em import single_threaded_blas
 from ._params import MixtureParams, m_step
-from ._reduce import add_tuples, tree_reduce
+from ._reduce import compute_pass
 
 # The seed range _init.random_resp draws from; every method draws its seeds the same way.
 _SEED_HIGH = 2**31 - 1
@@ -64,12 +62,7 @@ def params_on_rows(rows, covariance_type, reg_covar) -> MixtureParams:
     """
     means = np.array(rows, dtype=np.float64)
     k, d = means.shape
-    cov = {
-        "full": lambda: np.broadcast_to(reg_covar * np.eye(d), (k, d, d)).copy(),
-        "tied": lambda: reg_covar * np.eye(d),
-        "diag": lambda: np.full((k, d), float(reg_covar)),
-        "spherical": lambda: np.full(k, float(reg_covar)),
-    }[covariance_type]()
+    cov = _math.scaled_identity_covariances(covariance_type, k, d, reg_covar)
     prec_chol = _math.precision_cholesky(cov, covariance_type)
     return MixtureParams(np.full(k, 1.0 / k), means, cov, prec_chol, covariance_type)
 
@@ -102,17 +95,9 @@ def _random_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
     """
     center = _kmeans.reference_point(x)
     groups = tuple((tuple(_seeds(r)), r.n_components, center, r.covariance_type) for r in requests)
-    graph = tree_reduce(
-        x,
-        _random_chunk,
-        groups,
-        combine=add_tuples,
-        weights=weights,
-        split_every=split_every,
-        prefix="init-random",
+    stats = compute_pass(
+        x, _random_chunk, groups, weights=weights, split_every=split_every, prefix="init-random"
     )
-    with single_threaded_blas():
-        (stats,) = dask.compute(graph)
     out, i = [], 0
     for r in requests:
         out.append(

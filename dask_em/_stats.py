@@ -12,11 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels, _math
+from ._errors import raise_non_finite
 from ._scratch import thread_array
-
-
-class NonFiniteError(ValueError):
-    """The input holds NaN or infinity (the message names the block and the row)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,12 +57,7 @@ class SuffStats:
     @classmethod
     def zero(cls, covariance_type, reference):
         n_components, d = reference.shape
-        s2_shape = {
-            "full": (n_components, d, d),
-            "tied": (d, d),
-            "diag": (n_components, d),
-            "spherical": (n_components,),
-        }[covariance_type]
+        s2_shape = _math.covariance_shape(covariance_type, n_components, d)
         return cls(
             covariance_type,
             reference,
@@ -109,22 +101,6 @@ def tile_rows(covariance_type: str, n_components: int, n_features: int, itemsize
         "tied": q + n_components,
     }.get(covariance_type, max(q, n_components))
     return int(min(8192, max(256, _TILE_BYTES // (itemsize * widest))))
-
-
-def _raise_non_finite(x, bad_rows, block_index, row_offset):
-    row = int(bad_rows[0])
-    cols = np.flatnonzero(~np.isfinite(x[row]))
-    where = f"block {block_index} (rows {row_offset}-{row_offset + x.shape[0] - 1})"
-    if cols.size:
-        raise NonFiniteError(
-            f"Input contains NaN or infinity: {where}, first at row {row_offset + row}, "
-            f"column {int(cols[0])} ({float(x[row, cols[0]])}), {bad_rows.size} bad row(s) in "
-            "this block. Remove or impute these values before fitting."
-        )
-    raise NonFiniteError(
-        f"Numerical overflow in the E-step: {where}, row {row_offset + row} has a "
-        "non-finite log-likelihood. Scale the input data or increase reg_covar."
-    )
 
 
 class _Tiles:
@@ -273,7 +249,7 @@ def block_statistics(
             log_norm = _math.normalize_log_prob(w)
             if not np.all(np.isfinite(log_norm)):
                 bad = np.flatnonzero(~np.isfinite(log_norm)) + a
-                _raise_non_finite(x, bad, block_index, row_offset)
+                raise_non_finite(x, bad, block_index, row_offset)
             sw = None
             if sample_weight is not None:
                 sw = sample_weight[a:b]
@@ -366,7 +342,7 @@ def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, bloc
                 rows = np.flatnonzero(~np.isfinite(row_log_likelihood(x, params)))
                 if rows.size == 0:
                     rows = a + np.flatnonzero(~np.isfinite(mx[:m]))
-                _raise_non_finite(x, rows, block_index, row_offset)
+                raise_non_finite(x, rows, block_index, row_offset)
             loglik += ll
     if ct == "full":
         s2 = _math.full_scatter_about_offsets(acc, s1, offsets)
@@ -408,7 +384,7 @@ def responsibility_statistics(
         z = _math.fill_design(tiles.design(m), x[a:b], center, covariance_type)
         if not np.all(np.isfinite(z)):
             bad = np.flatnonzero(~np.isfinite(z).all(axis=0)) + a
-            _raise_non_finite(x, bad, block_index, row_offset)
+            raise_non_finite(x, bad, block_index, row_offset)
         r = np.array(resp[a:b].T, dtype=np.float64)
         sw = None
         if sample_weight is not None:

@@ -18,17 +18,17 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _init, _math, _missing
+from ._blas import single_threaded_blas
 from ._em import (
     COMPUTE_DTYPES,
     EMProgress,
     best_candidate,
     em_kernel,
-    logger,
     run_em,
-    single_threaded_blas,
 )
 from ._math import normalize_log_prob
 from ._params import MixtureParams
+from ._reduce import compute
 from ._stats import log_prob_block
 from ._stats import row_log_likelihood as _log_norm
 from ._validation import (
@@ -580,7 +580,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         w = check_weights_like(sample_weight, x)
         if lazy and isinstance(sample_weight, da.Array):
             check_weight_values(w)
-        loglik, n = dask.compute((w * s).sum(), w.sum())
+        loglik, n = compute((w * s).sum(), w.sum())
         return float(loglik), float(n)
 
     def sample(self, n_samples=1):
@@ -730,6 +730,9 @@ _NAN_AWARE = {_log_norm: _log_norm_missing, _proba: _proba_missing, _labels: _la
 
 
 def _ensure_handler():
+    """A stderr handler and INFO level on the package logger ``dask_em``, whose children
+    (every module logs to ``logging.getLogger(__name__)``) pass their records up to it."""
+    logger = logging.getLogger("dask_em")
     root = logging.getLogger()
     if not logger.handlers and not root.handlers:
         handler = logging.StreamHandler()

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dask_em._math import n_parameters as _n_parameters
 from dask_em.cluster import connect
 from dask_em.config import (
     ClusterConfig,
@@ -128,13 +129,6 @@ def _finite(value: float) -> float | None:
     """JSON has no NaN/inf: write them as null."""
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _n_parameters(covariance_type: str, k: int, d: int) -> int:
-    cov = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": k * d, "spherical": k}[
-        covariance_type
-    ]
-    return cov + k * d + k - 1
 
 
 # ------------------------------------------------------------------------------------ fitting
@@ -285,11 +279,7 @@ def _job_error(exc: ValueError, missing: str) -> JobError:
         # scikit-learn's messages name the initial arrays its own way ('means',
         # 'full precision', ...); the key says which setting of the job it is.
         key = "model." + _INIT_ARRAY_KEYS[next(name for name in match.groups() if name)]
-    elif (
-        isinstance(exc, NonFiniteError)
-        and missing == "error"
-        and "Remove or impute these values" in message
-    ):
+    elif isinstance(exc, NonFiniteError) and exc.kind == "input" and missing == "error":
         message = message.rstrip().rstrip(".") + ", or set model.missing: em."
     return JobError(message, key=key)
 

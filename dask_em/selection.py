@@ -12,32 +12,31 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import dask
 import dask.array as da
 import numpy as np
 
 from . import _math, _missing
+from ._blas import single_threaded_blas
 from ._em import (
     CandidateState,
     EMProgress,
     best_candidate,
     em_kernel,
     run_em,
-    single_threaded_blas,
 )
-from ._reduce import tree_reduce
+from ._errors import raise_non_finite
+from ._reduce import compute_pass
 from ._starts import StartRequest, make_starts
-from ._stats import _raise_non_finite, log_prob_block
+from ._stats import log_prob_block
 from ._validation import check_array, check_weight_values, check_weights_like
 from .mixture import GaussianMixture, _ensure_handler, _prepare_data
 
-logger = logging.getLogger("dask_em")
+logger = logging.getLogger(__name__)
 
 CRITERIA = ("bic", "aic")
 TABLE_COLUMNS = (
@@ -363,7 +362,7 @@ def _loglik_chunk(x, spec, row_offset, block_index, w=None):
         lp = np.ascontiguousarray(lp.T)  # (K, n), normalised in place
         log_norm = _math.normalize_log_prob(lp)
         if not np.all(np.isfinite(log_norm)):
-            _raise_non_finite(x, np.flatnonzero(~np.isfinite(log_norm)), block_index, row_offset)
+            raise_non_finite(x, np.flatnonzero(~np.isfinite(log_norm)), block_index, row_offset)
         out.append(float(log_norm.sum() if w is None else w @ log_norm))
     out.append(float(x.shape[0] if w is None else w.sum()))
     return tuple(out)
@@ -389,7 +388,7 @@ def final_log_likelihoods(x, params_list, *, weights=None, split_every=None, mis
     n : float
         Number of rows, or the total weight.
     """
-    graph = tree_reduce(
+    out = compute_pass(
         x,
         _loglik_chunk,
         (tuple(params_list), bool(missing)),
@@ -397,59 +396,27 @@ def final_log_likelihoods(x, params_list, *, weights=None, split_every=None, mis
         split_every=split_every,
         prefix="select-loglik",
     )
-    with single_threaded_blas():
-        (out,) = dask.compute(graph)
     return list(out[:-1]), float(out[-1])
 
 
-_START_ERROR = re.compile(r"\(start (\d+), iteration \d+\)")
-
-
 def _run_em_dropping_failures(x, starts, failures, *, resume=None, callback=None, **kw):
-    """run_em, but a start whose M-step fails is dropped and the others go on.
+    """:func:`run_em` with ``on_start_error='drop'``: a start whose M-step fails is
+    stopped and the others go on. ``failures`` (start index -> message) gets each
+    dropped start before ``callback`` sees the state it was dropped in."""
 
-    run_em raises on the first failing start, naming it "(start i, iteration j)"; the
-    state after the previous iteration (from the callback) is resumed with that start
-    stopped, so the other candidates of the grid lose only that one pass. ``failures``
-    (start index -> message) gets each dropped start. ``resume`` (an EMProgress)
-    continues an earlier run; ``callback`` is called with the EMProgress after every
-    iteration, and an exception it raises propagates as it is.
-    """
-    last = [resume] if resume is not None else []
-    max_iter = kw["max_iter"]
-    in_callback = [False]
+    def collect(progress: EMProgress) -> None:
+        for c in progress.candidates:
+            if c.error is not None:
+                failures.setdefault(c.index, str(c.error))
 
-    def keep(progress):
-        last[:] = [progress]
+    def on_iteration(progress: EMProgress) -> None:
+        collect(progress)
         if callback is not None:
-            in_callback[0] = True
             callback(progress)
-            in_callback[0] = False
 
-    while True:
-        try:
-            return run_em(x, starts, resume=resume, callback=keep, **kw)
-        except ValueError as exc:
-            match = _START_ERROR.search(str(exc))
-            if match is None or in_callback[0]:
-                raise
-            i = int(match.group(1))
-            failures[i] = str(exc)
-            base = (
-                last[0]
-                if last
-                else EMProgress(
-                    0,
-                    0.0,
-                    tuple(
-                        CandidateState(j, p, (), False, max_iter > 0) for j, p in enumerate(starts)
-                    ),
-                )
-            )
-            cands = list(base.candidates)
-            cands[i] = replace(cands[i], active=False, converged=False)
-            resume = EMProgress(base.iteration, base.seconds, tuple(cands))
-            logger.warning("select_model: start %d dropped: %s", i, exc)
+    state = run_em(x, starts, resume=resume, callback=on_iteration, on_start_error="drop", **kw)
+    collect(state)
+    return state
 
 
 def _fitted(proto, best: CandidateState, group, d, n_skipped) -> GaussianMixture:
@@ -585,116 +552,65 @@ def select_model(
         failing candidate alone only gets NaN criteria and an ``error``.
     """
     t_start = time.perf_counter()
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
-    ks = list(dict.fromkeys(n_components))
-    cts = list(dict.fromkeys(covariance_types))
-    if not ks or not cts:
-        raise ValueError("n_components and covariance_types must each list at least one value")
-    grid = [(k, ct) for ct in cts for k in ks]
-    if resume is not None:
-        if not isinstance(resume, SelectionProgress):
-            resume = SelectionProgress.from_arrays(resume)
-        resume._check_consistent()
-        if random_state is None:
-            seed = resume.seed
-        elif isinstance(random_state, (int, np.integer)):
-            seed = int(random_state)
-        else:  # a RandomState: no seed to compare; the starts are not drawn again
-            seed = resume.seed
-        resume._check_matches(grid, None, n_init, init_params, missing, seed)
-    else:
-        seed = _seed(random_state)
-    protos = []
-    for k, ct in grid:
-        gm = GaussianMixture(
-            k,
-            covariance_type=ct,
-            tol=tol,
-            reg_covar=reg_covar,
-            max_iter=max_iter,
-            n_init=n_init,
-            init_params=init_params,
-            random_state=seed,
-            persist=persist,
-            split_every=split_every,
-            missing=missing,
-            compute_dtype=compute_dtype,
-            verbose=verbose,
-        )
-        gm._validate_params()  # scikit-learn's parameter checks and messages
-        protos.append(gm)
-
-    x, from_numpy = check_array(X, min_rows=2)
+    grid, seed, resume = _check_grid(
+        criterion,
+        n_components,
+        covariance_types,
+        n_init,
+        init_params,
+        missing,
+        random_state,
+        resume,
+    )
+    settings = dict(
+        tol=tol,
+        reg_covar=reg_covar,
+        max_iter=max_iter,
+        n_init=n_init,
+        init_params=init_params,
+        random_state=seed,
+        persist=persist,
+        split_every=split_every,
+        missing=missing,
+        compute_dtype=compute_dtype,
+        verbose=verbose,
+    )
+    protos = [_prototype(k, ct, settings) for k, ct in grid]
+    x, weights, from_numpy = _check_data(X, sample_weight, grid, resume)
     n, d = x.shape
-    if resume is not None:
-        resume._check_matches(grid, d, None, None, None, None)
-    if n < max(ks):
-        raise ValueError(
-            f"Expected n_samples >= n_components but got n_components = {max(ks)}, n_samples = {n}"
-        )
-    weights = None
-    if sample_weight is not None:
-        weights = check_weights_like(sample_weight, x)
     eps = float(np.finfo(x.dtype).eps)
     log_level = logging.INFO if verbose else logging.DEBUG
     if verbose:
         _ensure_handler()
-    x = _prepare_data(x, persist, from_numpy)
-    if weights is not None:
-        weights = _prepare_data(weights, persist, not isinstance(sample_weight, da.Array))
-        if isinstance(sample_weight, da.Array):
-            check_weight_values(weights)
-    x_init, weights_init, n_skipped = x, weights, 0
-    kernel = em_kernel(missing == "em", x.dtype, compute_dtype)
-    if resume is not None:
-        # The starts (and what they needed: the missing-value summary) are in the state.
-        starts, owner, errors = None, list(resume.owner), dict(resume.errors)
-        n_skipped = resume.n_rows_skipped
-        logger.log(
-            log_level,
-            "select_model: resuming after iteration %d (%d starts)",
-            resume.iteration,
-            len(owner),
-        )
-    else:
-        if missing == "em":
-            # Initialisation sees missing values mean-filled (see _missing.prepare_fit).
-            x_init, weights_init, summary = _missing.prepare_fit(x, weights, split_every)
-            n_skipped = summary.n_skipped
-        starts, owner, errors = _grid_starts(
-            x_init,
-            grid,
-            n_init,
-            seed,
-            init_params,
-            reg_covar=reg_covar,
-            eps=eps,
-            weights=weights_init,
-            split_every=split_every,
-            log_level=log_level,
-        )
-
+    x, weights = _prepare_inputs(x, weights, sample_weight, persist, from_numpy)
+    starts, owner, errors, n_skipped = _initial_starts(
+        x,
+        weights,
+        grid,
+        resume,
+        n_init,
+        seed,
+        init_params,
+        missing,
+        reg_covar,
+        eps,
+        split_every,
+        log_level,
+    )
     failures: dict[int, str] = dict(resume.failed_starts) if resume is not None else {}
     on_iteration = None
     if callback is not None:
-
-        def on_iteration(progress: EMProgress) -> None:
-            callback(
-                SelectionProgress(
-                    progress=progress,
-                    owner=tuple(owner),
-                    errors=dict(errors),
-                    failed_starts=dict(failures),
-                    grid=tuple(grid),
-                    n_features=d,
-                    n_init=n_init,
-                    init_params=init_params,
-                    missing=missing,
-                    seed=seed,
-                    n_rows_skipped=n_skipped,
-                )
-            )
+        context = dict(
+            owner=tuple(owner),
+            grid=tuple(grid),
+            n_features=d,
+            n_init=n_init,
+            init_params=init_params,
+            missing=missing,
+            seed=seed,
+            n_rows_skipped=n_skipped,
+        )
+        on_iteration = _progress_callback(callback, context, errors, failures)
 
     state = None
     if owner:
@@ -712,18 +628,9 @@ def select_model(
             split_every=split_every,
             log_level=log_level,
             log_interval=1,
-            kernel=kernel,
+            kernel=em_kernel(missing == "em", x.dtype, compute_dtype),
         )
-    best_states: dict[int, CandidateState] = {}
-    groups: dict[int, list] = {}
-    for j, c in enumerate(owner):
-        if j in failures:
-            errors.setdefault(c, failures[j])
-            continue
-        groups.setdefault(c, []).append(state.candidates[j])
-    for c, group in groups.items():
-        best_states[c] = best_candidate(EMProgress(0, 0.0, tuple(group)))
-
+    best_states, groups = _best_per_candidate(state, owner, failures, errors)
     order = sorted(best_states)
     logliks, n_eff = [], float(n)
     if order:
@@ -735,46 +642,13 @@ def select_model(
             missing=missing == "em",
         )
     loglik_of = dict(zip(order, logliks, strict=True))
-
     table, models = [], []
     for c, ((k, ct), proto) in enumerate(zip(grid, protos, strict=True)):
-        p = _math.n_parameters(ct, k, d)
-        if c in best_states:
-            b = best_states[c]
-            ll = loglik_of[c]
-            row = {
-                "n_components": k,
-                "covariance_type": ct,
-                "log_likelihood": ll,
-                "n_parameters": p,
-                "bic": -2.0 * ll + p * math.log(n_eff),
-                "aic": -2.0 * ll + 2.0 * p,
-                "converged": bool(b.converged),
-                "n_iter": b.n_iter,
-                "lower_bound": b.lower_bound,
-                "error": None,
-            }
-            models.append(_fitted(proto, b, groups[c], d, n_skipped))
-        else:
-            row = dict.fromkeys(TABLE_COLUMNS, math.nan)
-            row.update(
-                n_components=k,
-                covariance_type=ct,
-                n_parameters=p,
-                converged=False,
-                n_iter=0,
-                error=errors.get(c, "failed"),
-            )
-            models.append(None)
-        table.append(row)
-
-    valid = [i for i, r in enumerate(table) if np.isfinite(r[criterion])]
-    if not valid:
-        details = "; ".join(
-            f"{r['covariance_type']} k={r['n_components']}: {r['error']}" for r in table
-        )
-        raise ValueError(f"Every candidate failed: {details}")
-    best_index = min(valid, key=lambda i: table[i][criterion])
+        b = best_states.get(c)
+        ll = loglik_of.get(c)
+        table.append(_table_row(k, ct, d, b, ll, n_eff, errors.get(c, "failed")))
+        models.append(None if b is None else _fitted(proto, b, groups[c], d, n_skipped))
+    best_index = _best_index(table, criterion)
     seconds = time.perf_counter() - t_start
     best = table[best_index]
     logger.log(
@@ -789,3 +663,176 @@ def select_model(
         seconds,
     )
     return SelectionResult(table, criterion, best_index, models, seed, n_eff, seconds)
+
+
+def _progress_callback(callback, context, errors, failures):
+    """Calls ``callback`` with the :class:`SelectionProgress` of each EM iteration;
+    ``errors`` and ``failures`` are read at each call (they grow as starts fail)."""
+
+    def on_iteration(progress: EMProgress) -> None:
+        callback(
+            SelectionProgress(
+                progress=progress, errors=dict(errors), failed_starts=dict(failures), **context
+            )
+        )
+
+    return on_iteration
+
+
+def _check_grid(
+    criterion, n_components, covariance_types, n_init, init_params, missing, random_state, resume
+):
+    """The grid of (k, covariance type), the seed, and ``resume`` as a checked
+    :class:`SelectionProgress` (or None)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
+    ks = list(dict.fromkeys(n_components))
+    cts = list(dict.fromkeys(covariance_types))
+    if not ks or not cts:
+        raise ValueError("n_components and covariance_types must each list at least one value")
+    grid = [(k, ct) for ct in cts for k in ks]
+    if resume is None:
+        return grid, _seed(random_state), None
+    if not isinstance(resume, SelectionProgress):
+        resume = SelectionProgress.from_arrays(resume)
+    resume._check_consistent()
+    if random_state is None:
+        seed = resume.seed
+    elif isinstance(random_state, (int, np.integer)):
+        seed = int(random_state)
+    else:  # a RandomState: no seed to compare; the starts are not drawn again
+        seed = resume.seed
+    resume._check_matches(grid, None, n_init, init_params, missing, seed)
+    return grid, seed, resume
+
+
+def _prototype(k, ct, settings) -> GaussianMixture:
+    """The estimator a candidate equals, its parameters checked by scikit-learn's rules."""
+    gm = GaussianMixture(k, covariance_type=ct, **settings)
+    gm._validate_params()  # scikit-learn's parameter checks and messages
+    return gm
+
+
+def _check_data(X, sample_weight, grid, resume):
+    """The data as a dask array, the checked weights (or None), and whether X was numpy."""
+    x, from_numpy = check_array(X, min_rows=2)
+    n, d = x.shape
+    if resume is not None:
+        resume._check_matches(grid, d, None, None, None, None)
+    k_max = max(k for k, _ in grid)
+    if n < k_max:
+        raise ValueError(
+            f"Expected n_samples >= n_components but got n_components = {k_max}, n_samples = {n}"
+        )
+    weights = None
+    if sample_weight is not None:
+        weights = check_weights_like(sample_weight, x)
+    return x, weights, from_numpy
+
+
+def _prepare_inputs(x, weights, sample_weight, persist, from_numpy):
+    """Persist (or not) the data and weights, as :class:`GaussianMixture` does."""
+    x = _prepare_data(x, persist, from_numpy)
+    if weights is not None:
+        weights = _prepare_data(weights, persist, not isinstance(sample_weight, da.Array))
+        if isinstance(sample_weight, da.Array):
+            check_weight_values(weights)
+    return x, weights
+
+
+def _initial_starts(
+    x,
+    weights,
+    grid,
+    resume,
+    n_init,
+    seed,
+    init_params,
+    missing,
+    reg_covar,
+    eps,
+    split_every,
+    log_level,
+):
+    """Every candidate's starts (None when resuming: they are in the state), the owner
+    candidate of each start, the candidates that failed, and the rows skipped."""
+    if resume is not None:
+        # The starts (and what they needed: the missing-value summary) are in the state.
+        logger.log(
+            log_level,
+            "select_model: resuming after iteration %d (%d starts)",
+            resume.iteration,
+            len(resume.owner),
+        )
+        return None, list(resume.owner), dict(resume.errors), resume.n_rows_skipped
+    x_init, weights_init, n_skipped = x, weights, 0
+    if missing == "em":
+        # Initialisation sees missing values mean-filled (see _missing.prepare_fit).
+        x_init, weights_init, summary = _missing.prepare_fit(x, weights, split_every)
+        n_skipped = summary.n_skipped
+    starts, owner, errors = _grid_starts(
+        x_init,
+        grid,
+        n_init,
+        seed,
+        init_params,
+        reg_covar=reg_covar,
+        eps=eps,
+        weights=weights_init,
+        split_every=split_every,
+        log_level=log_level,
+    )
+    return starts, owner, errors, n_skipped
+
+
+def _best_per_candidate(state, owner, failures, errors):
+    """Each candidate's best surviving start, and its starts; a candidate whose start
+    failed during EM gets that failure in ``errors``."""
+    best_states: dict[int, CandidateState] = {}
+    groups: dict[int, list] = {}
+    for j, c in enumerate(owner):
+        if j in failures:
+            errors.setdefault(c, failures[j])
+            continue
+        groups.setdefault(c, []).append(state.candidates[j])
+    for c, group in groups.items():
+        best_states[c] = best_candidate(EMProgress(0, 0.0, tuple(group)))
+    return best_states, groups
+
+
+def _table_row(k, ct, d, best, loglik, n_eff, error) -> dict:
+    """A candidate's row of the table: criteria of its best start, or NaN and ``error``."""
+    p = _math.n_parameters(ct, k, d)
+    if best is None:
+        row = dict.fromkeys(TABLE_COLUMNS, math.nan)
+        row.update(
+            n_components=k,
+            covariance_type=ct,
+            n_parameters=p,
+            converged=False,
+            n_iter=0,
+            error=error,
+        )
+        return row
+    return {
+        "n_components": k,
+        "covariance_type": ct,
+        "log_likelihood": loglik,
+        "n_parameters": p,
+        "bic": -2.0 * loglik + p * math.log(n_eff),
+        "aic": -2.0 * loglik + 2.0 * p,
+        "converged": bool(best.converged),
+        "n_iter": best.n_iter,
+        "lower_bound": best.lower_bound,
+        "error": None,
+    }
+
+
+def _best_index(table, criterion) -> int:
+    valid = [i for i, r in enumerate(table) if np.isfinite(r[criterion])]
+    if not valid:
+        details = "; ".join(
+            f"{r['covariance_type']} k={r['n_components']}: {r['error']}" for r in table
+        )
+        raise ValueError(f"Every candidate failed: {details}")
+    return min(valid, key=lambda i: table[i][criterion])
