@@ -313,7 +313,7 @@ def test_model_selection_reads_the_data_once_per_iteration_for_the_whole_grid(
 ):
     """Four candidates: the EM passes are those of the slowest one (each pass serving
     every live candidate), plus one shared scoring pass; no per-candidate scoring."""
-    from dask_em import _em, runner, selection
+    from dask_em import _em, _job_outputs, _job_selection, runner, selection
 
     passes, scorings, per_candidate = [], [], []
     real_pass, real_final = _em.em_pass, selection.final_log_likelihoods
@@ -333,7 +333,9 @@ def test_model_selection_reads_the_data_once_per_iteration_for_the_whole_grid(
 
     monkeypatch.setattr(_em, "em_pass", em_pass)
     monkeypatch.setattr(selection, "final_log_likelihoods", final_log_likelihoods)
-    monkeypatch.setattr(runner, "_scores", scores)
+    # wherever a job module looks the scoring function up
+    for module in (runner, _job_outputs, _job_selection):
+        monkeypatch.setattr(module, "_scores", scores, raising=False)
     config = load_job(
         job_file(
             tmp_path,
@@ -385,7 +387,7 @@ def test_model_selection_passes_every_setting_on_or_refuses_it(tmp_path, monkeyp
     import inspect
 
     from dask_em import selection
-    from dask_em.runner import _selection_params
+    from dask_em._job_selection import _selection_params
 
     config = load_job(
         job_file(

@@ -220,7 +220,7 @@ def test_convergence_warning_is_scikit_learns(X):
 
 
 def test_runner_logs_scikit_learns_convergence_warning(X, caplog):
-    from dask_em.runner import _fit
+    from dask_em._job_fit import _fit
 
     params = {"n_components": 2, "max_iter": 1, "random_state": 0}
     Xd = as_kind(X, "dask")
