@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import platform
 import statistics
@@ -377,21 +376,12 @@ class WorkerMemory:
 # --------------------------------------------------------------------------------------
 # Output
 # --------------------------------------------------------------------------------------
-def _default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 def write_json(path: Path, obj) -> Path:
-    # a temporary file of a fresh random name (never a file of the user's), then a rename
-    from dask_em.io import atomic_write_text
+    # dask_em's atomic writer: numpy values as plain numbers, a temporary of a fresh
+    # random name (never a file of the user's), then a rename
+    from dask_em.io import atomic_write_json
 
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_default) + "\n")
+    return atomic_write_json(path, obj)
 
 
 def fmt_seconds(v) -> str:
