@@ -33,8 +33,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dask_em.config import load_job  # noqa: E402
-from dask_em.runner import make_data, run_job  # noqa: E402
+from dask_em.jobs.config import load_job  # noqa: E402
+from dask_em.jobs.runner import make_data, run_job  # noqa: E402
 
 WARNINGS = (  # a line counts once, for the first that matches
     "Unmanaged memory use is high",

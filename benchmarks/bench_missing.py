@@ -19,11 +19,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from dask_em._em import em_pass
-from dask_em._init import random_from_data
-from dask_em._missing import missing_block_statistics
-from dask_em._params import m_step
-from dask_em._validation import auto_chunk_rows
+from dask_em.engine._em import em_pass
+from dask_em.engine._missing import missing_block_statistics
+from dask_em.engine._params import m_step
+from dask_em.init._init import random_from_data
+from dask_em.mixture._validation import auto_chunk_rows
 
 
 def _data(n, d, k, fraction, seed=0):

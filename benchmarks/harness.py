@@ -302,7 +302,7 @@ def local_cluster(n_workers=2, threads_per_worker=1, memory_limit="auto", malloc
     """
     from distributed import Client, LocalCluster
 
-    from dask_em.cluster import worker_environment
+    from dask_em.jobs.cluster import worker_environment
 
     environ = {} if malloc_trim == "dask" else {"MALLOC_TRIM_THRESHOLD_": malloc_trim}
     with worker_environment(environ):

@@ -75,7 +75,7 @@ def _fit(gm, x, **kwargs) -> dict:
 
 def engine_chunk_rows(n: int, d: int) -> int:
     """Rows per block the engine picks for numpy input of ``n`` rows, ``d`` features."""
-    from dask_em._validation import auto_chunk_rows
+    from dask_em.mixture._validation import auto_chunk_rows
 
     return auto_chunk_rows(n, d, 8)
 
@@ -85,7 +85,7 @@ def kernel_times(block, params, repeats: int) -> list[float]:
     again on one thread with BLAS at 1 thread, after one untimed call (a warm-up)."""
     from threadpoolctl import threadpool_limits
 
-    from dask_em._stats import block_statistics
+    from dask_em.engine._stats import block_statistics
 
     with threadpool_limits(limits=1, user_api="blas"):
         block_statistics(block, [params])
@@ -95,7 +95,7 @@ def kernel_times(block, params, repeats: int) -> list[float]:
 def _pass_on_threads(x, params, bounds, cores: int):
     """One pass's blocks, shared out in turn over one plain thread per core, each
     thread running its share back to back; the wall time and every block's seconds."""
-    from dask_em._stats import block_statistics
+    from dask_em.engine._stats import block_statistics
 
     def run_share(share, out):
         for a, b in share:

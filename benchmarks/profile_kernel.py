@@ -3,9 +3,9 @@
     python benchmarks/profile_kernel.py [--n-rows 98304] [--d 16] [--k 8] [--cov full]
                                         [--dtype float64] [--repeats 5]
 
-1. The block kernel (``dask_em._stats.block_statistics``) on one block, BLAS 1 thread.
+1. The block kernel (``dask_em.engine._stats.block_statistics``) on one block, BLAS 1 thread.
 2. The same block taken apart: the time in each compiled tile kernel
-   (``dask_em._kernels``, wrapped with timers for the run) and the rest (BLAS products,
+   (``dask_em.engine._kernels``, wrapped with timers for the run) and the rest (BLAS products,
    numpy's exp, Python).
 3. Two copies of the kernel at once: on two threads of one process and in two processes;
    the speed-up over one copy says whether the cores can be kept busy in one process.
@@ -40,8 +40,8 @@ def parts(block, params, repeats):
     with timers for the run, so this follows the engine's own loop."""
     from threadpoolctl import threadpool_limits
 
-    from dask_em import _kernels
-    from dask_em._stats import block_statistics
+    from dask_em.engine import _kernels
+    from dask_em.engine._stats import block_statistics
 
     names = [n for n in vars(_kernels) if n.startswith(("full_tile_", "diag_tile_", "tile_row_"))]
     originals = {n: getattr(_kernels, n) for n in names}
@@ -80,7 +80,7 @@ def parts(block, params, repeats):
 def _run_copies_threads(blocks, params, repeats):
     from threadpoolctl import threadpool_limits
 
-    from dask_em._stats import block_statistics
+    from dask_em.engine._stats import block_statistics
 
     barrier = threading.Barrier(len(blocks) + 1)
 
@@ -104,7 +104,7 @@ def _proc_worker(args):
     block, params, repeats, barrier, out = args
     from threadpoolctl import threadpool_limits
 
-    from dask_em._stats import block_statistics
+    from dask_em.engine._stats import block_statistics
 
     with threadpool_limits(1, "blas"):
         block_statistics(block, [params])
@@ -142,7 +142,7 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = p.parse_args(argv)
 
-    from dask_em._validation import auto_chunk_rows
+    from dask_em.mixture._validation import auto_chunk_rows
 
     rows = a.n_rows or auto_chunk_rows(10**6, a.d, 8)
     x = h.make_data(max(2 * rows, 200_000), a.d, a.k)

@@ -101,8 +101,8 @@ def write_zarr(path: Path, n: int, d: int, k: int, chunk_rows: int) -> float:
 
 def _job_zarr(path: Path, chunk_rows: int):
     """A zarr store opened as a job's ``data: {source: zarr}`` section opens it."""
-    from dask_em.config import DataConfig
     from dask_em.io import load_data
+    from dask_em.jobs.config import DataConfig
 
     return load_data(DataConfig(source="zarr", path=str(path), chunk_rows=chunk_rows))
 

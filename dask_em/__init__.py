@@ -1,11 +1,11 @@
 """dask-em: Gaussian mixture models fitted by one-pass distributed EM on Dask arrays."""
 
-from ._em import CandidateState, EMProgress
-from ._errors import NonFiniteError, StartError
-from ._params import MixtureParams
-from ._stats import SuffStats
-from .mixture import ConvergenceWarning, GaussianMixture
-from .selection import select_model
+from dask_em.engine._em import CandidateState, EMProgress
+from dask_em.engine._errors import NonFiniteError, StartError
+from dask_em.engine._params import MixtureParams
+from dask_em.engine._stats import SuffStats
+from dask_em.mixture._gaussian import ConvergenceWarning, GaussianMixture
+from dask_em.mixture._selection import select_model
 
 __version__ = "0.1.0"
 

@@ -109,7 +109,7 @@ def project_env() -> dict:
     """The environment for a subprocess that must import this checkout of dask_em."""
     import os
 
-    from dask_em.config import PROJECT_ROOT
+    from dask_em.jobs.config import PROJECT_ROOT
 
     path = os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep)}

@@ -78,7 +78,7 @@ def test_em_suite_runs_and_writes_json_and_markdown(bench, tmp_path):
 
 
 def test_block_limit_times_every_block_of_a_pass_once_per_sample(bench, monkeypatch):
-    import dask_em._stats
+    import dask_em.engine._stats
 
     seen = []
 
@@ -86,7 +86,7 @@ def test_block_limit_times_every_block_of_a_pass_once_per_sample(bench, monkeypa
         seen.append((block.shape[0], float(block[0, 0])))
         return ()
 
-    monkeypatch.setattr(dask_em._stats, "block_statistics", fake_block_statistics)
+    monkeypatch.setattr(dask_em.engine._stats, "block_statistics", fake_block_statistics)
     monkeypatch.setattr(bench.h, "cores", lambda: 2)
     x = np.arange(1000 * 2, dtype=np.float64).reshape(1000, 2)
     lim = bench.block_limit(x, None, 300, 3)

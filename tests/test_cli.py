@@ -15,8 +15,8 @@ import yaml
 from conftest import THREADS, free_port, run_cli
 from typer.testing import CliRunner
 
-from dask_em.cli import app
-from dask_em.config import PROJECT_ROOT
+from dask_em.jobs.cli import app
+from dask_em.jobs.config import PROJECT_ROOT
 
 runner = CliRunner()
 
@@ -186,7 +186,7 @@ def test_predict_info_plot(tmp_path):
     assert result.exit_code == 0, result.output
     import dask.array as da
 
-    from dask_em.runner import load_model
+    from dask_em.jobs.runner import load_model
 
     labels = da.from_zarr(str(out / "labels.zarr"))
     np.testing.assert_array_equal(labels.compute(), load_model(run).predict(x))
@@ -294,7 +294,7 @@ def test_distributed_logs_no_traceback_in_the_driver_without_debug():
     import io
     import logging
 
-    from dask_em.cli import _setup_logging
+    from dask_em.jobs.cli import _setup_logging
 
     # As distributed's logging config sets it up in a driver: its own handler.
     stream = io.StringIO()
@@ -322,7 +322,7 @@ def test_the_traceback_filter_sits_on_the_handler_distributed_makes_at_import():
     # In a fresh process, as the command line starts: distributed is not imported yet.
     code = (
         "import logging, sys\n"
-        "from dask_em.cli import _setup_logging\n"
+        "from dask_em.jobs.cli import _setup_logging\n"
         "assert 'distributed' not in sys.modules\n"
         "_setup_logging(False)\n"
         "log = logging.getLogger('distributed.batched')\n"

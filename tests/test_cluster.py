@@ -1,9 +1,9 @@
-"""The local cluster a job starts (dask_em.cluster)."""
+"""The local cluster a job starts (dask_em.jobs.cluster)."""
 
 import os
 
-from dask_em.cluster import connect, worker_environment
-from dask_em.config import ClusterConfig, LocalClusterConfig
+from dask_em.jobs.cluster import connect, worker_environment
+from dask_em.jobs.config import ClusterConfig, LocalClusterConfig
 
 
 def _local(**kw):

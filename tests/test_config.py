@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dask_em.config import (
+from dask_em.jobs.config import (
     CONFIGS_DIR,
     PROJECT_ROOT,
     ConfigError,

@@ -12,9 +12,9 @@ import pytest
 from conftest import COV_TYPES, make_blobs
 
 from dask_em import ConvergenceWarning, EMProgress, GaussianMixture
-from dask_em._em import em_pass
-from dask_em._reduce import tree_reduce
-from dask_em._validation import auto_chunk_rows, check_array
+from dask_em.engine._em import em_pass
+from dask_em.engine._reduce import tree_reduce
+from dask_em.mixture._validation import auto_chunk_rows, check_array
 
 
 def _fit(X, ct="full", callback=None, resume=None, **kw):
@@ -82,7 +82,7 @@ def test_distributed_numpy_input_is_scattered_once(blobs, client):
 def test_numpy_blocks_are_spread_evenly_over_the_workers_with_their_weights(client):
     from collections import Counter
 
-    from dask_em.mixture import _prepare_data
+    from dask_em.mixture._gaussian import _prepare_data
 
     X, _ = make_blobs(n=1300, seed=2)
     w = np.linspace(0.5, 1.5, X.shape[0])
@@ -281,7 +281,7 @@ def test_restarts_keep_the_best_and_match_separate_fits(blobs):
     many = _fit(X, "full", n_init=4, init_params="random", max_iter=30, tol=1e-4)
     rng = np.random.RandomState(0)
     singles = []
-    from dask_em import _init
+    from dask_em.init import _init
 
     starts = _init.random_resp(
         da.from_array(X, chunks=(X.shape[0], 3)), 4, 3, "full", 1e-6, np.finfo(float).eps, rng
@@ -392,7 +392,7 @@ def test_bic_and_aic_accept_every_input_kind(blobs):
 def test_progress_of_mixed_covariance_types_round_trips(blobs, tmp_path):
     """A model-selection grid checkpoints starts of different types and sizes."""
     X, _ = blobs
-    from dask_em._em import run_em
+    from dask_em.engine._em import run_em
 
     starts = [
         _fit(X, ct, n_components=k, max_iter=1)._params() for ct, k in [("full", 2), ("diag", 3)]
@@ -413,7 +413,7 @@ def test_m_step_runs_with_blas_at_one_thread(blobs, monkeypatch):
     """OpenBLAS threads spin after a threaded call and take cores from the next pass."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from dask_em import _em
+    from dask_em.engine import _em
 
     seen = []
     real = _em.m_step

@@ -9,10 +9,10 @@ import pytest
 from conftest import make_blobs
 
 from dask_em import GaussianMixture
-from dask_em._em import em_pass
-from dask_em._reduce import block_reader, register_block_reader, tree_reduce
-from dask_em.config import DataConfig, JobError
+from dask_em.engine._em import em_pass
+from dask_em.engine._reduce import block_reader, register_block_reader, tree_reduce
 from dask_em.io import load_data, read_array
+from dask_em.jobs.config import DataConfig, JobError
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_a_registration_goes_with_its_array():
     assert block_reader(x) is not None
     name = id(x)
     del x
-    from dask_em import _reduce
+    from dask_em.engine import _reduce
 
     assert name not in _reduce._READERS
 

@@ -10,10 +10,11 @@ from conftest import COV_TYPES, make_blobs
 from sklearn.cluster import KMeans as SKKMeans
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 
-from dask_em import ConvergenceWarning, GaussianMixture, NonFiniteError, _kmeans
-from dask_em._params import m_step
-from dask_em._starts import StartRequest, make_starts
-from dask_em._stats import responsibility_statistics
+from dask_em import ConvergenceWarning, GaussianMixture, NonFiniteError
+from dask_em.engine._params import m_step
+from dask_em.engine._stats import responsibility_statistics
+from dask_em.init import _kmeans
+from dask_em.init._starts import StartRequest, make_starts
 
 INITS = ["kmeans", "k-means++", "random", "random_from_data"]
 EPS = float(np.finfo(np.float64).eps)

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dask_em.config import DataConfig, JobError, SyntheticSpec
 from dask_em.io import (
     RunFolder,
     atomic_savez,
@@ -22,6 +21,7 @@ from dask_em.io import (
     synthetic_mixture,
     write_zarr,
 )
+from dask_em.jobs.config import DataConfig, JobError, SyntheticSpec
 
 N, D = 1000, 3
 

@@ -13,10 +13,10 @@ import yaml
 from conftest import THREADS
 from typer.testing import CliRunner
 
-from dask_em.cli import app
-from dask_em.config import JobConfig, load_job
 from dask_em.io import load_weighted
-from dask_em.runner import run_job
+from dask_em.jobs.cli import app
+from dask_em.jobs.config import JobConfig, load_job
+from dask_em.jobs.runner import run_job
 
 runner = CliRunner()
 

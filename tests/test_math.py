@@ -5,9 +5,10 @@ import pytest
 from conftest import COV_TYPES
 from scipy import stats
 
-from dask_em import MixtureParams, _math
-from dask_em._params import m_step
-from dask_em._stats import (
+from dask_em import MixtureParams
+from dask_em.engine import _math
+from dask_em.engine._params import m_step
+from dask_em.engine._stats import (
     block_statistics,
     component_reference,
     log_prob_block,

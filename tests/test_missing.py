@@ -10,8 +10,8 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from dask_em import GaussianMixture, NonFiniteError, SuffStats
-from dask_em._missing import block_layout, missing_block_statistics, spd_inverse
-from dask_em._stats import block_statistics
+from dask_em.engine._missing import block_layout, missing_block_statistics, spd_inverse
+from dask_em.engine._stats import block_statistics
 
 
 # --------------------------------------------------------------------------------------
@@ -362,9 +362,9 @@ def test_complete_rows_score_as_on_the_complete_data_path(fitted):
 
 @pytest.mark.parametrize("condition", [1e2, 1e8])
 def test_marginal_log_density_keeps_its_digits_for_ill_conditioned_covariances(condition):
-    from dask_em._math import precision_cholesky
-    from dask_em._missing import log_prob_missing
-    from dask_em._params import MixtureParams
+    from dask_em.engine._math import precision_cholesky
+    from dask_em.engine._missing import log_prob_missing
+    from dask_em.engine._params import MixtureParams
 
     rng = np.random.default_rng(0)
     d = 6

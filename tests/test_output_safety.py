@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import dask_em.runner
-from dask_em.cli import app
-from dask_em.config import DataConfig, JobError, load_job
+import dask_em.jobs.runner
 from dask_em.folders import MARKER, RunFolder, check_output_location, write_marker
 from dask_em.io import load_data, write_zarrs
-from dask_em.runner import predict_job, run_job
+from dask_em.jobs.cli import app
+from dask_em.jobs.config import DataConfig, JobError, load_job
+from dask_em.jobs.runner import predict_job, run_job
 
 runner = CliRunner()
 
@@ -108,7 +108,7 @@ def no_cluster(monkeypatch):
     def connect(*a, **k):
         raise AssertionError("a cluster was started before the output was checked")
 
-    monkeypatch.setattr(dask_em.runner, "connect", connect)
+    monkeypatch.setattr(dask_em.jobs.runner, "connect", connect)
 
 
 REFUSED_RUN = {
@@ -301,7 +301,7 @@ def test_failed_run_removes_only_its_staging_folder(user, monkeypatch):
     def boom(*a, **k):
         raise JobError("the cluster is gone", key="cluster")
 
-    monkeypatch.setattr(dask_em.runner, "connect", boom)
+    monkeypatch.setattr(dask_em.jobs.runner, "connect", boom)
     before = snapshot(user)
     result = runner.invoke(app, ["run", "jobs/job.yaml", "--output", "out"])
     assert_refused(result, "cluster", "the cluster is gone", up_front=False)

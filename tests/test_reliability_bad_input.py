@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dask_em import GaussianMixture
-from dask_em.cli import app
+from dask_em.jobs.cli import app
 
 runner = CliRunner()
 

@@ -51,7 +51,7 @@ def _estimator():
     )
 
 
-@pytest.mark.filterwarnings("ignore::dask_em.mixture.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::dask_em.mixture._gaussian.ConvergenceWarning")
 def test_worker_sigkill_mid_fit_gives_the_undisturbed_parameters(two_process_client):
     import dask.array as da
 
@@ -283,7 +283,7 @@ def test_unreachable_scheduler_is_bad_input_within_the_timeout(tmp_path):
     """Nothing listens: exit 2 within about cluster.timeout, one line, nothing written."""
     from typer.testing import CliRunner
 
-    from dask_em.cli import app
+    from dask_em.jobs.cli import app
 
     address = f"tcp://127.0.0.1:{free_port()}"
     path = _job(tmp_path, tmp_path / "run")

@@ -14,8 +14,8 @@ import yaml
 from conftest import project_env, self_signed_cert, start_dask_processes, stop_processes
 from typer.testing import CliRunner
 
-from dask_em.cli import app
-from dask_em.config import PROJECT_ROOT, JobError, load_job
+from dask_em.jobs.cli import app
+from dask_em.jobs.config import PROJECT_ROOT, JobError, load_job
 
 PACKAGE = PROJECT_ROOT / "dask_em"
 SOURCES = sorted(PACKAGE.rglob("*.py"))

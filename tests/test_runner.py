@@ -18,9 +18,9 @@ from conftest import (
     start_dask_processes,
 )
 
-from dask_em.config import JobError, load_job
 from dask_em.io import load_npz
-from dask_em.runner import (
+from dask_em.jobs.config import JobError, load_job
+from dask_em.jobs.runner import (
     data_config_for,
     load_model,
     make_data,
@@ -313,7 +313,11 @@ def test_model_selection_reads_the_data_once_per_iteration_for_the_whole_grid(
 ):
     """Four candidates: the EM passes are those of the slowest one (each pass serving
     every live candidate), plus one shared scoring pass; no per-candidate scoring."""
-    from dask_em import _em, _job_outputs, _job_selection, runner, selection
+    from dask_em.engine import _em
+    from dask_em.jobs import _outputs as _job_outputs
+    from dask_em.jobs import _selection as _job_selection
+    from dask_em.jobs import runner
+    from dask_em.mixture import _selection as selection
 
     passes, scorings, per_candidate = [], [], []
     real_pass, real_final = _em.em_pass, selection.final_log_likelihoods
@@ -386,8 +390,8 @@ def test_a_failing_candidate_is_reported_and_the_others_are_ranked(tmp_path):
 def test_model_selection_passes_every_setting_on_or_refuses_it(tmp_path, monkeypatch):
     import inspect
 
-    from dask_em import selection
-    from dask_em._job_selection import _selection_params
+    from dask_em.jobs._selection import _selection_params
+    from dask_em.mixture import _selection as selection
 
     config = load_job(
         job_file(
@@ -520,7 +524,7 @@ def test_job_over_tls(tmp_path):
     """A scheduler that requires TLS, reached with the certificate files from the config."""
     from distributed import Client
 
-    from dask_em.cluster import security_from_config
+    from dask_em.jobs.cluster import security_from_config
 
     self_signed_cert(tmp_path)
     files = ["--tls-ca-file", "cert.pem", "--tls-cert", "cert.pem", "--tls-key", "key.pem"]
@@ -546,7 +550,7 @@ def test_job_over_tls(tmp_path):
 
 
 def test_tls_settings_become_security(tmp_path):
-    from dask_em.cluster import security_from_config
+    from dask_em.jobs.cluster import security_from_config
 
     for name in ("ca.pem", "client.pem", "client.key"):
         (tmp_path / name).write_text("x")
@@ -566,8 +570,8 @@ def test_tls_settings_become_security(tmp_path):
 
 
 def test_jobqueue_kinds_are_an_allow_list():
-    from dask_em.cluster import JOBQUEUE_KINDS
-    from dask_em.config import JobqueueConfig
+    from dask_em.jobs.cluster import JOBQUEUE_KINDS
+    from dask_em.jobs.config import JobqueueConfig
 
     assert set(JOBQUEUE_KINDS) == set(JobqueueConfig.model_fields["kind"].annotation.__args__)
     assert all(v.endswith("Cluster") and "." not in v for v in JOBQUEUE_KINDS.values())

@@ -1,4 +1,4 @@
-"""Per-thread scratch arrays (dask_em._scratch) and the E-step kernels that use them."""
+"""Per-thread scratch arrays (dask_em.engine._scratch) and the E-step kernels that use them."""
 
 import os
 import subprocess
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from dask_em import GaussianMixture
-from dask_em._scratch import release_thread_arrays, thread_array
-from dask_em._stats import block_statistics
+from dask_em.engine._scratch import release_thread_arrays, thread_array
+from dask_em.engine._stats import block_statistics
 
 
 def test_same_role_reuses_memory_on_one_thread_only():
@@ -75,7 +75,7 @@ def test_blocks_do_not_fault_in_fresh_pages_under_dasks_trim_threshold():
         import resource, threading
         import numpy as np
         from dask_em import GaussianMixture
-        from dask_em._stats import block_statistics
+        from dask_em.engine._stats import block_statistics
         rng = np.random.default_rng(0)
         x = rng.normal(size=(40000, 16))
         p = GaussianMixture(8, max_iter=1, tol=0, random_state=0).fit(x[:4000])._params()

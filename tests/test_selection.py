@@ -10,10 +10,10 @@ from conftest import make_blobs
 from sklearn.mixture import GaussianMixture as SKGaussianMixture
 
 from dask_em import ConvergenceWarning, GaussianMixture, select_model
-from dask_em import _em as em_module
-from dask_em import selection as selection_module
-from dask_em._init import from_arrays
-from dask_em.selection import (
+from dask_em.engine import _em as em_module
+from dask_em.init._init import from_arrays
+from dask_em.mixture import _selection as selection_module
+from dask_em.mixture._selection import (
     TABLE_COLUMNS,
     SelectionProgress,
     SelectionResult,

@@ -209,7 +209,7 @@ def test_a_failed_fit_leaves_the_model_unfitted(X):
 
 def test_convergence_warning_is_scikit_learns(X):
     assert dask_em.ConvergenceWarning is ConvergenceWarning
-    assert dask_em.mixture.ConvergenceWarning is ConvergenceWarning
+    assert dask_em.mixture._gaussian.ConvergenceWarning is ConvergenceWarning
     message = "Best performing initialization did not converge"
     with pytest.warns(ConvergenceWarning, match=message):
         GaussianMixture(2, max_iter=1, random_state=0).fit(X)
@@ -220,16 +220,16 @@ def test_convergence_warning_is_scikit_learns(X):
 
 
 def test_runner_logs_scikit_learns_convergence_warning(X, caplog):
-    from dask_em._job_fit import _fit
+    from dask_em.jobs._fit import _fit
 
     params = {"n_components": 2, "max_iter": 1, "random_state": 0}
     Xd = as_kind(X, "dask")
     # The CLI's logging setup stops dask_em's records from propagating to the root logger
     # (where caplog listens) once a CLI test has run: listen on the runner's logger.
-    log = logging.getLogger("dask_em.runner")
+    log = logging.getLogger("dask_em.jobs.runner")
     log.addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.WARNING, logger="dask_em.runner"):
+        with caplog.at_level(logging.WARNING, logger="dask_em.jobs.runner"):
             gm, _, _ = _fit(params, Xd, checkpoint=None, resume=False, fingerprint="", hook=None)
     finally:
         log.removeHandler(caplog.handler)

@@ -5,7 +5,7 @@ import pytest
 from conftest import COV_TYPES, make_blobs
 
 from dask_em import GaussianMixture, SuffStats
-from dask_em._stats import block_statistics, tile_rows
+from dask_em.engine._stats import block_statistics, tile_rows
 
 
 def _params(ct, X):

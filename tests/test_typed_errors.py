@@ -8,9 +8,9 @@ import pytest
 from conftest import make_blobs
 
 from dask_em import GaussianMixture, NonFiniteError, StartError
-from dask_em import _em as em_module
-from dask_em._init import from_arrays
-from dask_em._reduce import compute_pass
+from dask_em.engine import _em as em_module
+from dask_em.engine._reduce import compute_pass
+from dask_em.init._init import from_arrays
 
 EPS = float(np.finfo(np.float64).eps)
 

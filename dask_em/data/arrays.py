@@ -12,9 +12,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from dask_em._reduce import register_block_reader
 from dask_em.data.base import Source, is_url
 from dask_em.data.raw_zarr import RawChunks
+from dask_em.engine._reduce import register_block_reader
 from dask_em.errors import JobError
 
 __all__ = ["Hdf5Source", "NpySource", "ZarrSource"]
@@ -55,7 +55,7 @@ class _LazyRows:
 
     def read_rows(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows ``start:stop`` (all columns), into ``out`` where the format allows (the
-        engine's fused reads, :func:`dask_em._reduce.register_block_reader`)."""
+        engine's fused reads, :func:`dask_em.engine._reduce.register_block_reader`)."""
         return self[start:stop]
 
 

@@ -145,7 +145,7 @@ def read_array(path, *, source=None, dataset=None, chunk_rows=250_000, dtype="fl
     """Open a zarr, npy or HDF5 file as the lazy array a job would fit.
 
     Its blocks are read inside the EM statistics tasks, each into a buffer its thread
-    reuses (see :func:`dask_em._reduce.register_block_reader`), as long as the array is
+    reuses (see :func:`dask_em.engine._reduce.register_block_reader`), as long as the array is
     passed to ``fit`` as it is: ``da.from_zarr`` works too, but reads every block into
     a task result of its own first.
 

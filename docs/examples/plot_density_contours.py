@@ -21,8 +21,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.ticker import MaxNLocator
 
 from dask_em import GaussianMixture
-from dask_em.config import SyntheticSpec
 from dask_em.io import synthetic_array
+from dask_em.jobs.config import SyntheticSpec
 
 spec = SyntheticSpec(n_samples=30_000, n_features=2, n_components=4, separation=1.25, seed=5)
 X = synthetic_array(spec, chunk_rows=10_000)

@@ -5,8 +5,8 @@ A job on a cluster
 A YAML job run on a Dask cluster that already exists: here a ``LocalCluster`` of 2
 workers that this script starts on 127.0.0.1 and closes at the end; on a real cluster
 only the scheduler address changes. The job's synthetic data is
-generated on the workers, block by block. :func:`dask_em.config.load_job` validates the
-file and :func:`dask_em.runner.run_job` runs it, which is what ``dask-em run JOB.yaml
+generated on the workers, block by block. :func:`dask_em.jobs.config.load_job` validates the
+file and :func:`dask_em.jobs.runner.run_job` runs it, which is what ``dask-em run JOB.yaml
 --scheduler ADDRESS`` does.
 """
 
@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt
 from distributed import Client, LocalCluster
 
 from dask_em import GaussianMixture
-from dask_em.config import load_job
 from dask_em.io import synthetic_array
-from dask_em.runner import run_job
+from dask_em.jobs.config import load_job
+from dask_em.jobs.runner import run_job
 
 cluster = LocalCluster(
     n_workers=2,

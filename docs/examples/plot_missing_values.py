@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from dask_em import GaussianMixture, NonFiniteError
-from dask_em.config import SyntheticSpec
 from dask_em.io import synthetic_array
+from dask_em.jobs.config import SyntheticSpec
 
 spec = SyntheticSpec(n_samples=20_000, n_features=3, n_components=3, separation=3.0, seed=2)
 X_full = synthetic_array(spec, chunk_rows=5_000).compute()

@@ -16,8 +16,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from dask_em import select_model
-from dask_em.config import SyntheticSpec
 from dask_em.io import synthetic_array
+from dask_em.jobs.config import SyntheticSpec
 
 spec = SyntheticSpec(n_samples=20_000, n_features=2, n_components=3, separation=3.0, seed=1)
 X = synthetic_array(spec, chunk_rows=5_000)
@@ -38,7 +38,7 @@ print("best:", result.best["covariance_type"], result.best["n_components"], "com
 # %%
 # The BIC plot
 # ------------
-# :meth:`~dask_em.selection.SelectionResult.plot_bic` writes an mclust-style picture
+# :meth:`~dask_em.mixture.SelectionResult.plot_bic` writes an mclust-style picture
 # (PNG): one line per covariance type, the best model ringed. Lower is better
 # (scikit-learn's sign, the opposite of mclust's).
 with tempfile.TemporaryDirectory() as tmp:

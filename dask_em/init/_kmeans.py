@@ -1,6 +1,6 @@
 """Distributed k-means for initialisation: k-means|| and k-means++ seeding, then Lloyd.
 
-Every pass over the data is one tree reduction (:func:`dask_em._reduce.tree_reduce`) whose
+Every pass over the data is one tree reduction (:func:`dask_em.engine._reduce.tree_reduce`) whose
 leaves return small additive values (counts, sums, a few sampled rows); the rows never
 reach the driver. Many runs (restarts and, in model selection, several numbers of
 clusters) advance together: each pass serves every unfinished run at whatever stage it
@@ -74,9 +74,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from ._errors import raise_non_finite
-from ._reduce import compute_pass
-from ._stats import SuffStats
+from dask_em.engine._errors import raise_non_finite
+from dask_em.engine._reduce import compute_pass
+from dask_em.engine._stats import SuffStats
 
 logger = logging.getLogger(__name__)
 
@@ -644,7 +644,7 @@ class _Context:
 def reference_point(x) -> np.ndarray:
     """A point near the data to centre rows on: the mean of the finite first rows.
 
-    The same point :func:`dask_em._init.random_resp` centres on; reading up to 1024 rows
+    The same point :func:`dask_em.init._init.random_resp` centres on; reading up to 1024 rows
     is not a pass over the data.
     """
     head = np.asarray(x[: min(x.shape[0], 1024)].compute(), dtype=np.float64)

@@ -30,7 +30,7 @@ missing features are independent of the observed ones, so the observed mask ente
 tile design as extra columns and everything stays one GEMM per tile.
 
 Complete rows go through the complete-data fused kernel
-(:func:`dask_em._stats.block_statistics`) unchanged; the statistics of the incomplete
+(:func:`dask_em.engine._stats.block_statistics`) unchanged; the statistics of the incomplete
 rows are taken about the same references and simply added. Rows with no observed value
 carry no information: they are skipped (counted in ``n_rows`` but not in
 ``weight_total``, so the lower bound is the observed-data log-likelihood per used row).
@@ -43,10 +43,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import blas
 
-from . import _math
-from ._errors import NonFiniteError
-from ._math import LOG_2PI, normalize_log_prob
-from ._stats import (
+from dask_em.engine import _math
+from dask_em.engine._errors import NonFiniteError
+from dask_em.engine._math import LOG_2PI, normalize_log_prob
+from dask_em.engine._stats import (
     SuffStats,
     block_statistics,
     component_reference,
@@ -544,8 +544,8 @@ def missing_block_statistics(
 ):
     """The E-step of one block whose rows may hold NaN (missing values).
 
-    A drop-in kernel for :func:`dask_em._em.run_em`: the same :class:`SuffStats`, about
-    the same references, as :func:`dask_em._stats.block_statistics`, with expected
+    A drop-in kernel for :func:`dask_em.engine._em.run_em`: the same :class:`SuffStats`, about
+    the same references, as :func:`dask_em.engine._stats.block_statistics`, with expected
     sufficient statistics for the missing values and the observed-data log-likelihood.
 
     Parameters
@@ -558,7 +558,7 @@ def missing_block_statistics(
     block_index : int
     sample_weight : ndarray of shape (n,), optional
     compute_dtype : {None, 'auto', 'float32', 'float64'}
-        Arithmetic of the complete rows (see :func:`dask_em._stats.block_statistics`);
+        Arithmetic of the complete rows (see :func:`dask_em.engine._stats.block_statistics`);
         incomplete rows are always float64.
 
     Returns
@@ -738,7 +738,7 @@ def _summary_chunk(x, _shared, row_offset, block_index, w=None):
 
 def missing_summary(x, split_every=None) -> MissingSummary:
     """Count the missing values of a dask array in one pass (a tree reduction)."""
-    from ._reduce import compute_pass
+    from dask_em.engine._reduce import compute_pass
 
     col_sum, n_obs, n_incomplete, n_skipped = compute_pass(
         x, _summary_chunk, None, split_every=split_every, prefix="missing-scan"

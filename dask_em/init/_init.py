@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _math
-from ._params import MixtureParams, m_step
-from ._reduce import compute_pass
-from ._stats import SuffStats, responsibility_statistics
+from dask_em.engine import _math
+from dask_em.engine._params import MixtureParams, m_step
+from dask_em.engine._reduce import compute_pass
+from dask_em.engine._stats import SuffStats, responsibility_statistics
 
 # Random responsibilities are drawn per logical block of this many rows, each from its
 # own seeded stream, so that the numbers do not depend on the dask chunking.

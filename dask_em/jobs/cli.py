@@ -1,7 +1,7 @@
 """The ``dask-em`` command line (also ``python -m dask_em``).
 
 Each command parses its arguments and calls one plain function from
-:mod:`dask_em.runner`; bad input (:class:`~dask_em.config.JobError`) prints one line
+:mod:`dask_em.jobs.runner`; bad input (:class:`~dask_em.jobs.config.JobError`) prints one line
 ``FILE: key.path: message`` and exits with code 2, without a traceback unless ``--debug``.
 """
 
@@ -17,7 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dask_em.config import (
+from dask_em.data.sources import SOURCES
+from dask_em.jobs.config import (
     PRESET_SECTIONS,
     ClusterConfig,
     ConfigError,
@@ -26,7 +27,6 @@ from dask_em.config import (
     load_job,
     validate_preset,
 )
-from dask_em.data.sources import SOURCES
 
 __all__ = ["app", "main"]
 
@@ -147,7 +147,7 @@ def run(
     debug: Debug = False,
 ) -> None:
     """Run a job: fit the model and write the run folder."""
-    from dask_em.runner import run_job
+    from dask_em.jobs.runner import run_job
 
     def go():
         config = load_job(job, overrides=set_ or (), scheduler=scheduler, output=output)
@@ -222,7 +222,7 @@ def predict(
     debug: Debug = False,
 ) -> None:
     """Write predicted labels (zarr) for data, out of core."""
-    from dask_em.runner import data_config_for, predict_job
+    from dask_em.jobs.runner import data_config_for, predict_job
 
     def go():
         cols = [c.strip() for c in columns.split(",")] if columns else None
@@ -253,7 +253,7 @@ def plot(
     debug: Debug = False,
 ) -> None:
     """Redraw a run folder's pictures."""
-    from dask_em.runner import plot_run
+    from dask_em.jobs.runner import plot_run
 
     def go():
         for p in plot_run(run_dir):
@@ -269,7 +269,7 @@ def info(
     debug: Debug = False,
 ) -> None:
     """Describe a fitted model."""
-    from dask_em.runner import model_info
+    from dask_em.jobs.runner import model_info
 
     def go():
         data = model_info(model)
@@ -303,7 +303,7 @@ def make_data(
     debug: Debug = False,
 ) -> None:
     """Write a job's synthetic data set to zarr (for out-of-core runs)."""
-    from dask_em.runner import make_data as _make_data
+    from dask_em.jobs.runner import make_data as _make_data
 
     def go():
         config = load_job(job, overrides=set_ or (), scheduler=scheduler)

@@ -1,5 +1,5 @@
 """What a run writes besides the model's arrays: scores, metrics, ``model.json``, the
-data sample and the pictures (the parts of :mod:`dask_em.runner` that record a result)."""
+data sample and the pictures (the parts of :mod:`dask_em.jobs.runner` that record a result)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from dask_em._math import n_parameters as _n_parameters
-from dask_em.config import JobConfig
 from dask_em.data.writers import (
     atomic_savez,
     atomic_write_bytes,
     atomic_write_json,
 )
+from dask_em.engine._math import n_parameters as _n_parameters
+from dask_em.jobs.config import JobConfig
 
 _VERSIONED = (
     "dask-em",

@@ -8,7 +8,7 @@ from sklearn.utils import assert_all_finite
 from sklearn.utils import check_array as _sk_check_array
 from sklearn.utils.validation import validate_data
 
-from . import _math
+from dask_em.engine import _math
 
 # ~12 MB float64 blocks: large enough that BLAS runs at speed and scheduling costs <3%,
 # small enough that a block's temporaries stay in cache-friendly sizes.

@@ -1,10 +1,10 @@
 """Model selection: fit a grid of Gaussian mixtures in shared passes, rank by BIC or AIC.
 
 Every candidate (number of components x covariance type) and every restart is one start
-of a single :func:`dask_em._em.run_em`, so each EM iteration reads the data once for the
+of a single :func:`dask_em.engine._em.run_em`, so each EM iteration reads the data once for the
 whole grid: every block computes the statistics of every live candidate while it is in
 memory, and converged candidates drop out. Initialisation is shared the same way (see
-:mod:`dask_em._starts`), and one last pass computes the log-likelihood of every
+:mod:`dask_em.init._starts`), and one last pass computes the log-likelihood of every
 candidate's final parameters for the criteria.
 """
 
@@ -20,21 +20,21 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from . import _math, _missing
-from ._blas import single_threaded_blas
-from ._em import (
+from dask_em.engine import _math, _missing
+from dask_em.engine._blas import single_threaded_blas
+from dask_em.engine._em import (
     CandidateState,
     EMProgress,
     best_candidate,
     em_kernel,
     run_em,
 )
-from ._errors import raise_non_finite
-from ._reduce import compute_pass
-from ._starts import StartRequest, make_starts
-from ._stats import log_prob_block
-from ._validation import check_array, check_weight_values, check_weights_like
-from .mixture import GaussianMixture, _ensure_handler, _prepare_data
+from dask_em.engine._errors import raise_non_finite
+from dask_em.engine._reduce import compute_pass
+from dask_em.engine._stats import log_prob_block
+from dask_em.init._starts import StartRequest, make_starts
+from dask_em.mixture._gaussian import GaussianMixture, _ensure_handler, _prepare_data
+from dask_em.mixture._validation import check_array, check_weight_values, check_weights_like
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _math
-from ._stats import SuffStats
+from dask_em.engine import _math
+from dask_em.engine._stats import SuffStats
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dask
 
-from dask_em.config import ClusterConfig, JobError
+from dask_em.jobs.config import ClusterConfig, JobError
 
 __all__ = ["JOBQUEUE_KINDS", "connect", "security_from_config"]
 

@@ -31,7 +31,7 @@ of ones makes both inner (or outer) dimensions d + 1, and OpenBLAS ran the produ
 
 Arithmetic inside a tile is in the tiles' dtype (float32 or float64); the centring
 subtraction is float64 and every sum across tiles is float64, as in
-:mod:`dask_em._math`. Diagonal squared distances use ``p (x - b)**2`` rather than the
+:mod:`dask_em.engine._math`. Diagonal squared distances use ``p (x - b)**2`` rather than the
 expanded form, so they keep their digits when a component is far from the centre.
 """
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _init, _kmeans, _math
-from ._params import MixtureParams, m_step
-from ._reduce import compute_pass
+from dask_em.engine import _math
+from dask_em.engine._params import MixtureParams, m_step
+from dask_em.engine._reduce import compute_pass
+from dask_em.init import _init, _kmeans
 
 # The seed range _init.random_resp draws from; every method draws its seeds the same way.
 _SEED_HIGH = 2**31 - 1
@@ -58,7 +59,7 @@ def params_on_rows(rows, covariance_type, reg_covar) -> MixtureParams:
     -------
     MixtureParams
         Means on the rows, covariances ``reg_covar * I`` (a one-row scatter is zero),
-        equal weights; as :func:`dask_em._init.random_from_data`.
+        equal weights; as :func:`dask_em.init._init.random_from_data`.
     """
     means = np.array(rows, dtype=np.float64)
     k, d = means.shape
@@ -91,7 +92,7 @@ def _random_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
     """Uniform random responsibilities for every request in one pass.
 
     Draws its seeds and centres its statistics exactly as
-    :func:`dask_em._init.random_resp` does, so a single request gives its numbers.
+    :func:`dask_em.init._init.random_resp` does, so a single request gives its numbers.
     """
     center = _kmeans.reference_point(x)
     groups = tuple((tuple(_seeds(r)), r.n_components, center, r.covariance_type) for r in requests)

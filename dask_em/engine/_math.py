@@ -209,7 +209,7 @@ _LOG_DET = {
 # times Z) follow as matrix products, with the offsets carried by the ones row instead
 # of separate elementwise passes. Per-component arrays are laid out (K, m) so that
 # reductions over components are vectorised. (The fused E-step's full-covariance
-# kernels drop the ones row and carry the offsets themselves: see dask_em._kernels.)
+# kernels drop the ones row and carry the offsets themselves: see dask_em.engine._kernels.)
 #
 # The design may be float32 (``compute_dtype``): the centring subtraction is done in
 # float64 and rounded once, products run in single precision, and every sum across
@@ -463,7 +463,7 @@ def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=N
         Scratch space.
 
     The fused E-step's full-covariance moments, taken about each component's mean, are
-    built by :func:`dask_em._kernels.full_tile_weigh` (and
+    built by :func:`dask_em.engine._kernels.full_tile_weigh` (and
     :func:`full_scatter_about_offsets`); this is the plain form about the tile's centre
     (initialisation).
     """
@@ -516,7 +516,7 @@ def full_scatter_about_offsets(acc, s1, offsets):
     ----------
     acc : ndarray of shape (K*d, d)
         ``sum r_k (z - o_k) z^T`` of every component, stacked (see
-        :func:`dask_em._kernels.full_tile_weigh`).
+        :func:`dask_em.engine._kernels.full_tile_weigh`).
     s1 : ndarray of shape (K, d)
         ``sum r_k (z - o_k)``.
     offsets : ndarray of shape (K, d)

@@ -1,10 +1,10 @@
 """Run jobs: the only module that imports both the job config and the estimator.
 
-:func:`run_job` takes a validated :class:`~dask_em.config.JobConfig`, connects to the
+:func:`run_job` takes a validated :class:`~dask_em.jobs.config.JobConfig`, connects to the
 cluster, reads the data, fits (checkpointing after every iteration), and writes the run
 folder atomically. :func:`predict_job`, :func:`plot_run`, :func:`model_info` and
 :func:`make_data` back the other CLI commands. All of them raise
-:class:`~dask_em.config.JobError` for bad input.
+:class:`~dask_em.jobs.config.JobError` for bad input.
 """
 
 from __future__ import annotations
@@ -18,27 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dask_em._job_fit import _fit
-from dask_em._job_outputs import (
-    _draw_plots,
-    _metrics,
-    _model_summary,
-    _sample_rows,
-    _score_terms,
-    _scores,
-    _versions,
-    _write_model,
-)
-from dask_em._job_selection import _run_selection
-from dask_em.cluster import connect
-from dask_em.config import (
-    ClusterConfig,
-    DataConfig,
-    JobConfig,
-    JobError,
-    job_fingerprint,
-    load_job,
-)
 from dask_em.data.folders import (
     MARKER,
     RunFolder,
@@ -63,6 +42,27 @@ from dask_em.data.writers import (
     write_zarr,
     write_zarrs,
 )
+from dask_em.jobs._fit import _fit
+from dask_em.jobs._outputs import (
+    _draw_plots,
+    _metrics,
+    _model_summary,
+    _sample_rows,
+    _score_terms,
+    _scores,
+    _versions,
+    _write_model,
+)
+from dask_em.jobs._selection import _run_selection
+from dask_em.jobs.cluster import connect
+from dask_em.jobs.config import (
+    ClusterConfig,
+    DataConfig,
+    JobConfig,
+    JobError,
+    job_fingerprint,
+    load_job,
+)
 
 __all__ = [
     "RunResult",
@@ -75,7 +75,7 @@ __all__ = [
     "run_job",
 ]
 
-log = logging.getLogger("dask_em.runner")
+log = logging.getLogger("dask_em.jobs.runner")
 
 
 @dataclass
@@ -131,7 +131,7 @@ def run_job(
     Parameters
     ----------
     config : JobConfig
-        A validated job (see :func:`dask_em.config.load_job`).
+        A validated job (see :func:`dask_em.jobs.config.load_job`).
     resume : bool
         Continue an unfinished run of the same job from its last checkpoint.
     overwrite : bool

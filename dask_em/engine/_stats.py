@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels, _math
-from ._errors import raise_non_finite
-from ._scratch import thread_array
+from dask_em.engine import _kernels, _math
+from dask_em.engine._errors import raise_non_finite
+from dask_em.engine._scratch import thread_array
 
 
 @dataclass(frozen=True, eq=False)
@@ -266,7 +266,7 @@ def block_statistics(
 
 def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, block_index):
     """:func:`block_statistics` of one full, diag or spherical mixture, with the compiled
-    kernels of :mod:`dask_em._kernels` (no GIL held outside BLAS and ``exp``)."""
+    kernels of :mod:`dask_em.engine._kernels` (no GIL held outside BLAS and ``exp``)."""
     n, d = x.shape
     ct, c, K = params.covariance_type, params.center, params.n_components
     const = _math.log_prob_const(params.weights, params.precisions_cholesky, ct, d)

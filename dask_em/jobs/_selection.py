@@ -10,19 +10,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dask_em._job_checkpoints import _GridProgress, _read_selection_checkpoint
-from dask_em._job_fit import _job_error
-from dask_em._job_outputs import _metrics, _table_scores
-from dask_em.config import (
-    JobConfig,
-    JobError,
-)
 from dask_em.data.writers import (
     atomic_savez,
     atomic_write_json,
 )
+from dask_em.jobs._checkpoints import _GridProgress, _read_selection_checkpoint
+from dask_em.jobs._fit import _job_error
+from dask_em.jobs._outputs import _metrics, _table_scores
+from dask_em.jobs.config import (
+    JobConfig,
+    JobError,
+)
 
-log = logging.getLogger("dask_em.runner")
+log = logging.getLogger("dask_em.jobs.runner")
 
 
 def _combos(config: JobConfig) -> list[tuple[str, dict]]:
@@ -44,8 +44,8 @@ def _selection_params(config: JobConfig) -> dict[str, Any]:
     """
     import inspect
 
-    from dask_em.config import ModelConfig
-    from dask_em.selection import select_model
+    from dask_em.jobs.config import ModelConfig
+    from dask_em.mixture._selection import select_model
 
     accepted = inspect.signature(select_model).parameters
     grid = ("n_components", "covariance_type")  # the grid's, from the selection section
@@ -75,7 +75,7 @@ def _run_selection(
     """Fit the whole grid with :func:`dask_em.select_model`: one pass over the data per
     EM iteration for every candidate together, one checkpoint of the grid per iteration
     (``checkpoints/selection.npz``), one shared scoring pass at the end."""
-    from dask_em.selection import select_model
+    from dask_em.mixture._selection import select_model
 
     sel = config.selection
     crit = sel.criterion

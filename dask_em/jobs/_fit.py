@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from dask_em._job_checkpoints import _Progress, _read_checkpoint
-from dask_em.config import JobError
+from dask_em.jobs._checkpoints import _Progress, _read_checkpoint
+from dask_em.jobs.config import JobError
 
-log = logging.getLogger("dask_em.runner")
+log = logging.getLogger("dask_em.jobs.runner")
 
 
 def _estimator(params: dict):

@@ -17,21 +17,22 @@ from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _init, _math, _missing
-from ._blas import single_threaded_blas
-from ._em import (
+from dask_em.engine import _math, _missing
+from dask_em.engine._blas import single_threaded_blas
+from dask_em.engine._em import (
     COMPUTE_DTYPES,
     EMProgress,
     best_candidate,
     em_kernel,
     run_em,
 )
-from ._math import normalize_log_prob
-from ._params import MixtureParams
-from ._reduce import compute
-from ._stats import log_prob_block
-from ._stats import row_log_likelihood as _log_norm
-from ._validation import (
+from dask_em.engine._math import normalize_log_prob
+from dask_em.engine._params import MixtureParams
+from dask_em.engine._reduce import compute
+from dask_em.engine._stats import log_prob_block
+from dask_em.engine._stats import row_log_likelihood as _log_norm
+from dask_em.init import _init
+from dask_em.mixture._validation import (
     active_client,
     auto_chunk_rows,
     check_input,
@@ -152,7 +153,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         'k-means++': one component on each of K rows chosen by greedy k-means++;
         'random': uniform random responsibilities; 'random_from_data': K rows drawn
         uniformly. Each is deterministic for a ``random_state`` whatever the chunking
-        or scheduler; see :mod:`dask_em._kmeans` for passes and empty clusters.
+        or scheduler; see :mod:`dask_em.init._kmeans` for passes and empty clusters.
     weights_init : array-like of shape (n_components,), optional
     means_init : array-like of shape (n_components, n_features), optional
     precisions_init : array-like, optional
@@ -313,7 +314,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if w0 is not None and m0 is not None and p0 is not None:
             # Given entirely; every start is the same, as in scikit-learn.
             return [_init.from_arrays(w0, m0, p0, self.covariance_type)] * self.n_init
-        from ._starts import StartRequest, make_starts
+        from dask_em.init._starts import StartRequest, make_starts
 
         # Like scikit-learn, a start is computed even when means or precisions are given:
         # the arrays given replace its parts and the rest (e.g. covariances) is kept.

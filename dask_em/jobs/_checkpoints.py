@@ -1,5 +1,5 @@
 """Progress lines and checkpoints of a job's fit: the fit callbacks (one fit, and a model
-selection grid) and the checkpoint files they write and :func:`dask_em.runner.run_job`
+selection grid) and the checkpoint files they write and :func:`dask_em.jobs.runner.run_job`
 reads back with ``--resume``."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dask_em.config import JobError
 from dask_em.data.writers import (
     atomic_savez,
     load_npz,
 )
+from dask_em.jobs.config import JobError
 
-log = logging.getLogger("dask_em.runner")
+log = logging.getLogger("dask_em.jobs.runner")
 
 
 class _Progress:
@@ -154,7 +154,7 @@ class _GridProgress:
 
 
 def _read_selection_checkpoint(path: Path, fingerprint: str):
-    from dask_em.selection import SelectionProgress
+    from dask_em.mixture._selection import SelectionProgress
 
     arrays = _load_checkpoint(path, fingerprint)
     try:

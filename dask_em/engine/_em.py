@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._blas import single_threaded_blas
-from ._errors import StartError
-from ._params import MixtureParams, m_step
-from ._reduce import compute_pass
-from ._stats import block_statistics, compute_dtype_for
+from dask_em.engine._blas import single_threaded_blas
+from dask_em.engine._errors import StartError
+from dask_em.engine._params import MixtureParams, m_step
+from dask_em.engine._reduce import compute_pass
+from dask_em.engine._stats import block_statistics, compute_dtype_for
 
 COMPUTE_DTYPES = ("auto", "float32", "float64")
 
@@ -140,15 +140,15 @@ def em_kernel(missing: bool, x_dtype, compute_dtype="auto"):
     Parameters
     ----------
     missing : bool
-        NaN are missing values (:func:`dask_em._missing.missing_block_statistics`)
-        rather than errors (:func:`dask_em._stats.block_statistics`).
+        NaN are missing values (:func:`dask_em.engine._missing.missing_block_statistics`)
+        rather than errors (:func:`dask_em.engine._stats.block_statistics`).
     x_dtype : numpy dtype of the data
     compute_dtype : {'auto', 'float32', 'float64'}
         Arithmetic of the tiles; 'auto' is float32 for float32 data, else float64.
     """
     from functools import partial
 
-    from ._missing import missing_block_statistics
+    from dask_em.engine._missing import missing_block_statistics
 
     dtype = compute_dtype_for(x_dtype, compute_dtype).name
     return partial(missing_block_statistics if missing else block_statistics, compute_dtype=dtype)

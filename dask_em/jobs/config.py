@@ -87,7 +87,7 @@ __all__ = [
 PRESET_SECTIONS = ("cluster", "data", "model", "selection", "output")
 
 #: The project's preset folder (``configs/`` next to the package in a source checkout).
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]

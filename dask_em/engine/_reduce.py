@@ -6,8 +6,8 @@ The root is a single key, so one ``compute`` brings one small value to the drive
 
 :func:`compute_pass` is the one way a pass runs: it builds the tree (:func:`tree_reduce`),
 checks that row weights are chunked like the rows, and computes with one BLAS thread per
-Dask thread (:func:`dask_em._blas.single_threaded_blas`). The block functions raise
-:class:`dask_em._errors.NonFiniteError` for NaN, infinity or overflow.
+Dask thread (:func:`dask_em.engine._blas.single_threaded_blas`). The block functions raise
+:class:`dask_em.engine._errors.NonFiniteError` for NaN, infinity or overflow.
 
 The graph is built afresh for every pass from the (persisted or lazily read) array and
 the current numpy parameters, so nothing accumulates from one EM iteration to the next.
@@ -35,8 +35,8 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.sizeof import sizeof
 
-from ._blas import single_threaded_blas
-from ._scratch import thread_array
+from dask_em.engine._blas import single_threaded_blas
+from dask_em.engine._scratch import thread_array
 
 # The shared value goes inside every block task while the copies add up to at most this
 # many bytes a pass; beyond it, it is stored once under a key of its own. Under its own

@@ -1,0 +1,15 @@
+"""The estimators (scikit-learn's API), their input validation and model selection.
+
+Imports the engine and the initialisation layer, never ``jobs``.
+"""
+
+from dask_em.mixture._gaussian import ConvergenceWarning, GaussianMixture
+from dask_em.mixture._selection import SelectionProgress, SelectionResult, select_model
+
+__all__ = [
+    "ConvergenceWarning",
+    "GaussianMixture",
+    "SelectionProgress",
+    "SelectionResult",
+    "select_model",
+]
