@@ -434,12 +434,14 @@ def predict_job(
 
 def _non_finite_at_predict(exc: ValueError, missing: str) -> JobError | None:
     """The estimator's check of each block's values (scikit-learn's "Input X contains NaN."
-    and its advice for scikit-learn users) as bad input, with the advice for a job; None
-    for any other error."""
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    if not first.startswith("Input X contains"):
+    and its advice for scikit-learn users, raised as a NonFiniteError of kind 'input') as
+    bad input, with the advice for a job; None for any other error."""
+    from dask_em import NonFiniteError
+
+    if not isinstance(exc, NonFiniteError) or exc.kind != "input":
         return None
-    if "NaN" in first and missing == "error":
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if exc.value is not None and math.isnan(exc.value) and missing == "error":
         first += (
             " The model was fitted with model.missing: error; impute or remove the missing "
             "values, or fit with model.missing: em to predict from the observed features."
