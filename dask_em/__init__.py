@@ -1,7 +1,7 @@
 """dask-em: Gaussian mixture models fitted by one-pass distributed EM on Dask arrays."""
 
 from dask_em.engine._em import CandidateState, EMProgress
-from dask_em.engine._errors import NonFiniteError, StartError
+from dask_em.engine._errors import NonFiniteError, ParameterValueError, StartError
 from dask_em.engine._params import MixtureParams
 from dask_em.engine._stats import SuffStats
 from dask_em.mixture._gaussian import ConvergenceWarning, GaussianMixture
@@ -16,6 +16,7 @@ __all__ = [
     "GaussianMixture",
     "MixtureParams",
     "NonFiniteError",
+    "ParameterValueError",
     "SuffStats",
     "StartError",
     "select_model",

@@ -13,7 +13,7 @@ from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from dask_em import ConvergenceWarning, GaussianMixture, NonFiniteError
 from dask_em.engine._params import m_step
 from dask_em.engine._stats import responsibility_statistics
-from dask_em.init import _kmeans
+from dask_em.init import _kmeans, _kmeans_local, _kmeans_runs, _kmeans_values
 from dask_em.init._starts import StartRequest, make_starts
 
 INITS = ["kmeans", "k-means++", "random", "random_from_data"]
@@ -280,19 +280,19 @@ def test_zero_weight_rows_never_become_centres(separated):
 
 
 def test_empty_cluster_is_reseeded_on_the_farthest_row():
-    far = _kmeans._Sample(
+    far = _kmeans_values.Sample(
         3,
         np.array([-9.0, -4.0, -1.0]),
         np.array([5, 1, 2]),
         np.array([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0]]),
         np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]]),
     )
-    part = _kmeans._LloydPart(
+    part = _kmeans_values.LloydPart(
         np.array([4.0, 1.0, 0.0]), np.array([[6.0, 0.0], [1.0, 0.0], [0.0, 0.0]]), 0.0, far
     )
     base = np.zeros((3, 2))
     old = np.array([[1.0, 0.0], [1.0, 0.0], [9.0, 9.0]])
-    new, n_empty = _kmeans._relocate(part, old, base)
+    new, n_empty = _kmeans_runs._relocate(part, old, base)
     assert n_empty == 1
     np.testing.assert_allclose(new[2], [3.0, 0.0])  # the farthest row
     np.testing.assert_allclose(new[0], [1.0, 0.0])  # (6 - 3) / (4 - 1): it left cluster 0
@@ -304,14 +304,15 @@ def test_candidate_reduction_keeps_the_run_of_lowest_inertia():
     points = rng.normal(size=(60, 2)) + rng.integers(0, 4, size=(60, 1)) * 3.0
     weights = rng.uniform(1.0, 5.0, size=60)
     runs = [
-        _kmeans._local_kmeans_run(points, weights, 5, _kmeans._local_rng(9, r)) for r in range(8)
+        _kmeans_local._local_kmeans_run(points, weights, 5, _kmeans_local._local_rng(9, r))
+        for r in range(8)
     ]
     inertias = [inertia for _, inertia in runs]
     assert max(inertias) > min(inertias)  # the runs differ, so the choice matters
-    best = _kmeans._local_kmeans(points, weights, 5, 9, n_init=8)
+    best = _kmeans_local.local_kmeans(points, weights, 5, 9, n_init=8)
     np.testing.assert_array_equal(best, runs[int(np.argmin(inertias))][0])
     np.testing.assert_array_equal(
-        _kmeans._local_kmeans(points, weights, 5, 9, n_init=1), runs[0][0]
+        _kmeans_local.local_kmeans(points, weights, 5, 9, n_init=1), runs[0][0]
     )
 
 

@@ -6,8 +6,9 @@ import dask.array as da
 import numpy as np
 import pytest
 from conftest import make_blobs
+from sklearn.utils import assert_all_finite
 
-from dask_em import GaussianMixture, NonFiniteError, StartError
+from dask_em import GaussianMixture, NonFiniteError, ParameterValueError, StartError
 from dask_em.engine import _em as em_module
 from dask_em.engine._reduce import compute_pass
 from dask_em.init._init import from_arrays
@@ -65,3 +66,41 @@ def test_compute_pass_rejects_weights_chunked_unlike_the_rows():
     with pytest.raises(ValueError, match="chunked like the rows"):
         compute_pass(x, lambda b, s, o, i, w: (b.shape[0],), None, weights=w)
     assert compute_pass(x, lambda b, s, o, i, w: (b.shape[0],), None) == (100,)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fit_kwargs, parameter, message",
+    [
+        ({}, {"sample_weight": -np.ones(200)}, "sample_weight", "finite and non-negative"),
+        ({}, {"sample_weight": np.ones(7)}, "sample_weight", "has shape (7,)"),
+        ({"weights_init": [0.2, 0.2]}, {}, "weights_init", "should be normalized"),
+        ({"weights_init": [np.nan, 1.0]}, {}, "weights_init", "Input weights_init contains NaN"),
+        ({"means_init": np.zeros((3, 3))}, {}, "means_init", "'means' should have the shape"),
+        ({"precisions_init": -np.ones((2, 3))}, {}, "precisions_init", "should be positive"),
+    ],
+)
+def test_bad_fit_arguments_raise_a_typed_error_naming_the_parameter(
+    kwargs, fit_kwargs, parameter, message
+):
+    X, _ = make_blobs(n=200)
+    ct = "diag" if "precisions_init" in kwargs else "full"
+    gm = GaussianMixture(2, covariance_type=ct, random_state=0, **kwargs)
+    with pytest.raises(ParameterValueError) as info:
+        gm.fit(da.from_array(X, chunks=(100, -1)), **fit_kwargs)
+    assert info.value.parameter == parameter
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("bad, value", [(np.nan, "nan"), (np.inf, "inf")])
+def test_bad_values_at_predict_are_a_non_finite_error_with_scikit_learns_message(bad, value):
+    X, _ = make_blobs(n=200)
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    Xb = X.copy()
+    Xb[150, 1] = bad
+    with pytest.raises(NonFiniteError) as info:
+        gm.predict(da.from_array(Xb, chunks=(100, -1))).compute()
+    exc = info.value
+    assert exc.kind == "input" and repr(exc.value) == value
+    with pytest.raises(ValueError) as sk:  # scikit-learn's words, unchanged
+        assert_all_finite(Xb, estimator_name="GaussianMixture", input_name="X")
+    assert str(exc) == str(sk.value)

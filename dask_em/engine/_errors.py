@@ -78,6 +78,21 @@ class StartError(ValueError):
         )
 
 
+class ParameterValueError(ValueError):
+    """A value given to ``fit`` is invalid: the row weights or an initial array.
+
+    Attributes
+    ----------
+    parameter : {'sample_weight', 'weights_init', 'means_init', 'precisions_init'}
+        The parameter whose value is invalid, whatever name the message uses for it
+        (scikit-learn's checks say 'weights', 'means' or 'full precision').
+    """
+
+    def __init__(self, message="", *, parameter=None):
+        super().__init__(message)
+        self.parameter = parameter
+
+
 def raise_non_finite(x, bad_rows, block_index, row_offset):
     """Raise the :class:`NonFiniteError` for the first of ``bad_rows`` of block ``x``.
 

@@ -46,6 +46,12 @@ from scipy.linalg import blas
 from dask_em.engine import _math
 from dask_em.engine._errors import NonFiniteError
 from dask_em.engine._math import LOG_2PI, normalize_log_prob
+from dask_em.engine._missing_scan import (  # noqa: F401 (the pass before fitting, re-exported)
+    MissingSummary,
+    missing_summary,
+    prepare_fit,
+    raise_infinite,
+)
 from dask_em.engine._stats import (
     SuffStats,
     block_statistics,
@@ -130,24 +136,6 @@ def _pattern_codes(miss):
     return packed.view(np.dtype((np.void, width))).ravel()
 
 
-def _raise_infinite(x, block_index, row_offset):
-    inf_rows = np.isinf(x).any(axis=1)
-    row = int(np.flatnonzero(inf_rows)[0])
-    col = int(np.flatnonzero(np.isinf(x[row]))[0])
-    where = f"block {block_index} (rows {row_offset}-{row_offset + x.shape[0] - 1})"
-    raise NonFiniteError(
-        f"Input contains infinity: {where}, first at row {row_offset + row}, column {col} "
-        f"({x[row, col]!r}), {int(inf_rows.sum())} bad row(s) in this block. "
-        "missing='em' treats only NaN as missing; remove or clip infinite values.",
-        kind="input",
-        block=block_index,
-        row=row_offset + row,
-        column=col,
-        value=float(x[row, col]),
-        n_bad_rows=int(inf_rows.sum()),
-    )
-
-
 def block_layout(x, row_offset=0, block_index=0) -> BlockLayout:
     """Split the rows of a block by missingness (NaN) and group them by pattern.
 
@@ -173,7 +161,7 @@ def block_layout(x, row_offset=0, block_index=0) -> BlockLayout:
         # Infinity, if any, is reported by the complete-data kernel.
         return BlockLayout(None, empty, empty, ())
     if np.isinf(x).any():
-        _raise_infinite(x, block_index, row_offset)
+        raise_infinite(x, block_index, row_offset)
     codes = _pattern_codes(nan)
     if d <= 64 and hasattr(np, "bitwise_count"):
         n_miss = np.bitwise_count(codes).astype(np.int64)
@@ -226,9 +214,8 @@ class _DenseModel:
     @classmethod
     def of(cls, params):
         K, d = params.means.shape
-        P = params.precisions_cholesky
-        if params.covariance_type == "tied":
-            P = np.broadcast_to(P, (K, d, d))
+        # One factor per component: tied's shared (d, d) factor broadcast, full's as is.
+        P = np.broadcast_to(params.precisions_cholesky, (K, d, d))
         with np.errstate(divide="ignore"):
             const = np.log(params.weights) + _math.log_det_cholesky(P, "full", d)
         means = np.asarray(params.means, dtype=np.float64)
@@ -368,41 +355,49 @@ def _iter_dense(x, layout, params):
 # --------------------------------------------------------------------------------------
 # Diagonal and spherical: the observed mask as design columns
 # --------------------------------------------------------------------------------------
+def _fold_diag(a):
+    """Per-feature values (rows, d) in the design's square columns: unchanged."""
+    return a
+
+
+def _fold_spherical(a):
+    """Per-feature values (rows, d) in the single square column: their sum, (rows, 1)."""
+    return a.sum(axis=1, keepdims=True)
+
+
+# How per-feature squares enter the design: one column per feature for diag, their sum
+# (the squared norm) for spherical, whose precision is one number per component.
+_FOLD = {"diag": _fold_diag, "spherical": _fold_spherical}
+
+
 def _diagonal_design(x_rows, center, covariance_type):
     """Tile design ``[xc**2 or |xc|^2, xc, missing mask, 1]`` with zeros at missing xc."""
-    n, d = x_rows.shape
+    n = x_rows.shape[0]
     miss = np.isnan(x_rows)
-    first = d if covariance_type == "diag" else 1
-    z = np.empty((n, first + 2 * d + 1))
-    xc = z[:, first : first + d]
-    np.subtract(x_rows, center, out=xc)
+    xc = np.subtract(x_rows, center)
     xc[miss] = 0.0
-    if covariance_type == "diag":
-        np.multiply(xc, xc, out=z[:, :d])
-    else:
-        z[:, 0] = np.einsum("ij,ij->i", xc, xc)
-    z[:, first + d : first + 2 * d] = miss
-    z[:, -1] = 1.0
-    return z
+    squares = _FOLD[covariance_type](xc * xc)
+    return np.concatenate([squares, xc, miss, np.ones((n, 1))], axis=1)
+
+
+def _diagonal_cholesky(params):
+    """Precision Cholesky as (K, 1) for spherical and (K, d) for diag: both broadcast
+    against per-feature (K, d) arrays and match the design's square columns."""
+    return params.precisions_cholesky.reshape(params.means.shape[0], -1)
 
 
 def _diagonal_matrix(params):
     """(K, q) matrix turning the design into ``-2 (log p - log w)``, and ``log w``."""
-    ct = params.covariance_type
     b = params.means - params.center
-    P = params.precisions_cholesky
+    P = _diagonal_cholesky(params)
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
     prec = P**2
-    if ct == "spherical":
-        prec = prec[:, None]
-        P = np.broadcast_to(P[:, None], b.shape)
     # Per observed feature: prec (x - mu)^2 + log 2 pi - 2 log P. The constant parts
     # sum over all features, minus those of the missing ones (the mask columns).
     per_feature = prec * b * b + LOG_2PI - 2.0 * np.log(P)
-    first = prec if ct == "diag" else prec[:, :1]
     matrix = np.concatenate(
-        [first, -2.0 * prec * b, -per_feature, per_feature.sum(axis=1, keepdims=True)], axis=1
+        [prec, -2.0 * prec * b, -per_feature, per_feature.sum(axis=1, keepdims=True)], axis=1
     )
     return matrix, log_w
 
@@ -430,8 +425,56 @@ def _check_log_norm(log_norm, rows, block_index, row_offset, n):
         )
 
 
-def _dense_statistics(x, layout, params, sample_weight, row_offset, block_index):
-    ct = params.covariance_type
+def _responsibilities(log_prob, rows, sample_weight, where):
+    """Turn a tile's (K, n) log-densities into weighted responsibilities, in place.
+
+    Parameters
+    ----------
+    log_prob : ndarray of shape (K, n)
+    rows : ndarray of shape (n,)
+        The tile's rows within the block.
+    sample_weight : ndarray of shape (block rows,) or None
+    where : tuple of (block_index, row_offset, block rows)
+        For the error naming a row whose log-likelihood is not finite.
+
+    Returns
+    -------
+    loglik : float
+        The tile's (weighted) observed-data log-likelihood.
+    weight : float
+        The tile's weight (its row count without weights).
+    """
+    log_norm = normalize_log_prob(log_prob)
+    block_index, row_offset, n = where
+    _check_log_norm(log_norm, rows, block_index, row_offset, n)
+    if sample_weight is None:
+        return float(log_norm.sum()), float(rows.size)
+    sw = sample_weight[rows]
+    log_prob *= sw
+    return float(sw @ log_norm), float(sw.sum())
+
+
+def _about_means(params, nk, s1, s2, reference):
+    """Full: the moments already are about each component's mean."""
+    return s1, s2
+
+
+def _about_shared_reference(params, nk, s1, s2, reference):
+    """Tied: moments about the means moved to the shared reference c and summed,
+    with x - c = (x - mu_k) + (mu_k - c)."""
+    b = params.means - reference
+    cross = s1[:, :, None] * b[:, None, :]
+    s2 = (
+        s2 + cross + cross.transpose(0, 2, 1) + nk[:, None, None] * (b[:, :, None] * b[:, None, :])
+    )
+    return s1 + nk[:, None] * b, s2.sum(axis=0)
+
+
+_DENSE_REFERENCE = {"full": _about_means, "tied": _about_shared_reference}
+
+
+def _dense_statistics(x, layout, params, sample_weight, where):
+    """Statistics of the incomplete rows, full and tied (see :func:`_diagonal_statistics`)."""
     K, d = params.means.shape
     # Moments of each component about its current mean, like the complete-data kernel
     # for full covariances; tied ones are moved to the shared reference at the end.
@@ -439,26 +482,16 @@ def _dense_statistics(x, layout, params, sample_weight, row_offset, block_index)
     s1 = np.zeros((K, d))
     s2 = [np.zeros((d, d), order="F") for _ in range(K)]
     cond = np.zeros(K * d * d)
-    loglik = 0.0
-    weight_total = 0.0
+    loglik = weight_total = 0.0
     group = pattern_weight = group_cov = None
-    for g, a, b, cond_cov, log_prob, dev in _iter_dense(x, layout, params):
+    for g, a, b, cond_cov, resp, dev in _iter_dense(x, layout, params):
         if g is not group:
             _add_conditional_covariance(cond, group, pattern_weight, group_cov, d)
             group, group_cov = g, cond_cov
             pattern_weight = np.zeros((K, g.missing.shape[0]))
-        rows = g.rows[a:b]
-        log_norm = normalize_log_prob(log_prob)
-        _check_log_norm(log_norm, rows, block_index, row_offset, x.shape[0])
-        resp = log_prob
-        if sample_weight is None:
-            loglik += float(log_norm.sum())
-            weight_total += rows.size
-        else:
-            sw = sample_weight[rows]
-            resp *= sw
-            loglik += float(sw @ log_norm)
-            weight_total += float(sw.sum())
+        tile_loglik, tile_weight = _responsibilities(resp, g.rows[a:b], sample_weight, where)
+        loglik += tile_loglik
+        weight_total += tile_weight
         nk += resp.sum(axis=1)
         # r (x_hat x_hat^T) = (sqrt(r) x_hat)(sqrt(r) x_hat)^T: a rank update per component.
         root = np.sqrt(resp)
@@ -473,18 +506,7 @@ def _dense_statistics(x, layout, params, sample_weight, row_offset, block_index)
     _add_conditional_covariance(cond, group, pattern_weight, group_cov, d)
     s2 = np.stack([_math._symmetric_from_upper(s) for s in s2]) + cond.reshape(K, d, d)
     reference = component_reference(params)
-    if ct == "tied":
-        # About the shared reference c: x - c = (x - mu_k) + (mu_k - c).
-        b = params.means - reference
-        cross = s1[:, :, None] * b[:, None, :]
-        s2 = (
-            s2
-            + cross
-            + cross.transpose(0, 2, 1)
-            + nk[:, None, None] * (b[:, :, None] * b[:, None, :])
-        )
-        s2 = s2.sum(axis=0)
-        s1 = s1 + nk[:, None] * b
+    s1, s2 = _DENSE_REFERENCE[params.covariance_type](params, nk, s1, s2, reference)
     return nk, s1, s2, reference, loglik, weight_total
 
 
@@ -499,7 +521,15 @@ def _add_conditional_covariance(cond, group, pattern_weight, cond_cov, d):
     cond += np.bincount(index.ravel(), (cond_cov * pattern_weight).ravel(), minlength=K * d * d)
 
 
-def _diagonal_statistics(x, layout, params, sample_weight, row_offset, block_index):
+def _diagonal_statistics(x, layout, params, sample_weight, where):
+    """Statistics of the incomplete rows, diag and spherical.
+
+    Returns
+    -------
+    nk, s1, s2, reference, loglik, weight_total
+        The fields of :class:`SuffStats` for these rows (``s2`` in the covariance
+        type's shape).
+    """
     ct = params.covariance_type
     K, d = params.means.shape
     c = params.center
@@ -507,36 +537,34 @@ def _diagonal_statistics(x, layout, params, sample_weight, row_offset, block_ind
     rows_all = layout.incomplete
     step = _tile_rows(K, d)
     acc = np.zeros((K, matrix.shape[1]))
-    loglik = 0.0
-    weight_total = 0.0
+    loglik = weight_total = 0.0
     for a in range(0, rows_all.size, step):
         rows = rows_all[a : a + step]
         z = _diagonal_design(x[rows], c, ct)
         resp = _diagonal_log_prob(z, matrix, log_w)
-        log_norm = normalize_log_prob(resp)
-        _check_log_norm(log_norm, rows, block_index, row_offset, x.shape[0])
-        if sample_weight is None:
-            loglik += float(log_norm.sum())
-            weight_total += rows.size
-        else:
-            sw = sample_weight[rows]
-            resp *= sw
-            loglik += float(sw @ log_norm)
-            weight_total += float(sw.sum())
+        tile_loglik, tile_weight = _responsibilities(resp, rows, sample_weight, where)
+        loglik += tile_loglik
+        weight_total += tile_weight
         acc += resp @ z
     b = params.means - c
-    var = 1.0 / params.precisions_cholesky**2
-    first = d if ct == "diag" else 1
+    var = 1.0 / _diagonal_cholesky(params) ** 2
+    first = acc.shape[1] - 2 * d - 1  # the square columns: d for diag, 1 for spherical
     nk = acc[:, -1].copy()
-    s1 = acc[:, first : first + d].copy()
     n_missing = acc[:, first + d : first + 2 * d]
     # A missing feature contributes its conditional mean mu_kf and variance.
-    s1 += n_missing * b
-    if ct == "diag":
-        s2 = acc[:, :d] + n_missing * (b * b + var)
-    else:
-        s2 = acc[:, 0] + np.sum(n_missing * (b * b + var[:, None]), axis=1)
+    s1 = acc[:, first : first + d] + n_missing * b
+    s2 = acc[:, :first] + _FOLD[ct](n_missing * (b * b + var))
+    s2 = s2.reshape(_math.covariance_shape(ct, K, d))
     return nk, s1, s2, component_reference(params), loglik, weight_total
+
+
+# The statistics of a block's incomplete rows, per covariance type.
+_STATISTICS = {
+    "full": _dense_statistics,
+    "tied": _dense_statistics,
+    "diag": _diagonal_statistics,
+    "spherical": _diagonal_statistics,
+}
 
 
 def missing_block_statistics(
@@ -594,9 +622,8 @@ def missing_block_statistics(
     n_other = layout.incomplete.size + layout.skipped.size
     for params, st in zip(params_list, complete, strict=True):
         ct = params.covariance_type
-        func = _dense_statistics if ct in ("full", "tied") else _diagonal_statistics
-        nk, s1, s2, reference, loglik, weight_total = func(
-            x, layout, params, sample_weight, row_offset, block_index
+        nk, s1, s2, reference, loglik, weight_total = _STATISTICS[ct](
+            x, layout, params, sample_weight, (block_index, row_offset, x.shape[0])
         )
         out.append(st + SuffStats(ct, reference, nk, s1, s2, loglik, n_other, float(weight_total)))
     return tuple(out)
@@ -605,6 +632,41 @@ def missing_block_statistics(
 # --------------------------------------------------------------------------------------
 # Inference: marginal log-densities and conditional expectations
 # --------------------------------------------------------------------------------------
+def _dense_incomplete_log_prob(x, layout, params, out, cond):
+    """Fill ``out`` (and ``cond`` unless None) for full and tied covariances."""
+    index = np.empty(x.shape[0], dtype=np.intp)
+    index[layout.incomplete] = np.arange(layout.incomplete.size)
+    for g, a, b, _, log_prob, dev in _iter_dense(x, layout, params):
+        pos = index[g.rows[a:b]]
+        out[pos] = log_prob.T
+        if cond is not None:
+            cond[:, pos] = dev.transpose(0, 2, 1) + params.means[:, None, :]
+
+
+def _diagonal_incomplete_log_prob(x, layout, params, out, cond):
+    """Fill ``out`` (and ``cond`` unless None) for diag and spherical covariances."""
+    matrix, log_w = _diagonal_matrix(params)
+    step = _tile_rows(*params.means.shape)
+    for a in range(0, layout.incomplete.size, step):
+        rows = layout.incomplete[a : a + step]
+        z = _diagonal_design(x[rows], params.center, params.covariance_type)
+        out[a : a + rows.size] = _diagonal_log_prob(z, matrix, log_w).T
+    if cond is not None:
+        xi = np.asarray(x[layout.incomplete], dtype=np.float64)
+        cond[:] = xi
+        miss = np.isnan(xi)
+        # Given the component, a missing feature is independent of the others.
+        cond[:, miss] = np.broadcast_to(params.means[:, None, :], cond.shape)[:, miss]
+
+
+_INCOMPLETE_LOG_PROB = {
+    "full": _dense_incomplete_log_prob,
+    "tied": _dense_incomplete_log_prob,
+    "diag": _diagonal_incomplete_log_prob,
+    "spherical": _diagonal_incomplete_log_prob,
+}
+
+
 def _incomplete_log_prob(x, layout, params, want_dev=False):
     """Per-component log-densities of the incomplete rows, and conditional means.
 
@@ -616,29 +678,9 @@ def _incomplete_log_prob(x, layout, params, want_dev=False):
         Each row completed by its conditional expectation under each component.
     """
     K, d = params.means.shape
-    index = np.empty(x.shape[0], dtype=np.intp)
-    index[layout.incomplete] = np.arange(layout.incomplete.size)
     out = np.empty((layout.incomplete.size, K))
     cond = np.empty((K, layout.incomplete.size, d)) if want_dev else None
-    if params.covariance_type in ("full", "tied"):
-        for g, a, b, _, log_prob, dev in _iter_dense(x, layout, params):
-            pos = index[g.rows[a:b]]
-            out[pos] = log_prob.T
-            if want_dev:
-                cond[:, pos] = dev.transpose(0, 2, 1) + params.means[:, None, :]
-        return out, cond
-    matrix, log_w = _diagonal_matrix(params)
-    step = _tile_rows(K, d)
-    for a in range(0, layout.incomplete.size, step):
-        rows = layout.incomplete[a : a + step]
-        z = _diagonal_design(x[rows], params.center, params.covariance_type)
-        out[a : a + rows.size] = _diagonal_log_prob(z, matrix, log_w).T
-    if want_dev:
-        xi = np.asarray(x[layout.incomplete], dtype=np.float64)
-        cond[:] = xi
-        miss = np.isnan(xi)
-        # Given the component, a missing feature is independent of the others.
-        cond[:, miss] = np.broadcast_to(params.means[:, None, :], cond.shape)[:, miss]
+    _INCOMPLETE_LOG_PROB[params.covariance_type](x, layout, params, out, cond)
     return out, cond
 
 
@@ -671,11 +713,14 @@ def impute_block(x, params):
     Parameters
     ----------
     x : ndarray of shape (n, d)
+        One block; NaN marks a missing value.
     params : MixtureParams
+        The fitted mixture the missing values are conditioned on.
 
     Returns
     -------
     ndarray of shape (n, d), float64
+        ``x`` with its missing values filled in.
     """
     layout = block_layout(x)
     out = np.array(x, dtype=np.float64, copy=True)
@@ -694,101 +739,3 @@ def impute_block(x, params):
     if layout.skipped.size:
         out[layout.skipped] = params.weights @ params.means
     return out
-
-
-# --------------------------------------------------------------------------------------
-# The pass before fitting: what is missing, and column means for initialisation
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class MissingSummary:
-    """Counts of missing values over the whole input.
-
-    Attributes
-    ----------
-    column_means : ndarray of shape (d,)
-        Mean of the observed values of each feature (NaN where none is observed).
-    n_observed : ndarray of shape (d,)
-        Observed values per feature.
-    n_incomplete : int
-        Rows with at least one missing value (skipped rows included).
-    n_skipped : int
-        Rows with no observed value.
-    """
-
-    column_means: np.ndarray
-    n_observed: np.ndarray
-    n_incomplete: int
-    n_skipped: int
-
-
-def _summary_chunk(x, _shared, row_offset, block_index, w=None):
-    nan = np.isnan(x)
-    inf = np.isinf(x)
-    if inf.any():
-        _raise_infinite(x, block_index, row_offset)
-    n_nan = nan.sum(axis=1)
-    col_sum = np.where(nan, 0.0, x).sum(axis=0, dtype=np.float64)
-    return (
-        col_sum,
-        (~nan).sum(axis=0),
-        int(np.count_nonzero(n_nan)),
-        int(np.count_nonzero(n_nan == x.shape[1])),
-    )
-
-
-def missing_summary(x, split_every=None) -> MissingSummary:
-    """Count the missing values of a dask array in one pass (a tree reduction)."""
-    from dask_em.engine._reduce import compute_pass
-
-    col_sum, n_obs, n_incomplete, n_skipped = compute_pass(
-        x, _summary_chunk, None, split_every=split_every, prefix="missing-scan"
-    )
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = col_sum / n_obs
-    return MissingSummary(means, n_obs, int(n_incomplete), int(n_skipped))
-
-
-def prepare_fit(x, weights=None, split_every=None):
-    """Count what is missing, and what initialisation should see instead of ``x``.
-
-    Initialisation (a few chosen rows, or random responsibilities) has no model to
-    condition on, so it sees each missing value replaced by its feature's observed mean
-    and the rows without any observed value at weight zero. EM itself never sees these.
-
-    Parameters
-    ----------
-    x : dask.array.Array of shape (n, d)
-    weights : dask.array.Array of shape (n,), optional
-
-    Returns
-    -------
-    x_init : dask.array.Array of shape (n, d)
-        ``x`` itself when nothing is missing.
-    weights_init : dask.array.Array of shape (n,) or None
-        ``weights`` itself when no row is entirely missing.
-    summary : MissingSummary
-
-    Raises
-    ------
-    ValueError
-        If a feature or every row has no observed value.
-    """
-    import dask.array as da
-
-    summary = missing_summary(x, split_every)
-    n = x.shape[0]
-    if summary.n_skipped == n:
-        raise ValueError("Every row of X is entirely missing (NaN); there is nothing to fit.")
-    empty = np.flatnonzero(summary.n_observed == 0)
-    if empty.size:
-        raise ValueError(
-            f"Feature {int(empty[0])} of X has no observed value (all NaN); drop it before "
-            "fitting."
-        )
-    if summary.n_incomplete == 0:
-        return x, weights, summary
-    x_init = da.where(da.isnan(x), summary.column_means.astype(x.dtype), x)
-    if summary.n_skipped:
-        keep = ~da.isnan(x).all(axis=1)
-        weights = keep.astype(np.float64) if weights is None else weights * keep
-    return x_init, weights, summary

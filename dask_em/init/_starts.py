@@ -72,13 +72,18 @@ def _seeds(request: StartRequest) -> list[int]:
     return [int(s) for s in request.random_state.randint(0, _SEED_HIGH, size=request.n_init)]
 
 
-def _m_step_or_error(stats, reg_covar, eps, on_error):
+def _or_error(make, on_error, *args):
+    """``make(*args)``, or with ``on_error='return'`` the ValueError it raised."""
     try:
-        return m_step(stats, reg_covar, eps)
+        return make(*args)
     except ValueError as exc:
         if on_error == "raise":
             raise
         return exc
+
+
+def _m_step_or_error(stats, reg_covar, eps, on_error):
+    return _or_error(m_step, on_error, stats, reg_covar, eps)
 
 
 def _random_chunk(x, groups, row_offset, block_index, w=None):
@@ -137,20 +142,44 @@ def _kmeanspp_starts(x, requests, reg_covar, eps, weights, split_every, on_error
     keys = sorted({(r.n_components, s) for r, ss in zip(requests, seeds, strict=True) for s in ss})
     results = _kmeans.kmeans_plusplus(x, keys, weights=weights, split_every=split_every)
     rows = {key: centers for key, (centers, _) in zip(keys, results, strict=True)}
-    out = []
-    for r, ss in zip(requests, seeds, strict=True):
-        starts = []
-        for s in ss:
-            try:
-                starts.append(
-                    params_on_rows(rows[(r.n_components, s)], r.covariance_type, reg_covar)
-                )
-            except ValueError as exc:
-                if on_error == "raise":
-                    raise
-                starts.append(exc)
-        out.append(starts)
-    return out
+    return [
+        [
+            _or_error(
+                params_on_rows, on_error, rows[(r.n_components, s)], r.covariance_type, reg_covar
+            )
+            for s in ss
+        ]
+        for r, ss in zip(requests, seeds, strict=True)
+    ]
+
+
+def _random_from_data_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
+    """scikit-learn's draws, start after start; reading K rows is not a pass."""
+    return [
+        [
+            _or_error(
+                _init.random_from_data,
+                on_error,
+                x,
+                r.n_components,
+                r.covariance_type,
+                reg_covar,
+                eps,
+                r.random_state,
+            )
+            for _ in range(r.n_init)
+        ]
+        for r in requests
+    ]
+
+
+# One function per initialisation method, all with the same signature.
+_STARTS = {
+    "kmeans": _kmeans_starts,
+    "k-means++": _kmeanspp_starts,
+    "random": _random_starts,
+    "random_from_data": _random_from_data_starts,
+}
 
 
 def make_starts(
@@ -185,29 +214,6 @@ def make_starts(
     list of list
         Per request, its ``n_init`` starts (MixtureParams, or a ValueError).
     """
-    args = (x, requests, reg_covar, eps, weights, split_every, on_error)
-    if init_params == "kmeans":
-        return _kmeans_starts(*args)
-    if init_params == "k-means++":
-        return _kmeanspp_starts(*args)
-    if init_params == "random":
-        return _random_starts(*args)
-    if init_params == "random_from_data":
-        # scikit-learn's draws, start after start; reading K rows is not a pass.
-        out = []
-        for r in requests:
-            starts = []
-            for _ in range(r.n_init):
-                try:
-                    starts.append(
-                        _init.random_from_data(
-                            x, r.n_components, r.covariance_type, reg_covar, eps, r.random_state
-                        )
-                    )
-                except ValueError as exc:
-                    if on_error == "raise":
-                        raise
-                    starts.append(exc)
-            out.append(starts)
-        return out
-    raise ValueError(f"unknown init_params {init_params!r}")
+    if init_params not in _STARTS:
+        raise ValueError(f"unknown init_params {init_params!r}")
+    return _STARTS[init_params](x, requests, reg_covar, eps, weights, split_every, on_error)

@@ -4,7 +4,6 @@ checkpoint, and the estimator's errors turned into one-line :class:`JobError`.""
 from __future__ import annotations
 
 import logging
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -52,32 +51,27 @@ def _fit(
     return gm, history, time.perf_counter() - t0
 
 
-# The initial-array parameter in the estimator's messages: "The parameter 'means' ...",
-# "'full precision' should be ...", "Input weights_init contains NaN."
-_INIT_ARRAY_NAMES = re.compile(
-    r"parameter '(?:(weights)|(means))'|'(?:full|tied|diag|spherical) (precision)s?'"
-    r"|Input (weights_init|means_init|precisions_init) "
-)
-_INIT_ARRAY_KEYS = {
-    "weights": "weights_init",
-    "means": "means_init",
-    "precision": "precisions_init",
-    **{name: name for name in ("weights_init", "means_init", "precisions_init")},
+# Where each parameter of the estimator's fit comes from in a job, and the words the job's
+# message uses for it.
+_PARAMETER_KEYS = {
+    "sample_weight": "data.weights",
+    "weights_init": "model.weights_init",
+    "means_init": "model.means_init",
+    "precisions_init": "model.precisions_init",
 }
 
 
 def _job_error(exc: ValueError, missing: str) -> JobError:
     """The estimator's input checks speak in terms of its parameters/data; attach the
     config section so the one-line message says where to fix it."""
-    from dask_em import NonFiniteError
+    from dask_em import NonFiniteError, ParameterValueError
 
     message, key = str(exc), "model"
-    if "sample_weight" in message:
-        message, key = message.replace("sample_weight", "the weights"), "data.weights"
-    elif match := _INIT_ARRAY_NAMES.search(message):
-        # scikit-learn's messages name the initial arrays its own way ('means',
-        # 'full precision', ...); the key says which setting of the job it is.
-        key = "model." + _INIT_ARRAY_KEYS[next(name for name in match.groups() if name)]
+    if isinstance(exc, ParameterValueError):
+        key = _PARAMETER_KEYS.get(exc.parameter, key)
+        if exc.parameter == "sample_weight":
+            # the job's weights are a data setting, not a fit argument
+            message = message.replace("sample_weight", "the weights")
     elif isinstance(exc, NonFiniteError) and exc.kind == "input" and missing == "error":
         message = message.rstrip().rstrip(".") + ", or set model.missing: em."
     return JobError(message, key=key)

@@ -74,16 +74,16 @@ def _run_selection(
 ):
     """Fit the whole grid with :func:`dask_em.select_model`: one pass over the data per
     EM iteration for every candidate together, one checkpoint of the grid per iteration
-    (``checkpoints/selection.npz``), one shared scoring pass at the end."""
-    from dask_em.mixture._selection import select_model
+    (``checkpoints/selection.npz``), one shared scoring pass at the end.
 
-    sel = config.selection
-    crit = sel.criterion
+    Returns
+    -------
+    gm, metrics, rows, best_row
+        The best candidate's estimator and metrics, one summary row per candidate and
+        the best one's.
+    """
     combos = _combos(config)
     labels = [label for label, _ in combos]
-    missing = config.model.missing
-    settings = _selection_params(config)
-    types = list(dict.fromkeys(p["covariance_type"] for _, p in combos))
     ckpt = staging / "checkpoints" / "selection.npz" if config.output.checkpoint else None
     state, history = None, {}
     if resume and ckpt is not None and ckpt.is_file():
@@ -96,6 +96,45 @@ def _run_selection(
     callback = _GridProgress(ckpt, fingerprint, labels, history, hook)
     log.info("Model selection: %d candidates fitted together (%s)", len(combos), ", ".join(labels))
     t0 = time.perf_counter()
+    result = _select(config, x, w, combos, callback, state)
+    # Every candidate shared the passes: its fit time is the grid's.
+    secs = time.perf_counter() - t0
+    crit = config.selection.criterion
+    rows, fitted = [], []
+    for (label, p), trow, gm in zip(combos, result.table, result.models, strict=True):
+        assert (trow["n_components"], trow["covariance_type"]) == (
+            p["n_components"],
+            p["covariance_type"],
+        )
+        scores = _table_scores(trow, int(x.shape[0]), result.n_samples)
+        cand_dir = staging / "candidates" / label
+        metrics = _candidate_metrics(cand_dir, gm, trow, scores, history, secs)
+        if gm is None:
+            log.warning("[%s] failed: %s", label, trow["error"])
+        row = {"label": label, "n_components": p["n_components"]}
+        row["covariance_type"] = p["covariance_type"]
+        row.update({k: metrics[k] for k in _ROW_METRICS})
+        rows.append(row)
+        fitted.append((gm, metrics))
+        value = f"{row[crit]:.6g}" if row[crit] is not None else "n/a"
+        log.info("[%s] %s %s", label, crit.upper(), value)
+    i = result.best_index
+    gm, metrics = fitted[i]
+    log.info("Best by %s: %s", crit.upper(), rows[i]["label"])
+    return gm, metrics, rows, rows[i]
+
+
+# A candidate's metrics that its row of selection.json repeats.
+_ROW_METRICS = ("bic", "aic", "lower_bound", "n_iter", "converged")
+
+
+def _select(config: JobConfig, x, w, combos, callback, state):
+    """:func:`dask_em.select_model` over the grid, its warnings logged, its bad-input
+    errors turned into :class:`JobError`."""
+    from dask_em.mixture._selection import select_model
+
+    sel = config.selection
+    types = list(dict.fromkeys(p["covariance_type"] for _, p in combos))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -103,60 +142,32 @@ def _run_selection(
                 x,
                 list(sel.n_components),
                 types,
-                criterion=crit,
+                criterion=sel.criterion,
                 sample_weight=w,
                 callback=callback,
                 resume=state,
-                **settings,
+                **_selection_params(config),
             )
         except ValueError as exc:
-            raise _job_error(exc, missing) from exc
+            raise _job_error(exc, config.model.missing) from exc
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             log.warning("%s", warning.message)
-    # Every candidate shared the passes: its fit time is the grid's.
-    secs = time.perf_counter() - t0
+    return result
 
-    rows, fitted = [], []
-    n_rows = int(x.shape[0])
-    for (label, p), trow, gm in zip(combos, result.table, result.models, strict=True):
-        assert (trow["n_components"], trow["covariance_type"]) == (
-            p["n_components"],
-            p["covariance_type"],
-        )
-        cand_dir = staging / "candidates" / label
-        if gm is None:
-            metrics = {
-                "error": trow["error"],
-                "n_iter": 0,
-                "converged": False,
-                "lower_bound": None,
-                **_table_scores(trow, n_rows, result.n_samples),
-            }
-            log.warning("[%s] failed: %s", label, trow["error"])
-        else:
-            metrics = _metrics(gm, history, _table_scores(trow, n_rows, result.n_samples), secs)
-            atomic_savez(cand_dir / "model.npz", gm.fitted_arrays())
-        atomic_write_json(cand_dir / "metrics.json", metrics)
-        row = {
-            "label": label,
-            "n_components": p["n_components"],
-            "covariance_type": p["covariance_type"],
-            "bic": metrics["bic"],
-            "aic": metrics["aic"],
-            "lower_bound": metrics["lower_bound"],
-            "n_iter": metrics["n_iter"],
-            "converged": metrics["converged"],
+
+def _candidate_metrics(cand_dir: Path, gm, trow: dict, scores: dict, history, secs) -> dict:
+    """One candidate's metrics (and model, if it was fitted) in its own folder."""
+    if gm is None:
+        metrics = {
+            "error": trow["error"],
+            "n_iter": 0,
+            "converged": False,
+            "lower_bound": None,
+            **scores,
         }
-        rows.append(row)
-        fitted.append((gm, metrics))
-        log.info(
-            "[%s] %s %s",
-            label,
-            crit.upper(),
-            f"{row[crit]:.6g}" if row[crit] is not None else "n/a",
-        )
-    i = result.best_index
-    gm, metrics = fitted[i]
-    log.info("Best by %s: %s", crit.upper(), rows[i]["label"])
-    return gm, metrics, rows, rows[i]
+    else:
+        metrics = _metrics(gm, history, scores, secs)
+        atomic_savez(cand_dir / "model.npz", gm.fitted_arrays())
+    atomic_write_json(cand_dir / "metrics.json", metrics)
+    return metrics

@@ -62,16 +62,17 @@ def _dashboard(client) -> None:
 
 
 def _wait_for_workers(client, cfg: ClusterConfig, where: str) -> None:
-    if cfg.wait_for_workers <= 0:
-        return
-    try:
-        client.wait_for_workers(cfg.wait_for_workers, timeout=cfg.workers_timeout)
-    except (TimeoutError, OSError):
-        raise JobError(
-            f"{where} has fewer than {cfg.wait_for_workers} worker(s) after "
-            f"{cfg.workers_timeout:g} s; start workers or lower cluster.wait_for_workers",
-            key="cluster",
-        ) from None
+    """Wait for ``cfg.wait_for_workers`` workers of ``where``, then log the dashboard."""
+    if cfg.wait_for_workers > 0:
+        try:
+            client.wait_for_workers(cfg.wait_for_workers, timeout=cfg.workers_timeout)
+        except (TimeoutError, OSError):
+            raise JobError(
+                f"{where} has fewer than {cfg.wait_for_workers} worker(s) after "
+                f"{cfg.workers_timeout:g} s; start workers or lower cluster.wait_for_workers",
+                key="cluster",
+            ) from None
+    _dashboard(client)
 
 
 @contextlib.contextmanager
@@ -132,15 +133,11 @@ def _local(cfg: ClusterConfig) -> Iterator:
         del kwargs["host"]
     with worker_environment({"MALLOC_TRIM_THRESHOLD_": lc.malloc_trim_threshold}):
         cluster = LocalCluster(**kwargs)
-    try:
-        with Client(cluster, set_as_default=False) as client:
-            n = len(cluster.workers)
-            log.info("Local cluster: %d worker(s) on 127.0.0.1", n)
-            if lc.dashboard_address is not None:
-                _dashboard(client)
-            yield client
-    finally:
-        cluster.close()
+    with contextlib.closing(cluster), Client(cluster, set_as_default=False) as client:
+        log.info("Local cluster: %d worker(s) on 127.0.0.1", len(cluster.workers))
+        if lc.dashboard_address is not None:
+            _dashboard(client)
+        yield client
 
 
 def _open_client(cfg: ClusterConfig, security):
@@ -168,14 +165,10 @@ def _open_client(cfg: ClusterConfig, security):
 
 @contextlib.contextmanager
 def _address(cfg: ClusterConfig) -> Iterator:
-    client = _open_client(cfg, security_from_config(cfg))
-    try:
+    with contextlib.closing(_open_client(cfg, security_from_config(cfg))) as client:
         log.info("Scheduler: %s", cfg.address)
         _wait_for_workers(client, cfg, f"the scheduler at {cfg.address}")
-        _dashboard(client)
         yield client
-    finally:
-        client.close()
 
 
 @contextlib.contextmanager
@@ -194,16 +187,12 @@ def _jobqueue(cfg: ClusterConfig) -> Iterator:
     kwargs = jq.model_dump(exclude={"kind", "jobs"}, exclude_none=True)
     if not kwargs.get("job_extra_directives"):
         kwargs.pop("job_extra_directives", None)
-    cluster = cls(**kwargs)
-    try:
+    with contextlib.closing(cls(**kwargs)) as cluster:
         cluster.scale(jobs=jq.jobs)
         with Client(cluster, security=security_from_config(cfg), set_as_default=False) as client:
             log.info("%s: %d job(s) requested", JOBQUEUE_KINDS[jq.kind], jq.jobs)
             _wait_for_workers(client, cfg, f"the {jq.kind} cluster")
-            _dashboard(client)
             yield client
-    finally:
-        cluster.close()
 
 
 @contextlib.contextmanager
@@ -220,16 +209,15 @@ def connect(cfg: ClusterConfig) -> Iterator:
         The scheduler cannot be reached within ``cfg.timeout``, TLS files are missing,
         too few workers joined, or dask-jobqueue is not installed.
     """
-    kind = cfg.kind
-    if kind == "local":
-        cm = _local(cfg)
-    elif kind == "address":
-        cm = _address(cfg)
-    else:
-        cm = _jobqueue(cfg)
+    cm = _CONNECT[cfg.kind](cfg)
     # Clients are made with set_as_default=False and made current only inside this block:
     # a default client outlives failures (a Client that fails in __init__ stays
     # registered while its exception is alive) and then stops later clients from
     # restoring dask's scheduler setting when they close.
     with cm as client, client.as_current():
         yield client
+
+
+# One context manager per cluster kind (``ClusterConfig.kind``): a new kind is a config
+# section, a function here and an entry in this table.
+_CONNECT = {"local": _local, "address": _address, "jobqueue": _jobqueue}

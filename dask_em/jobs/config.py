@@ -549,8 +549,9 @@ def _format_errors(
                 msg += f" (allowed: {', '.join(allowed)})"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            # the validator's own words, without pydantic's "Value error, " in front
+            msg = str(err["ctx"]["error"])
         elif "input" in err and err["type"] not in ("model_type",):
             msg = f"{msg} (got {err['input']!r})"
         if loc and isinstance(loc[0], str) and loc[0] in origins:

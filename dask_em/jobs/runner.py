@@ -169,13 +169,91 @@ def _run_folder(config: JobConfig, *, resume: bool, overwrite: bool) -> RunFolde
     return folder
 
 
+@dataclass
+class _Fitted:
+    """What a job's fit hands on to the outputs: the model to write and its metrics."""
+
+    gm: Any
+    metrics: dict
+    selection: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def _label_stores(config: JobConfig, staging: Path, gm, x) -> dict:
+    """The lazy labels and probabilities the output section asks for, by zarr path."""
+    stores = {}
+    if config.output.labels:
+        stores[staging / "labels.zarr"] = gm.predict(x)
+    if config.output.probabilities:
+        stores[staging / "probabilities.zarr"] = gm.predict_proba(x)
+    return stores
+
+
+def _fit_single(config: JobConfig, x, w, folder: RunFolder, **kw) -> _Fitted:
+    """One estimator; its labels, probabilities and score in one read of the data."""
+    ckpt = folder.checkpoint if config.output.checkpoint else None
+    gm, history, secs = _fit(
+        config.model.estimator_params(), x, checkpoint=ckpt, sample_weight=w, **kw
+    )
+    stores = _label_stores(config, folder.staging, gm, x)
+    terms = write_zarrs(stores, overwrite=True, also=_score_terms(gm, x, w))
+    return _Fitted(gm, _metrics(gm, history, _scores(gm, x, terms, w), secs))
+
+
+def _fit_grid(config: JobConfig, x, w, folder: RunFolder, **kw) -> _Fitted:
+    """The selection grid (scored in its own shared pass); the best model's outputs."""
+    staging = folder.staging
+    gm, metrics, selection, best_row = _run_selection(config, x, staging, w=w, **kw)
+    crit = config.selection.criterion
+    atomic_write_json(
+        staging / "selection.json", {"criterion": crit, "best": best_row, "candidates": selection}
+    )
+    write_zarrs(_label_stores(config, staging, gm, x), overwrite=True)
+    extra = {"selection": {"criterion": crit, "best": best_row["label"]}}
+    return _Fitted(gm, metrics, selection, extra)
+
+
+def _load(config: JobConfig, client):
+    """The job's rows and weights, kept in cluster memory per ``model.persist``."""
+    x, w = load_weighted(config.data)
+    log.info(
+        "Data: %s, %d rows x %d features, %s, %d chunk(s)",
+        config.data.source,
+        x.shape[0],
+        x.shape[1],
+        x.dtype,
+        len(x.chunks[0]),
+    )
+    x = _maybe_persist(x, client, config.model.persist)
+    if w is not None:
+        w = _maybe_persist(w, client, config.model.persist)
+    return x, w
+
+
+def _write_outputs(config: JobConfig, staging: Path, fitted: _Fitted, x, summary) -> None:
+    """model.npz/model.json and, if asked for, the pictures (metrics.json comes last)."""
+    metrics = fitted.metrics
+    log.info(
+        "Fitted: %d iteration(s), converged=%s, lower bound %.10g, BIC %.6g",
+        metrics["n_iter"],
+        metrics["converged"],
+        metrics["lower_bound"] or math.nan,
+        metrics["bic"] if metrics["bic"] is not None else math.nan,
+    )
+    _write_model(staging, fitted.gm, config, summary, fitted.extra)
+    if config.output.plots:
+        sample = _sample_rows(x, config.output.plot_sample)
+        atomic_savez(staging / "sample.npz", {"sample": sample})
+        crit = config.selection.criterion if config.selection else "bic"
+        _draw_plots(staging, fitted.gm, metrics, sample, config.model.tol, fitted.selection, crit)
+
+
 def _run_job(
     config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None
 ) -> RunResult:
     folder = _run_folder(config, resume=resume, overwrite=overwrite)
     staging = folder.prepare()
-    fingerprint = job_fingerprint(config)
-    out = config.output
+    fit = _fit_grid if config.selection is not None else _fit_single
     ok = False
     t_start = time.perf_counter()
     try:
@@ -185,86 +263,25 @@ def _run_job(
             # clusters: their workers may see paths this machine does not.
             check_data(config.data)
         with connect(config.cluster) as client:
-            x, w = load_weighted(config.data)
-            log.info(
-                "Data: %s, %d rows x %d features, %s, %d chunk(s)",
-                config.data.source,
-                x.shape[0],
-                x.shape[1],
-                x.dtype,
-                len(x.chunks[0]),
-            )
-            x = _maybe_persist(x, client, config.model.persist)
-            if w is not None:
-                w = _maybe_persist(w, client, config.model.persist)
+            x, w = _load(config, client)
             summary = data_summary(config.data, x)
-            selection: list = []
-            extra = {}
-            if config.selection is not None:
-                gm, metrics, selection, best_row = _run_selection(
-                    config,
-                    x,
-                    staging,
-                    resume=resume,
-                    fingerprint=fingerprint,
-                    hook=on_iteration,
-                    w=w,
-                )
-                extra = {
-                    "selection": {
-                        "criterion": config.selection.criterion,
-                        "best": best_row["label"],
-                    }
-                }
-                atomic_write_json(
-                    staging / "selection.json",
-                    {
-                        "criterion": config.selection.criterion,
-                        "best": best_row,
-                        "candidates": selection,
-                    },
-                )
-            else:
-                ckpt = folder.checkpoint if out.checkpoint else None
-                gm, history, secs = _fit(
-                    config.model.estimator_params(),
-                    x,
-                    checkpoint=ckpt,
-                    resume=resume,
-                    fingerprint=fingerprint,
-                    hook=on_iteration,
-                    sample_weight=w,
-                )
-            stores = {}
-            if out.labels:
-                stores[staging / "labels.zarr"] = gm.predict(x)
-            if out.probabilities:
-                stores[staging / "probabilities.zarr"] = gm.predict_proba(x)
-            if config.selection is None:
-                # labels, probabilities and the score share one read of the data
-                terms = write_zarrs(stores, overwrite=True, also=_score_terms(gm, x, w))
-                metrics = _metrics(gm, history, _scores(gm, x, terms, w), secs)
-            else:
-                write_zarrs(stores, overwrite=True)
-            log.info(
-                "Fitted: %d iteration(s), converged=%s, lower bound %.10g, BIC %.6g",
-                metrics["n_iter"],
-                metrics["converged"],
-                metrics["lower_bound"] or math.nan,
-                metrics["bic"] if metrics["bic"] is not None else math.nan,
+            fitted = fit(
+                config,
+                x,
+                w,
+                folder,
+                resume=resume,
+                fingerprint=job_fingerprint(config),
+                hook=on_iteration,
             )
-            _write_model(staging, gm, config, summary, extra)
-            if out.plots:
-                sample = _sample_rows(x, out.plot_sample)
-                atomic_savez(staging / "sample.npz", {"sample": sample})
-                crit = config.selection.criterion if config.selection else "bic"
-                _draw_plots(staging, gm, metrics, sample, config.model.tol, selection, crit)
+            _write_outputs(config, staging, fitted, x, summary)
+        metrics = fitted.metrics
         metrics["total_seconds"] = round(time.perf_counter() - t_start, 6)
         atomic_write_json(staging / "metrics.json", metrics)
         path = folder.commit()
         ok = True
         log.info("Wrote %s", path)
-        return RunResult(path, gm, metrics, selection)
+        return RunResult(path, fitted.gm, metrics, fitted.selection)
     finally:
         if not ok:
             _keep_or_clean(folder)
@@ -434,12 +451,14 @@ def predict_job(
 
 def _non_finite_at_predict(exc: ValueError, missing: str) -> JobError | None:
     """The estimator's check of each block's values (scikit-learn's "Input X contains NaN."
-    and its advice for scikit-learn users) as bad input, with the advice for a job; None
-    for any other error."""
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    if not first.startswith("Input X contains"):
+    and its advice for scikit-learn users, raised as a NonFiniteError of kind 'input') as
+    bad input, with the advice for a job; None for any other error."""
+    from dask_em import NonFiniteError
+
+    if not isinstance(exc, NonFiniteError) or exc.kind != "input":
         return None
-    if "NaN" in first and missing == "error":
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if exc.value is not None and math.isnan(exc.value) and missing == "error":
         first += (
             " The model was fitted with model.missing: error; impute or remove the missing "
             "values, or fit with model.missing: em to predict from the observed features."

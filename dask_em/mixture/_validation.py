@@ -9,6 +9,7 @@ from sklearn.utils import check_array as _sk_check_array
 from sklearn.utils.validation import validate_data
 
 from dask_em.engine import _math
+from dask_em.engine._errors import NonFiniteError, ParameterValueError
 
 # ~12 MB float64 blocks: large enough that BLAS runs at speed and scheduling costs <3%,
 # small enough that a block's temporaries stay in cache-friendly sizes.
@@ -310,8 +311,17 @@ def _check_dask_shape(X, name, min_rows):
 def finite_then(x, params, kernel, allow_nan, estimator_name):
     """``kernel(x, params)`` after scikit-learn's check of ``x``'s values (a dask block at
     prediction time: NaN and infinity raise its ``ValueError`` when the block is read)."""
-    assert_all_finite(x, allow_nan=allow_nan, estimator_name=estimator_name, input_name="X")
+    try:
+        assert_all_finite(x, allow_nan=allow_nan, estimator_name=estimator_name, input_name="X")
+    except ValueError as exc:
+        # scikit-learn's message, typed so that callers need not read it.
+        bad = float("nan") if not allow_nan and np.isnan(x).any() else float("inf")
+        raise NonFiniteError(str(exc), kind="input", value=bad) from None
     return kernel(x, params)
+
+
+def _bad_weights(message):
+    return ParameterValueError(message, parameter="sample_weight")
 
 
 def check_weights_like(sample_weight, X):
@@ -332,18 +342,18 @@ def check_weights_like(sample_weight, X):
     if isinstance(sample_weight, da.Array):
         w = sample_weight.astype(np.float64)
         if w.ndim != 1 or w.shape[0] != n:
-            raise ValueError(f"sample_weight has shape {w.shape}; expected ({n},).")
+            raise _bad_weights(f"sample_weight has shape {w.shape}; expected ({n},).")
         if not isinstance(X, da.Array):
             w = w.compute()
         else:
             return w.rechunk((X.chunks[0],))
     w = np.asarray(sample_weight, dtype=np.float64)
     if w.ndim != 1 or w.shape[0] != n:
-        raise ValueError(f"sample_weight has shape {w.shape}; expected ({n},).")
+        raise _bad_weights(f"sample_weight has shape {w.shape}; expected ({n},).")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError("sample_weight must be finite and non-negative.")
+        raise _bad_weights("sample_weight must be finite and non-negative.")
     if not np.any(w > 0):
-        raise ValueError("sample_weight is all zero; at least one row needs weight.")
+        raise _bad_weights("sample_weight is all zero; at least one row needs weight.")
     return da.from_array(w, chunks=(X.chunks[0],)) if isinstance(X, da.Array) else w
 
 
@@ -357,16 +367,16 @@ def check_weight_values(w):
 
     Raises
     ------
-    ValueError
+    ParameterValueError
         If a weight is negative or not finite, or all are zero.
     """
     import dask
 
     finite, low, high = dask.compute(da.isfinite(w).all(), w.min(), w.max())
     if not finite or low < 0:
-        raise ValueError("sample_weight must be finite and non-negative.")
+        raise _bad_weights("sample_weight must be finite and non-negative.")
     if not high > 0:
-        raise ValueError("sample_weight is all zero; at least one row needs weight.")
+        raise _bad_weights("sample_weight is all zero; at least one row needs weight.")
 
 
 # The initial parameters are checked as scikit-learn's GaussianMixture checks them (its
@@ -375,58 +385,65 @@ def check_weight_values(w):
 # scikit-learn says "Input contains NaN.") and that an out-of-range weight reports the
 # maximum and minimum the right way round (scikit-learn's message swaps them). They are
 # returned as float64, the precision of the M-step.
-def _check_shape(param, shape, name):
+def _check_shape(param, shape, name, parameter):
     if param.shape != shape:
-        raise ValueError(
-            f"The parameter '{name}' should have the shape of {shape}, but got {param.shape}"
+        raise ParameterValueError(
+            f"The parameter '{name}' should have the shape of {shape}, but got {param.shape}",
+            parameter=parameter,
         )
+
+
+def _init_array(value, parameter, **kwargs):
+    """scikit-learn's ``check_array`` of an initial array, its errors typed."""
+    try:
+        return _sk_check_array(
+            value, dtype=[np.float64, np.float32], ensure_2d=False, input_name=parameter, **kwargs
+        )
+    except ValueError as exc:
+        raise ParameterValueError(str(exc), parameter=parameter) from exc
 
 
 def check_weights_init(weights, n_components):
     """``weights_init`` as float64, shape (n_components,): in [0, 1] and summing to 1."""
-    w = _sk_check_array(
-        weights, dtype=[np.float64, np.float32], ensure_2d=False, input_name="weights_init"
-    )
-    _check_shape(w, (n_components,), "weights")
+    w = _init_array(weights, "weights_init")
+    _check_shape(w, (n_components,), "weights", "weights_init")
     if np.any(w < 0.0) or np.any(w > 1.0):
-        raise ValueError(
+        raise ParameterValueError(
             "The parameter 'weights' should be in the range [0, 1], but got max value "
-            f"{np.max(w):.5f}, min value {np.min(w):.5f}"
+            f"{np.max(w):.5f}, min value {np.min(w):.5f}",
+            parameter="weights_init",
         )
     atol = 1e-6 if w.dtype == np.float32 else 1e-8
     if not np.allclose(abs(1.0 - np.sum(w)), 0.0, atol=atol):
-        raise ValueError(
-            f"The parameter 'weights' should be normalized, but got sum(weights) = {np.sum(w):.5f}"
+        raise ParameterValueError(
+            "The parameter 'weights' should be normalized, but got sum(weights) = "
+            f"{np.sum(w):.5f}",
+            parameter="weights_init",
         )
     return w.astype(np.float64)
 
 
 def check_means_init(means, n_components, n_features):
     """``means_init`` as float64, shape (n_components, n_features)."""
-    m = _sk_check_array(
-        means, dtype=[np.float64, np.float32], ensure_2d=False, input_name="means_init"
-    )
-    _check_shape(m, (n_components, n_features), "means")
+    m = _init_array(means, "means_init")
+    _check_shape(m, (n_components, n_features), "means", "means_init")
     return m.astype(np.float64)
 
 
 def check_precisions_init(precisions, covariance_type, n_components, n_features):
     """``precisions_init`` as float64 in the shape of ``covariance_type``: positive
     (diag, spherical) or symmetric positive-definite matrices (full, tied)."""
-    p = _sk_check_array(
-        precisions,
-        dtype=[np.float64, np.float32],
-        ensure_2d=False,
-        allow_nd=covariance_type == "full",
-        input_name="precisions_init",
-    )
+    p = _init_array(precisions, "precisions_init", allow_nd=covariance_type == "full")
     name = f"{covariance_type} precision"
-    _check_shape(p, _math.covariance_shape(covariance_type, n_components, n_features), name)
+    shape = _math.covariance_shape(covariance_type, n_components, n_features)
+    _check_shape(p, shape, name, "precisions_init")
     if covariance_type in ("diag", "spherical"):
         if np.any(p <= 0.0):
-            raise ValueError(f"'{name}' should be positive")
+            raise ParameterValueError(f"'{name}' should be positive", parameter="precisions_init")
         return p.astype(np.float64)
     for m in p if covariance_type == "full" else p[None]:
         if not (np.allclose(m, m.T) and np.all(np.linalg.eigvalsh(m) > 0.0)):
-            raise ValueError(f"'{name}' should be symmetric, positive-definite")
+            raise ParameterValueError(
+                f"'{name}' should be symmetric, positive-definite", parameter="precisions_init"
+            )
     return p.astype(np.float64)
