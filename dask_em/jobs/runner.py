@@ -54,7 +54,7 @@ from dask_em.jobs._outputs import (
     _write_model,
 )
 from dask_em.jobs._selection import _run_selection
-from dask_em.jobs.cluster import connect
+from dask_em.jobs.cluster import connect, use_client
 from dask_em.jobs.config import (
     ClusterConfig,
     DataConfig,
@@ -125,6 +125,7 @@ def run_job(
     resume: bool = False,
     overwrite: bool = False,
     on_iteration: Callable | None = None,
+    client=None,
 ) -> RunResult:
     """Run a job end to end and write its run folder.
 
@@ -141,6 +142,9 @@ def run_job(
         written (with a ``selection`` section: the ``EMProgress`` of the whole grid, whose
         candidates advance together); an exception it raises stops the run (the
         checkpoint stays resumable).
+    client : distributed.Client, optional
+        Run on this connected client instead of the cluster ``config.cluster`` describes
+        (the driver of a submitted job runs on its worker's client).
 
     Returns
     -------
@@ -152,7 +156,9 @@ def run_job(
         Bad input (config, data, cluster, existing output); the message names the job file.
     """
     try:
-        return _run_job(config, resume=resume, overwrite=overwrite, on_iteration=on_iteration)
+        return _run_job(
+            config, resume=resume, overwrite=overwrite, on_iteration=on_iteration, client=client
+        )
     except JobError as exc:
         raise exc.in_file(config.source) from exc.__cause__
 
@@ -170,7 +176,7 @@ def _run_folder(config: JobConfig, *, resume: bool, overwrite: bool) -> RunFolde
 
 
 def _run_job(
-    config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None
+    config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None, client
 ) -> RunResult:
     folder = _run_folder(config, resume=resume, overwrite=overwrite)
     staging = folder.prepare()
@@ -184,7 +190,8 @@ def _run_job(
             # Fail on a missing file or column before starting a cluster. Not for remote
             # clusters: their workers may see paths this machine does not.
             check_data(config.data)
-        with connect(config.cluster) as client:
+        cluster = connect(config.cluster) if client is None else use_client(client)
+        with cluster as client:
             x, w = load_weighted(config.data)
             log.info(
                 "Data: %s, %d rows x %d features, %s, %d chunk(s)",
