@@ -118,6 +118,9 @@ class RemoteRunFolder:
         ------
         JobError
         """
+        # Listings cached by this process's filesystem object (e.g. from a check before
+        # the job started) may predate other writers.
+        self.fs.invalidate_cache()
         if self._occupied(self.root):
             if not self.overwrite:
                 raise JobError(
@@ -240,7 +243,8 @@ def read_finished_file(url: str, name: str, *, key: str = "path") -> bytes:
     doc = folder._marker(folder.root)
     if doc is None or not doc.get("complete"):
         raise JobError(
-            f"not a finished dask-em run folder (no complete {MARKER} marker)", file=url
+            f"not a dask-em run folder, or an unfinished one (no complete {MARKER} marker)",
+            file=url,
         )
     if name not in doc.get("files", []):
         raise JobError(f"the run folder has no {name}", file=url)

@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "load_npz",
+    "load_npz_bytes",
     "write_zarr",
     "write_zarrs",
 ]
@@ -106,8 +107,18 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise JobError("file not found", file=path)
+    return _read_npz(path, path)
+
+
+def load_npz_bytes(data: bytes, *, file: str) -> dict[str, np.ndarray]:
+    """:func:`load_npz` for the bytes of an ``.npz`` file (read from a URL); ``file``
+    names it in messages."""
+    return _read_npz(_io.BytesIO(data), file)
+
+
+def _read_npz(source, path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(source, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "Object arrays" in str(exc):

@@ -217,7 +217,7 @@ def _preset_section(path: Path) -> str | None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Run folder or model.npz.")],
+    model: Annotated[str, typer.Argument(help="Run folder or model.npz (path or URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
     data: Annotated[
         str | None,
@@ -276,7 +276,7 @@ def plot(
 
 @app.command()
 def info(
-    model: Annotated[Path, typer.Argument(help="Run folder or model.npz.")],
+    model: Annotated[str, typer.Argument(help="Run folder or model.npz (path or URL).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     debug: Debug = False,
 ) -> None:
