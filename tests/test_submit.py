@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from dask_em.data.folders import MARKER, read_marker
 from dask_em.data.writers import load_npz
+from dask_em.jobs._jobstate import driver_key
 from dask_em.jobs.cli import app
 from dask_em.jobs.config import load_job
 from dask_em.jobs.runner import run_job
@@ -47,6 +48,7 @@ JOB = {
     },
     "output": {"plots": False, "labels": True},
 }
+ALLOWED_FAILURES = "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"
 KEYS = ("weights", "means", "covariances", "precisions_cholesky", "lower_bounds")
 
 
@@ -64,7 +66,15 @@ def cluster(tmp_path_factory):
     from distributed import Client
 
     work = tmp_path_factory.mktemp("submit-cluster")
-    address, procs = start_dask_processes(work, n_workers=2)
+    # One restart of a task whose worker died, not three: a driver killed twice is given up.
+    saved = os.environ.get(ALLOWED_FAILURES)
+    os.environ[ALLOWED_FAILURES] = "1"
+    try:
+        address, procs = start_dask_processes(work, n_workers=2)
+    finally:
+        os.environ.pop(ALLOWED_FAILURES)
+        if saved is not None:
+            os.environ[ALLOWED_FAILURES] = saved
     try:
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
@@ -139,6 +149,10 @@ def test_submit_exits_job_finishes_status_from_a_new_process(cluster, reference,
     assert marker["complete"] and "model.npz" in marker["files"]
     assert sorted(p.name for p in (tmp_path / "url").iterdir()) == ["b"]
     assert job_log(address, first) == log_of(address, first)
+    # ended: the scheduler keeps the record, not the driver task (whose result, lost
+    # with a worker, it would otherwise run again)
+    with scheduler_client(address) as client:
+        assert not {driver_key(first), driver_key(second)} & set(client.list_datasets())
 
 
 def log_of(address: str, job_id: str) -> list[str]:
@@ -188,6 +202,25 @@ def test_driver_worker_killed_mid_run_restarts_from_the_checkpoint(cluster, refe
     _assert_same(_model(out), reference)
 
 
+def test_a_driver_that_cannot_be_restarted_is_reported_failed(cluster, tmp_path):
+    address, _ = cluster
+    out = tmp_path / "f"
+    job_id = submit_job(load_job(_job(tmp_path, max_iter=400), scheduler=address, output=out))
+    first = _wait_until(address, job_id, _at_iteration(2))
+    os.kill(int(first["pid"]), signal.SIGKILL)
+    again = _wait_until(
+        address, job_id, lambda r: r.get("attempt") == 2 and r["pid"] != first["pid"]
+    )
+    os.kill(int(again["pid"]), signal.SIGKILL)
+    record = follow_job(address, job_id, on_line=lambda _: None, poll=0.1)
+    assert record["state"] == "failed", describe(record)
+    assert record["error"].startswith("its driver could not be restarted"), record["error"]
+    assert driver_key(job_id) in record["error"] and "died" in record["error"]
+    assert "Traceback" not in record["error"] and "\n" not in record["error"]
+    # its checkpoint stays for `submit --resume`; no run folder appeared
+    assert not out.exists() and (tmp_path / ".f.partial" / "checkpoint.npz").is_file()
+
+
 def test_bad_job_is_refused_before_anything_reaches_the_cluster(cluster, tmp_path):
     address, work = cluster
     bad = tmp_path / "bad.yaml"
@@ -219,8 +252,8 @@ def test_bad_job_is_refused_before_anything_reaches_the_cluster(cluster, tmp_pat
 
 def test_unknown_job_id_is_exit_2(cluster):
     address, _ = cluster
-    for command in ("status", "logs", "cancel", "wait"):
-        result = CliRunner().invoke(app, [command, "no-such-job", "--scheduler", address])
+    for command in (["status"], ["logs"], ["cancel"], ["wait"], ["run", "--attach"]):
+        result = CliRunner().invoke(app, [*command, "no-such-job", "--scheduler", address])
         assert result.exit_code == 2, (command, result.output)
         assert "no job no-such-job" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ check ``submit`` runs on every worker before it hands over the job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -23,7 +24,7 @@ from dask_em.data.base import is_url
 from dask_em.data.folders import RunFolder, is_owned
 from dask_em.data.remote import RemoteRunFolder
 from dask_em.data.sources import check_data
-from dask_em.jobs._jobstate import JobState, captured_lines
+from dask_em.jobs._jobstate import FINAL, JobState, captured_lines, driver_key
 from dask_em.jobs.config import JobConfig, JobError
 
 __all__ = ["JobCancelled", "probe", "run_driver"]
@@ -121,6 +122,11 @@ def run_driver(raw: dict, job_id: str, source: str | None, resume: bool, overwri
     scratch = worker.local_directory
     with worker_client() as client:
         state = JobState(client, job_id)
+        ended = state.get("state")
+        if ended in FINAL:
+            # Run again although the job has ended: the scheduler lost this task's result
+            # with a worker and recomputes it for someone who still holds it.
+            return ended
         attempt = state.begin(worker.address, os.getpid())
         with captured_lines(state):
             if attempt > 1:
@@ -129,7 +135,11 @@ def run_driver(raw: dict, job_id: str, source: str | None, resume: bool, overwri
                     worker.address,
                     attempt,
                 )
-            return _drive(client, state, raw, source, resume, overwrite, attempt > 1, scratch)
+            ended = _drive(client, state, raw, source, resume, overwrite, attempt > 1, scratch)
+        # The record now says how the job ended; the scheduler need not keep the task.
+        with contextlib.suppress(KeyError):
+            client.unpublish_dataset(driver_key(job_id))
+        return ended
 
 
 def _drive(client, state, raw, source, resume, overwrite, restarted, scratch) -> str:
