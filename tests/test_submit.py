@@ -192,6 +192,9 @@ def test_driver_worker_killed_mid_run_restarts_from_the_checkpoint(cluster, refe
     out = tmp_path / "k"
     job_id = submit_job(load_job(_job(tmp_path), scheduler=address, output=out))
     record = _wait_until(address, job_id, _at_iteration(3))
+    line = describe(record)
+    for word in (job_id, "running", "iteration", "lower bound", "passes", "s/iter"):
+        assert word in line, line
     os.kill(int(record["pid"]), signal.SIGKILL)
     lines: list[str] = []
     record = follow_job(address, job_id, on_line=lines.append, poll=0.1)
