@@ -168,3 +168,56 @@ def test_readers_refuse_a_folder_without_a_complete_marker(tmp_path, fitted):
     folder.commit(run)
     np.testing.assert_array_equal(load_model(url).means_, fitted.means_)
     assert model_info(url + "/model.npz")["file"] == url + "/model.npz"
+
+
+def test_outputs_at_urls_never_overlap_an_input(tmp_path):
+    from dask_em.data.remote import check_url_output
+
+    data = tmp_path / "data"
+    data.mkdir()
+    inputs = [("data", str(data / "x.npy")), ("weights", "s3://bucket/in/w.npy")]
+    for url, how in (
+        ((data / "x.npy").as_uri(), "is the data"),
+        (data.as_uri(), "contains the data"),
+        ("s3://bucket/in", "contains the weights"),
+        ("s3://bucket/in/w.npy/run", "is inside the weights"),
+    ):
+        with pytest.raises(JobError, match=how):
+            check_url_output(url, key="output.dir", inputs=inputs)
+    check_url_output("s3://bucket/runs/r", key="output.dir", inputs=inputs)
+    check_url_output((tmp_path / "runs" / "r").as_uri(), key="output.dir", inputs=inputs)
+
+
+def test_run_job_writes_its_run_folder_at_a_url(tmp_path):
+    """`dask-em run --output URL`: the numbers of a local run, the URL's folder marked
+    complete, no staging prefix or scratch folder left."""
+    from conftest import THREADS
+
+    doc = {
+        "cluster": THREADS,
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"n_samples": 3000, "n_features": 2, "n_components": 3, "seed": 1},
+            "chunk_rows": 1000,
+        },
+        "model": {"n_components": 3, "tol": 0.0, "max_iter": 8, "random_state": 0},
+        "output": {"plots": False},
+    }
+    import yaml
+
+    from dask_em.jobs.config import load_job
+    from dask_em.jobs.runner import run_job
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    url = (tmp_path / "remote" / "run").as_uri()
+    result = run_job(load_job(job, output=url))
+    assert result.path == url
+    local = run_job(load_job(job, output=tmp_path / "local")).path
+    a, b = load_model(url), load_model(local)
+    for name in ("weights_", "means_", "covariances_", "lower_bounds_"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-12)
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["run"]
+    assert sorted(read_marker(tmp_path / "remote" / "run")["files"]) == sorted(
+        read_marker(local)["files"]
+    )

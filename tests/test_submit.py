@@ -111,7 +111,7 @@ def _wait_until(address: str, job_id: str, ready, timeout: float = 120.0) -> dic
     deadline = time.monotonic() + timeout
     with scheduler_client(address) as client:
         while True:
-            (record,) = job_records(client, address, job_id)
+            (record,) = job_records(client, address, job_id, reconcile=False)
             if ready(record):
                 return record
             assert record["state"] in ("queued", "running"), describe(record)

@@ -14,13 +14,27 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dask_em.data.folders import KINDS, MARKER, marker_document, read_marker
+from dask_em.data.base import is_url
+from dask_em.data.folders import (
+    KINDS,
+    MARKER,
+    check_output_location,
+    marker_document,
+    read_marker,
+)
 from dask_em.errors import JobError
 
-__all__ = ["CHECKPOINT_FILES", "RemoteRunFolder", "check_url", "read_finished_file"]
+__all__ = [
+    "CHECKPOINT_FILES",
+    "RemoteRunFolder",
+    "check_url",
+    "check_url_output",
+    "read_finished_file",
+]
 
 #: The checkpoint files of a run's staging folder, relative to it (one fit; a grid).
 CHECKPOINT_FILES = ("checkpoint.npz", "checkpoints/selection.npz")
@@ -40,6 +54,43 @@ def check_url(url: str, *, key: str) -> None:
             "workers the storage's usual way (environment, config files, instance roles)",
             key=key,
         )
+
+
+def check_url_output(
+    url: str, *, key: str, inputs: Iterable[tuple[str, str | Path | None]] = ()
+) -> None:
+    """:func:`~dask_em.data.folders.check_output_location` for an output URL: refuse one
+    that is, contains or sits inside one of the command's inputs.
+
+    A ``file://`` URL is checked as the local path it names (against local inputs too);
+    other URLs against the inputs given as URLs, prefix by prefix.
+
+    Raises
+    ------
+    JobError
+    """
+    check_url(url, key=key)
+    parts = urlsplit(url)
+    if parts.scheme in ("file", "local"):
+        check_output_location(parts.path, key=key, inputs=inputs)
+        return
+    out = url.rstrip("/")
+    for label, path in inputs:
+        if path is None or not is_url(str(path)):
+            continue
+        inp = str(path).rstrip("/")
+        how = (
+            "is" if out == inp
+            else "contains" if inp.startswith(out + "/")
+            else "is inside" if out.startswith(inp + "/")
+            else None
+        )  # fmt: skip
+        if how is not None:
+            raise JobError(
+                f"{url} {how} the {label} {path}; writing there could replace or delete "
+                "it: choose a new folder of its own for the output, e.g. .../runs/<name>",
+                key=key,
+            )
 
 
 class RemoteRunFolder:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from dask_em.data.base import is_url
 from dask_em.data.folders import RunFolder, is_owned
-from dask_em.data.remote import RemoteRunFolder
+from dask_em.data.remote import RemoteRunFolder, check_url_output
 from dask_em.data.sources import check_data
 from dask_em.jobs._jobstate import FINAL, JobState, captured_lines, driver_key
 from dask_em.jobs.config import JobConfig, JobError
@@ -63,6 +62,8 @@ def probe(raw: dict, source: str | None, resume: bool, overwrite: bool) -> tuple
         config = _config(raw, source)
         check_data(config.data)
         if is_url(config.output.dir or ""):
+            inputs = [*config.data.input_files(), ("job file", config.source)]
+            check_url_output(config.output.dir, key="output.dir", inputs=inputs)
             RemoteRunFolder(config.output.dir, overwrite=overwrite).check(resume=resume)
         else:
             folder = _run_folder(config, resume=resume, overwrite=overwrite)
@@ -81,15 +82,13 @@ def _check_writable(folder: Path) -> None:
 
 
 class _Hook:
-    """The job's ``on_iteration``: steps that must follow each checkpoint (e.g. copying
-    it to the output URL), then the progress record, then the cancel check."""
+    """The job's ``on_iteration``: the progress record, then the cancel check (after the
+    iteration's checkpoint, so a cancelled job keeps it)."""
 
     def __init__(self, state: JobState, passes: int):
-        self.state, self.passes, self.after_checkpoint = state, passes, []
+        self.state, self.passes = state, passes
 
     def __call__(self, progress) -> None:
-        for step in self.after_checkpoint:
-            step(progress)
         self.passes += 1
         self.state.progress(progress, self.passes)
         if self.state.cancel_requested():
@@ -189,30 +188,23 @@ def _run_to_path(config, client, hook, resume, restarted, overwrite, *, kept):
 
 
 def _run_to_url(config, client, hook, resume, restarted, overwrite, *, scratch, kept):
-    """The job into a folder at an fsspec URL: run into a local folder of the worker,
-    copying each checkpoint to the URL's staging prefix, then publish the run there."""
-    from dask_em.jobs.runner import run_job
+    """The job into a folder at an fsspec URL (through a scratch folder of the worker)."""
+    from dask_em.jobs._url_runs import run_at_url
 
     remote = RemoteRunFolder(config.output.dir, overwrite=overwrite)
     if restarted:
         resume = remote.has_checkpoint()
-    remote.prepare(resume=resume)
-    name = remote.root.rpartition("/")[2]
-    # The scratch folder is this attempt's own; TemporaryDirectory removes only it.
-    with tempfile.TemporaryDirectory(prefix="dask-em-run-", dir=scratch) as tmp:
-        local = RunFolder(Path(tmp) / name)
-        if resume:
-            local.prepare()
-            remote.pull_checkpoints(local.staging)
-        output = config.output.model_copy(update={"dir": str(local.path)})
-        local_config = config.model_copy(update={"output": output})
-        hook.after_checkpoint.append(lambda _: remote.push_checkpoints(local.staging))
-        try:
-            result = run_job(local_config, resume=resume, on_iteration=hook, client=client)
-        except BaseException:
-            if remote.discard():
-                kept.append(remote.staging_url)
-            raise
-        url = remote.commit(result.path)
-    log.info("Published %s", url)
-    return url, result
+    try:
+        result = run_at_url(
+            config,
+            resume=resume,
+            overwrite=overwrite,
+            on_iteration=hook,
+            client=client,
+            scratch=scratch,
+        )
+    except BaseException:
+        if remote.has_checkpoint():
+            kept.append(remote.staging_url)
+        raise
+    return result.path, result

@@ -145,7 +145,9 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a config value: key.path=value (repeatable)."),
     ] = None,
-    output: Annotated[Path | None, typer.Option(help="Run folder (replaces output.dir).")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Run folder or fsspec URL (replaces output.dir).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     debug: Debug = False,

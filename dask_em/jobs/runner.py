@@ -88,8 +88,8 @@ class RunResult:
 
     Attributes
     ----------
-    path : Path
-        The run folder.
+    path : Path or str
+        The run folder (a str for an fsspec URL ``output.dir``).
     model : GaussianMixture
         The fitted (best, in model selection) model.
     metrics : dict
@@ -159,8 +159,12 @@ def run_job(
     JobError
         Bad input (config, data, cluster, existing output); the message names the job file.
     """
+    run = _run_job
+    if config.output.dir is not None and is_url(config.output.dir):
+        # through a local scratch folder, published at the URL at the end
+        from dask_em.jobs._url_runs import run_at_url as run
     try:
-        return _run_job(
+        return run(
             config, resume=resume, overwrite=overwrite, on_iteration=on_iteration, client=client
         )
     except JobError as exc:

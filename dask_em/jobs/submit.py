@@ -25,7 +25,7 @@ from pathlib import Path
 
 from dask_em.data.base import is_url
 from dask_em.data.folders import check_output_location
-from dask_em.data.remote import RemoteRunFolder
+from dask_em.data.remote import RemoteRunFolder, check_url_output
 from dask_em.jobs._driver import one_line, probe, run_driver
 from dask_em.jobs._jobstate import FINAL, ROOT, JobState, driver_key, new_job_id, now
 from dask_em.jobs.cluster import _open_client, connect
@@ -47,6 +47,8 @@ log = logging.getLogger("dask_em.jobs.submit")
 #: A job still ``queued`` this long after submission without a driver task on the
 #: scheduler was never handed over (its submitting process stopped first).
 HANDOVER_SECONDS = 60.0
+#: How often a followed job is checked for a driver the scheduler gave up on.
+RECONCILE_SECONDS = 5.0
 
 
 # -------------------------------------------------------------------------------- submit
@@ -112,10 +114,11 @@ def _submit(config: JobConfig, *, resume: bool, overwrite: bool) -> str:
         )
     config = for_the_cluster(config)
     out = config.output.dir
+    inputs = [*config.data.input_files(), ("job file", config.source)]
     if is_url(out):
-        RemoteRunFolder(out)  # refuses credentials in the URL and a bucket root
+        check_url_output(out, key="output.dir", inputs=inputs)
+        RemoteRunFolder(out)  # refuses a bucket's root
     else:
-        inputs = [*config.data.input_files(), ("job file", config.source)]
         check_output_location(out, key="output.dir", inputs=inputs)
     raw = config.model_dump(mode="json")
     source = None if config.source is None else str(Path(config.source).resolve())
@@ -271,9 +274,14 @@ def _fetch(client, address: str, job_id: str | None) -> dict:
     return {job_id: record}
 
 
-def job_records(client, address: str, job_id: str | None = None) -> list[dict]:
+def job_records(
+    client, address: str, job_id: str | None = None, *, reconcile: bool = True
+) -> list[dict]:
     """The records of every job the scheduler knows (or of ``job_id``), oldest first,
-    each with its ``id``; live jobs whose driver is lost are marked failed first.
+    each with its ``id``.
+
+    With ``reconcile``, live jobs whose driver is lost are marked failed first (this
+    costs up to half a second per call while a job runs).
 
     Raises
     ------
@@ -281,7 +289,8 @@ def job_records(client, address: str, job_id: str | None = None) -> list[dict]:
         ``job_id`` is not known to the scheduler.
     """
     jobs = _fetch(client, address, job_id)
-    _reconcile(client, jobs)
+    if reconcile:
+        _reconcile(client, jobs)
     rows = [{**rec, "id": jid} for jid, rec in jobs.items() if isinstance(rec, dict)]
     return sorted(rows, key=lambda r: ((r.get("job") or {}).get("submitted") or "", r["id"]))
 
@@ -317,10 +326,27 @@ def cancel_job(address: str, job_id: str, *, timeout: float = 60.0) -> dict:
             return record
         JobState(client, job_id).set("cancel", value=True)
         deadline = time.monotonic() + timeout
+        polls = _Polls(client, address, job_id)
         while record["state"] not in FINAL and time.monotonic() < deadline:
             time.sleep(0.2)
-            (record,) = job_records(client, address, job_id)
+            record = polls.record()
     return record
+
+
+class _Polls:
+    """A job's record, read again and again: checked for a lost driver every
+    :data:`RECONCILE_SECONDS` only (each check waits on the scheduler)."""
+
+    def __init__(self, client, address: str, job_id: str):
+        self.client, self.address, self.job_id = client, address, job_id
+        self.checked = time.monotonic()
+
+    def record(self) -> dict:
+        check = time.monotonic() - self.checked >= RECONCILE_SECONDS
+        if check:
+            self.checked = time.monotonic()
+        (record,) = job_records(self.client, self.address, self.job_id, reconcile=check)
+        return record
 
 
 def follow_job(
@@ -335,8 +361,9 @@ def follow_job(
     """
     seen = 0
     with scheduler_client(address) as client:
+        (record,) = job_records(client, address, job_id)
+        polls = _Polls(client, address, job_id)
         while True:
-            (record,) = job_records(client, address, job_id)
             lines = log_lines(record)
             for line in lines[seen:]:
                 on_line(line)
@@ -344,6 +371,7 @@ def follow_job(
             if record.get("state") in FINAL:
                 return record
             time.sleep(poll)
+            record = polls.record()
 
 
 def describe(record: dict) -> str:
