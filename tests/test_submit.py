@@ -260,3 +260,23 @@ def test_unknown_job_id_is_exit_2(cluster):
         assert result.exit_code == 2, (command, result.output)
         assert "no job no-such-job" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_relative_paths_become_absolute_for_the_workers(tmp_path, monkeypatch):
+    """The workers do not run in the submitting folder: data, a weights file and the
+    output are resolved against it before the job leaves; URLs stay as they are."""
+    from dask_em.jobs.submit import for_the_cluster
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "w.npy", np.ones(4))
+    doc = {**JOB, "data": {"source": "npy", "path": "d/x.npy", "weights": "w.npy"}}
+    doc["output"] = {"dir": "runs/x"}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
+    address = "tcp://127.0.0.1:8786"
+    config = for_the_cluster(load_job("job.yaml", scheduler=address))
+    assert config.data.path == str(tmp_path / "d" / "x.npy")
+    assert config.data.weights == str(tmp_path / "w.npy")
+    assert config.output.dir == str(tmp_path / "runs" / "x")
+    assert config.source == Path("job.yaml")  # resolved when the job is sent
+    url = for_the_cluster(load_job("job.yaml", scheduler=address, output="s3://b/runs/x"))
+    assert url.output.dir == "s3://b/runs/x"
