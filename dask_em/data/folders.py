@@ -31,6 +31,7 @@ __all__ = [
     "RunFolder",
     "check_output_location",
     "is_owned",
+    "marker_document",
     "read_marker",
     "remove_owned",
     "write_marker",
@@ -59,12 +60,11 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def write_marker(folder: str | Path, kind: str, *, complete: bool) -> Path:
-    """Write ``folder``'s marker: its kind, dask-em's version, and, when ``complete``,
-    the files the folder holds (written last, so its presence means finished)."""
+def marker_document(kind: str, *, complete: bool, files: list[str] | None = None) -> dict:
+    """A marker's content: the folder's kind, dask-em's version, the time, and, when
+    ``complete``, the files the folder holds (relative paths)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    folder = Path(folder)
     doc = {
         "kind": kind,
         "dask_em_version": _version(),
@@ -72,10 +72,21 @@ def write_marker(folder: str | Path, kind: str, *, complete: bool) -> Path:
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if complete:
-        doc["files"] = sorted(
+        doc["files"] = list(files or [])
+    return doc
+
+
+def write_marker(folder: str | Path, kind: str, *, complete: bool) -> Path:
+    """Write ``folder``'s marker: its kind, dask-em's version, and, when ``complete``,
+    the files the folder holds (written last, so its presence means finished)."""
+    folder = Path(folder)
+    files = None
+    if complete:
+        files = sorted(
             str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
             and p != folder / MARKER
         )  # fmt: skip
+    doc = marker_document(kind, complete=complete, files=files)
     path = folder / MARKER
     tmp = folder / f".{MARKER}.{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

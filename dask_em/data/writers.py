@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "load_npz",
+    "load_npz_bytes",
     "write_zarr",
     "write_zarrs",
 ]
@@ -106,19 +107,30 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise JobError("file not found", file=path)
+    return _read_npz(path, path)
+
+
+def load_npz_bytes(data: bytes, *, file: str) -> dict[str, np.ndarray]:
+    """:func:`load_npz` for the bytes of an ``.npz`` file (read from a URL); ``file``
+    names it in messages."""
+    return _read_npz(_io.BytesIO(data), file)
+
+
+def _read_npz(source, path) -> dict[str, np.ndarray]:
     try:
-        if any(dtype.hasobject for dtype in _npz_dtypes(path)):
+        if any(dtype.hasobject for dtype in _npz_dtypes(source)):
             raise JobError("contains object arrays; refusing to unpickle them", file=path)
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(source, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise JobError(f"not a readable .npz file ({exc})", file=path) from None
 
 
-def _npz_dtypes(path: Path) -> list[np.dtype]:
-    """The dtype of every array in an ``.npz`` archive, read from the headers only."""
+def _npz_dtypes(source) -> list[np.dtype]:
+    """The dtype of every array in an ``.npz`` archive (a path or a seekable file), read
+    from the headers only; a file is rewound for the reader that follows."""
     dtypes = []
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(source) as archive:
         for name in archive.namelist():
             with archive.open(name) as member:
                 version = np.lib.format.read_magic(member)
@@ -129,6 +141,8 @@ def _npz_dtypes(path: Path) -> list[np.dtype]:
                 if read_header is None:
                     raise ValueError(f"{name}: unsupported .npy format version {version}")
                 dtypes.append(read_header(member)[2])
+    if hasattr(source, "seek"):
+        source.seek(0)
     return dtypes
 
 

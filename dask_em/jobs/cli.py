@@ -133,21 +133,35 @@ def _guard(debug: bool, fn: Callable[[], Any]) -> Any:
 
 @app.command()
 def run(
-    job: Annotated[Path, typer.Argument(help="Job file (YAML).")],
+    job: Annotated[Path | None, typer.Argument(help="Job file (YAML).")] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Run on an existing scheduler, e.g. tcp://127.0.0.1:8786.")
+    ] = None,
+    attach: Annotated[
+        str | None,
+        typer.Option(help="Follow the submitted job JOB_ID to its end instead (as `wait`)."),
     ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config value: key.path=value (repeatable)."),
     ] = None,
-    output: Annotated[Path | None, typer.Option(help="Run folder (replaces output.dir).")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Run folder or fsspec URL (replaces output.dir).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     debug: Debug = False,
 ) -> None:
     """Run a job: fit the model and write the run folder."""
     from dask_em.jobs.runner import run_job
+
+    if attach is not None:
+        if job is not None:
+            _fail(JobError("give a job file or --attach JOB_ID, not both"), EXIT_BAD_INPUT, debug)
+        wait(attach, scheduler=scheduler, debug=debug)
+        return
+    if job is None:
+        _fail(JobError("missing the job file (JOB)"), EXIT_BAD_INPUT, debug)
 
     def go():
         config = load_job(job, overrides=set_ or (), scheduler=scheduler, output=output)
@@ -205,7 +219,7 @@ def _preset_section(path: Path) -> str | None:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Run folder or model.npz.")],
+    model: Annotated[str, typer.Argument(help="Run folder or model.npz (path or URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write.")],
     data: Annotated[
         str | None,
@@ -264,7 +278,7 @@ def plot(
 
 @app.command()
 def info(
-    model: Annotated[Path, typer.Argument(help="Run folder or model.npz.")],
+    model: Annotated[str, typer.Argument(help="Run folder or model.npz (path or URL).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     debug: Debug = False,
 ) -> None:
@@ -310,6 +324,129 @@ def make_data(
         typer.echo(str(_make_data(config, overwrite=overwrite)))
 
     _guard(debug, go)
+
+
+# ------------------------------------------------------------------------ submitted jobs
+
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="The scheduler, e.g. tcp://10.0.0.5:8786 (default: $DASK_SCHEDULER_ADDRESS).",
+    ),
+]
+JobId = Annotated[str, typer.Argument(help="The id `dask-em submit` printed.")]
+
+
+def _address(scheduler: str | None) -> str:
+    if not scheduler:
+        raise JobError("give --scheduler ADDR (or set DASK_SCHEDULER_ADDRESS)", key="--scheduler")
+    return scheduler
+
+
+@app.command()
+def submit(
+    job: Annotated[Path, typer.Argument(help="Job file (YAML).")],
+    scheduler: Scheduler = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key.path=value (repeatable)."),
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Run folder or fsspec URL (replaces output.dir).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the kept checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Start a job on a cluster and return at once; prints the job id."""
+    from dask_em.jobs.submit import submit_job
+
+    def go():
+        config = load_job(job, overrides=set_ or (), scheduler=scheduler, output=output)
+        typer.echo(submit_job(config, resume=resume, overwrite=overwrite))
+
+    _guard(debug, go)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str | None, typer.Argument(help="One job (default: every job).")] = None,
+    scheduler: Scheduler = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Show the submitted jobs the scheduler knows: state, progress or outcome."""
+    from dask_em.jobs.submit import describe, job_records, scheduler_client
+
+    def go():
+        address = _address(scheduler)
+        with scheduler_client(address) as client:
+            records = job_records(client, address, job_id)
+        if as_json:
+            rows = [{k: v for k, v in r.items() if k != "log"} for r in records]
+            typer.echo(json.dumps(rows, indent=2))
+        elif not records:
+            typer.echo(f"no jobs on the scheduler at {address}", err=True)
+        for r in records if not as_json else ():
+            typer.echo(describe(r))
+
+    _guard(debug, go)
+
+
+@app.command()
+def logs(job_id: JobId, scheduler: Scheduler = None, debug: Debug = False) -> None:
+    """Print a submitted job's progress lines."""
+    from dask_em.jobs.submit import job_log
+
+    def go():
+        for line in job_log(_address(scheduler), job_id):
+            typer.echo(line)
+
+    _guard(debug, go)
+
+
+@app.command()
+def cancel(
+    job_id: JobId,
+    scheduler: Scheduler = None,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for the job to stop.")
+    ] = 60.0,
+    debug: Debug = False,
+) -> None:
+    """Stop a submitted job at its next iteration (partial output removed, checkpoint kept)."""
+    from dask_em.jobs.submit import cancel_job, describe
+
+    def go():
+        record = cancel_job(_address(scheduler), job_id, timeout=timeout)
+        if record["state"] not in ("cancelled", "finished", "failed"):
+            typer.echo(f"{job_id}: cancel requested; it stops at its next iteration", err=True)
+        typer.echo(describe(record))
+
+    _guard(debug, go)
+
+
+@app.command()
+def wait(job_id: JobId, scheduler: Scheduler = None, debug: Debug = False) -> None:
+    """Follow a submitted job to its end: its progress lines, then its run folder.
+
+    Exit code 0 when it finished, 1 when it failed or was cancelled.
+    """
+    from dask_em.jobs.submit import follow_job
+
+    def go():
+        return follow_job(
+            _address(scheduler), job_id, on_line=lambda line: typer.echo(line, err=True)
+        )
+
+    record = _guard(debug, go)
+    if record["state"] == "finished":
+        typer.echo((record.get("result") or {}).get("path"))
+        return
+    why = record.get("error") or record.get("note") or ""
+    typer.echo(f"{job_id} {record['state']}: {why}".rstrip(": "), err=True)
+    raise typer.Exit(EXIT_FAILED)
 
 
 def main() -> None:

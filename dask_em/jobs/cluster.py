@@ -18,7 +18,7 @@ import dask
 
 from dask_em.jobs.config import ClusterConfig, JobError
 
-__all__ = ["JOBQUEUE_KINDS", "connect", "security_from_config"]
+__all__ = ["JOBQUEUE_KINDS", "connect", "security_from_config", "use_client"]
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,14 @@ def connect(cfg: ClusterConfig) -> Iterator:
     # registered while its exception is alive) and then stops later clients from
     # restoring dask's scheduler setting when they close.
     with cm as client, client.as_current():
+        yield client
+
+
+@contextlib.contextmanager
+def use_client(client) -> Iterator:
+    """:func:`connect` for a client someone else opened and closes: it is the current
+    scheduler inside the ``with`` block only, and stays open after it."""
+    with client.as_current():
         yield client
 
 

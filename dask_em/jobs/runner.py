@@ -18,13 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dask_em.data.base import is_url
 from dask_em.data.folders import (
     MARKER,
     RunFolder,
     check_output_location,
     is_owned,
+    read_marker,
     write_marker,
 )
+from dask_em.data.remote import read_finished_file
 from dask_em.data.sources import (
     check_data,
     data_summary,
@@ -39,6 +42,7 @@ from dask_em.data.writers import (
     atomic_savez,
     atomic_write_json,
     load_npz,
+    load_npz_bytes,
     write_zarr,
     write_zarrs,
 )
@@ -54,7 +58,7 @@ from dask_em.jobs._outputs import (
     _write_model,
 )
 from dask_em.jobs._selection import _run_selection
-from dask_em.jobs.cluster import connect
+from dask_em.jobs.cluster import connect, use_client
 from dask_em.jobs.config import (
     ClusterConfig,
     DataConfig,
@@ -84,8 +88,8 @@ class RunResult:
 
     Attributes
     ----------
-    path : Path
-        The run folder.
+    path : Path or str
+        The run folder (a str for an fsspec URL ``output.dir``).
     model : GaussianMixture
         The fitted (best, in model selection) model.
     metrics : dict
@@ -125,6 +129,7 @@ def run_job(
     resume: bool = False,
     overwrite: bool = False,
     on_iteration: Callable | None = None,
+    client=None,
 ) -> RunResult:
     """Run a job end to end and write its run folder.
 
@@ -141,6 +146,9 @@ def run_job(
         written (with a ``selection`` section: the ``EMProgress`` of the whole grid, whose
         candidates advance together); an exception it raises stops the run (the
         checkpoint stays resumable).
+    client : distributed.Client, optional
+        Run on this connected client instead of the cluster ``config.cluster`` describes
+        (the driver of a submitted job runs on its worker's client).
 
     Returns
     -------
@@ -151,8 +159,14 @@ def run_job(
     JobError
         Bad input (config, data, cluster, existing output); the message names the job file.
     """
+    run = _run_job
+    if config.output.dir is not None and is_url(config.output.dir):
+        # through a local scratch folder, published at the URL at the end
+        from dask_em.jobs._url_runs import run_at_url as run
     try:
-        return _run_job(config, resume=resume, overwrite=overwrite, on_iteration=on_iteration)
+        return run(
+            config, resume=resume, overwrite=overwrite, on_iteration=on_iteration, client=client
+        )
     except JobError as exc:
         raise exc.in_file(config.source) from exc.__cause__
 
@@ -249,7 +263,7 @@ def _write_outputs(config: JobConfig, staging: Path, fitted: _Fitted, x, summary
 
 
 def _run_job(
-    config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None
+    config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None, client
 ) -> RunResult:
     folder = _run_folder(config, resume=resume, overwrite=overwrite)
     staging = folder.prepare()
@@ -262,7 +276,8 @@ def _run_job(
             # Fail on a missing file or column before starting a cluster. Not for remote
             # clusters: their workers may see paths this machine does not.
             check_data(config.data)
-        with connect(config.cluster) as client:
+        cluster = connect(config.cluster) if client is None else use_client(client)
+        with cluster as client:
             x, w = _load(config, client)
             summary = data_summary(config.data, x)
             fitted = fit(
@@ -306,21 +321,60 @@ def _keep_or_clean(folder: RunFolder) -> None:
 # ---------------------------------------------------------------------------- other commands
 
 
+def _finished_run(folder: Path) -> None:
+    """Refuse a folder without a complete run marker (unfinished, or not dask-em's)."""
+    doc = read_marker(folder)
+    if doc is None or doc["kind"] != "run" or not doc.get("complete"):
+        raise JobError(
+            f"not a dask-em run folder, or an unfinished one (no complete {MARKER} marker)",
+            file=folder,
+        )
+
+
+def _url_parts(url: str) -> tuple[str, str]:
+    """``(run folder URL, file name)`` of a run folder or ``.../model.npz`` URL."""
+    url = url.rstrip("/")
+    if url.endswith(".npz"):
+        folder, _, name = url.rpartition("/")
+        return folder, name
+    return url, "model.npz"
+
+
+def _run_file_text(model: str | Path, name: str) -> str | None:
+    """The text of ``name`` next to a model (in its run folder), None if there is none."""
+    if is_url(str(model)):
+        folder, _ = _url_parts(str(model))
+        try:
+            return read_finished_file(folder, name).decode("utf-8")
+        except JobError:
+            return None
+    model = Path(model)
+    path = (model if model.is_dir() else model.parent) / name
+    return path.read_text() if path.is_file() else None
+
+
 def load_model(path: str | Path):
-    """A fitted ``GaussianMixture`` from ``model.npz`` or a run folder holding one.
+    """A fitted ``GaussianMixture`` from ``model.npz`` or a finished run folder holding
+    one (a local path or an fsspec URL).
 
     Raises
     ------
     JobError
-        Missing file, or arrays that are not a fitted model (object arrays are never
-        unpickled).
+        Missing file, a folder without a complete run marker, or arrays that are not a
+        fitted model (object arrays are never unpickled).
     """
     from dask_em import GaussianMixture
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.npz"
-    arrays = load_npz(path)
+    if is_url(str(path)):
+        folder, name = _url_parts(str(path))
+        path = f"{folder}/{name}"
+        arrays = load_npz_bytes(read_finished_file(folder, name), file=path)
+    else:
+        path = Path(path)
+        if path.is_dir():
+            _finished_run(path)
+            path = path / "model.npz"
+        arrays = load_npz(path)
     try:
         return GaussianMixture.from_fitted_arrays(arrays)
     except (KeyError, ValueError, TypeError) as exc:
@@ -330,7 +384,7 @@ def load_model(path: str | Path):
 def data_config_for(
     data: str | Path | None,
     *,
-    model_path: Path,
+    model_path: str | Path,
     dataset: str | None = None,
     columns: list[str] | None = None,
     chunk_rows: int | None = None,
@@ -343,13 +397,13 @@ def data_config_for(
     JobError
     """
     if data is None:
-        meta = (model_path if model_path.is_dir() else model_path.parent) / "model.json"
-        if not meta.is_file():
+        meta = _run_file_text(model_path, "model.json")
+        if meta is None:
             raise JobError(
                 "give --data (no model.json with the training data next to the model)",
                 key="--data",
             )
-        raw = json.loads(meta.read_text())["config"]["data"]
+        raw = json.loads(meta)["config"]["data"]
     elif str(data).endswith((".yaml", ".yml")):
         raw = load_job(data).data.model_dump()
     else:
@@ -396,7 +450,7 @@ def predict_job(
     Path
         The output folder.
     """
-    model = Path(model)
+    model = model if is_url(str(model)) else Path(model)
     folder = RunFolder(output, kind="prediction", overwrite=overwrite, key="--output")
     inputs = [("model", model), *data.input_files()]
     check_output_location(folder.path, key="--output", inputs=inputs)
@@ -468,6 +522,12 @@ def _non_finite_at_predict(exc: ValueError, missing: str) -> JobError | None:
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Redraw a run folder's pictures from its ``model.npz``, metrics and saved sample."""
+    if is_url(str(run_dir)):
+        raise JobError(
+            "plot redraws the pictures of a local run folder; copy the run folder here "
+            "first (its pictures are already in it: plots/)",
+            file=run_dir,
+        )
     run = Path(run_dir)
     gm = load_model(run)
     if not is_owned(run, "run"):
@@ -493,18 +553,21 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 def model_info(path: str | Path) -> dict:
     """Summary of a fitted model file or run folder (what ``dask-em info`` prints)."""
-    path = Path(path)
     gm = load_model(path)
     info = _model_summary(gm)
-    info["file"] = str(path / "model.npz" if path.is_dir() else path)
+    if is_url(str(path)):
+        info["file"] = "/".join(_url_parts(str(path)))
+    else:
+        path = Path(path)
+        info["file"] = str(path / "model.npz" if path.is_dir() else path)
     params = gm.get_params()
     info["parameters"] = {
         k: params[k]
         for k in ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state")
     }
-    metrics = (path if path.is_dir() else path.parent) / "metrics.json"
-    if metrics.is_file():
-        m = json.loads(metrics.read_text())
+    metrics = _run_file_text(path, "metrics.json")
+    if metrics is not None:
+        m = json.loads(metrics)
         info.update({k: m.get(k) for k in ("bic", "aic", "n_samples")})
     return info
 
