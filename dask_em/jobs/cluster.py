@@ -18,7 +18,13 @@ import dask
 
 from dask_em.jobs.config import ClusterConfig, JobError
 
-__all__ = ["JOBQUEUE_KINDS", "connect", "security_from_config"]
+__all__ = [
+    "JOBQUEUE_KINDS",
+    "connect",
+    "dashboard_link",
+    "jobqueue_cluster",
+    "security_from_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +56,36 @@ def security_from_config(cfg: ClusterConfig):
     return Security(require_encryption=tls.require_encryption, **kwargs)
 
 
-def _dashboard(client) -> None:
+def dashboard_link(client) -> str | None:
+    """The URL of the scheduler's dashboard, or None where it serves none.
+
+    For a scheduler reached by address the link uses the host of that address (where this
+    process reached it), not the name the scheduler gives itself.
+    """
+    cluster = getattr(client, "cluster", None)
+    if cluster is not None:
+        return getattr(cluster, "dashboard_link", None) or None
     try:
-        import bokeh  # noqa: F401
-    except ImportError:
-        log.info("Dashboard: not available (pip install bokeh to get it)")
-        return
-    link = client.dashboard_link
+        info = client.scheduler_info()
+        port = info.get("services", {}).get("dashboard")
+    except Exception:  # an old or unusual scheduler: no dashboard to point at
+        return None
+    if not port:
+        return None
+    from distributed.comm import get_address_host
+
+    host = get_address_host(client.scheduler.address)
+    host = f"[{host}]" if ":" in host else host
+    template = dask.config.get("distributed.dashboard.link", "{scheme}://{host}:{port}/status")
+    return template.format(**{**os.environ, "scheme": "http", "host": host, "port": port})
+
+
+def _dashboard(client) -> None:
+    link = dashboard_link(client)
     if link:
         log.info("Dashboard: %s", link)
+    else:
+        log.info("Dashboard: not served by this scheduler (start it with a dashboard address)")
 
 
 def _wait_for_workers(client, cfg: ClusterConfig, where: str) -> None:
@@ -133,6 +160,7 @@ def _local(cfg: ClusterConfig) -> Iterator:
     with worker_environment({"MALLOC_TRIM_THRESHOLD_": lc.malloc_trim_threshold}):
         cluster = LocalCluster(**kwargs)
     try:
+        _adapt(cluster, cfg)
         with Client(cluster, set_as_default=False) as client:
             n = len(cluster.workers)
             log.info("Local cluster: %d worker(s) on 127.0.0.1", n)
@@ -178,10 +206,26 @@ def _address(cfg: ClusterConfig) -> Iterator:
         client.close()
 
 
-@contextlib.contextmanager
-def _jobqueue(cfg: ClusterConfig) -> Iterator:
-    from distributed import Client
+def _adapt(cluster, cfg: ClusterConfig) -> None:
+    """Turn on adaptive scaling where ``cluster.adapt`` asks for it."""
+    if cfg.adapt is None:
+        return
+    a = cfg.adapt
+    cluster.adapt(minimum=a.minimum, maximum=a.maximum, interval=f"{a.interval}s")
+    log.info("Adaptive scaling: %d to %d worker(s)", a.minimum, a.maximum)
 
+
+def jobqueue_cluster(cfg: ClusterConfig):
+    """The dask-jobqueue cluster ``cfg.jobqueue`` describes, no job submitted yet.
+
+    Its ``job_script()`` is the batch script each job runs (one ``dask worker`` command
+    with ``processes`` workers sharing ``cores`` threads and ``memory``).
+
+    Raises
+    ------
+    JobError
+        dask-jobqueue is not installed.
+    """
     jq = cfg.jobqueue
     try:
         import dask_jobqueue
@@ -191,12 +235,23 @@ def _jobqueue(cfg: ClusterConfig) -> Iterator:
             key="cluster.jobqueue",
         ) from None
     cls = getattr(dask_jobqueue, JOBQUEUE_KINDS[jq.kind])
-    kwargs = jq.model_dump(exclude={"kind", "jobs"}, exclude_none=True)
+    kwargs = jq.model_dump(exclude={"kind", "jobs", "dashboard_address"}, exclude_none=True)
     if not kwargs.get("job_extra_directives"):
         kwargs.pop("job_extra_directives", None)
-    cluster = cls(**kwargs)
+    if jq.dashboard_address is not None:
+        kwargs["scheduler_options"] = {"dashboard_address": jq.dashboard_address}
+    return cls(**kwargs)
+
+
+@contextlib.contextmanager
+def _jobqueue(cfg: ClusterConfig) -> Iterator:
+    from distributed import Client
+
+    jq = cfg.jobqueue
+    cluster = jobqueue_cluster(cfg)
     try:
         cluster.scale(jobs=jq.jobs)
+        _adapt(cluster, cfg)
         with Client(cluster, security=security_from_config(cfg), set_as_default=False) as client:
             log.info("%s: %d job(s) requested", JOBQUEUE_KINDS[jq.kind], jq.jobs)
             _wait_for_workers(client, cfg, f"the {jq.kind} cluster")
