@@ -20,6 +20,7 @@ from dask_em.jobs.config import ClusterConfig, JobError
 
 __all__ = [
     "JOBQUEUE_KINDS",
+    "NoWorkersError",
     "connect",
     "dashboard_link",
     "jobqueue_cluster",
@@ -274,6 +275,8 @@ def connect(cfg: ClusterConfig) -> Iterator:
     JobError
         The scheduler cannot be reached within ``cfg.timeout``, TLS files are missing,
         too few workers joined, or dask-jobqueue is not installed.
+    NoWorkersError
+        The cluster had no worker for ``cfg.workers_timeout`` seconds inside the block.
     """
     kind = cfg.kind
     if kind == "local":
@@ -286,5 +289,69 @@ def connect(cfg: ClusterConfig) -> Iterator:
     # a default client outlives failures (a Client that fails in __init__ stays
     # registered while its exception is alive) and then stops later clients from
     # restoring dask's scheduler setting when they close.
-    with cm as client, client.as_current():
+    with cm as client, client.as_current(), _WorkerWatch(client, cfg.workers_timeout):
         yield client
+
+
+class NoWorkersError(RuntimeError):
+    """Every worker of the cluster was lost (or cut off) for longer than
+    ``cluster.workers_timeout`` during the job; the run's checkpoint is kept."""
+
+
+class _WorkerWatch:
+    """Fail the job when the cluster has had no worker for ``timeout`` seconds.
+
+    Dask would wait for workers forever: a pass whose workers all died, or whose hosts
+    were cut off, hangs (the scheduler's own ``no-workers-timeout`` is off by default,
+    and a scheduler reached by address is not ours to configure). A thread asks the
+    scheduler for its workers every ``poll`` seconds; once there have been none for
+    ``timeout`` seconds it cancels this client's tasks, which ends the pass, and the
+    ``with`` block raises :class:`NoWorkersError` in place of the cancellation.
+    """
+
+    def __init__(self, client, timeout: float, poll: float = 0.5):
+        import threading
+
+        self.client, self.timeout, self.poll = client, timeout, poll
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dask-em-worker-watch", daemon=True)
+
+    def __enter__(self) -> _WorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc is not None and self.fired:
+            raise NoWorkersError(
+                f"no worker left on the cluster for {self.timeout:g} s (all lost or cut "
+                "off); start workers (or raise cluster.workers_timeout), then rerun with "
+                "--resume"
+            ) from None
+
+    def _run(self) -> None:
+        import time
+
+        since = None
+        while not self._stop.wait(self.poll):
+            try:
+                n = len(self.client.nthreads())
+            except Exception:  # the scheduler itself is gone: the pass fails on its own
+                return
+            now = time.monotonic()
+            since = None if n else since or now
+            if since is not None and now - since >= self.timeout:
+                self.fired = True
+                log.debug("no workers for %g s: cancelling the pass", now - since)
+                self._cancel_all()
+                return
+
+    def _cancel_all(self) -> None:
+        from distributed import Future
+
+        # ``Client.cancel`` takes futures, not keys: one per key this client holds (a
+        # running ``dask.compute`` holds its result's) makes the pass raise.
+        futures = [Future(key, self.client) for key in list(self.client.futures)]
+        self.client.cancel(futures, force=True, msg="no worker left on the cluster")

@@ -253,6 +253,8 @@ class ClusterConfig(_Model):
     wait_for_workers: NonNegInt = 1
     """Workers that must be connected before the fit starts (0: do not wait)."""
     workers_timeout: PosFloat = 60.0
+    """Seconds to wait for ``wait_for_workers`` at the start; also, once running, how long
+    the job waits with no worker at all before it fails (keeping its checkpoint)."""
     adapt: AdaptConfig | None = None
     """Adaptive scaling of a local or jobqueue cluster (in workers)."""
 
