@@ -42,6 +42,7 @@ from dask_em.data.writers import (
     write_zarr,
     write_zarrs,
 )
+from dask_em.jobs._blocks import sized_for_cluster
 from dask_em.jobs._fit import _fit
 from dask_em.jobs._outputs import (
     _draw_plots,
@@ -185,10 +186,11 @@ def _run_job(
             # clusters: their workers may see paths this machine does not.
             check_data(config.data)
         with connect(config.cluster) as client:
-            x, w = load_weighted(config.data)
+            data = sized_for_cluster(config.data, config.model, client)
+            x, w = load_weighted(data)
             log.info(
                 "Data: %s, %d rows x %d features, %s, %d chunk(s)",
-                config.data.source,
+                data.source,
                 x.shape[0],
                 x.shape[1],
                 x.dtype,
@@ -197,7 +199,7 @@ def _run_job(
             x = _maybe_persist(x, client, config.model.persist)
             if w is not None:
                 w = _maybe_persist(w, client, config.model.persist)
-            summary = data_summary(config.data, x)
+            summary = data_summary(data, x)
             selection: list = []
             extra = {}
             if config.selection is not None:
