@@ -96,7 +96,9 @@ def measure(a, params, where: str) -> list[dict]:
         threads = a.workers if client is not None else h.cores()
         for blocks in a.blocks:
             chunk = -(-a.rows // blocks)
-            x = h.dask_data(a.rows, a.d, a.k, chunk)
+            # generated in the harness's own blocks (a small block would make a whole one
+            # of those each), then cut into the blocks measured and persisted
+            x = h.dask_data(a.rows, a.d, a.k, h.GEN_BLOCK).rechunk((chunk, a.d))
             if client is not None:
                 x = client.persist(x)
                 from distributed import wait

@@ -22,14 +22,15 @@ def blobs():
 
 
 @contextlib.contextmanager
-def local_cluster_client(dashboards: bool = False):
-    """A client of a LocalCluster of two 1-thread worker processes (nannies restart a
-    killed worker) bound to 127.0.0.1, closed on exit also on failure."""
+def local_cluster_client(dashboards: bool = False, n_workers: int = 2):
+    """A client of a LocalCluster of ``n_workers`` 1-thread worker processes (nannies
+    restart a killed worker) bound to 127.0.0.1, closed on exit also on failure; its
+    cluster is ``client.cluster``."""
     from distributed import Client, LocalCluster
 
     board = "127.0.0.1:0" if dashboards else None
     cluster = LocalCluster(
-        n_workers=2,
+        n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",

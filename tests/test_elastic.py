@@ -12,7 +12,7 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from conftest import THREADS, make_blobs
+from conftest import THREADS, local_cluster_client, make_blobs
 
 from dask_em import GaussianMixture
 from dask_em.jobs.config import ConfigError, load_job
@@ -39,38 +39,24 @@ def _estimator():
 
 def test_workers_added_and_removed_mid_fit_change_nothing():
     import dask.array as da
-    from distributed import Client, LocalCluster
 
     X, _ = make_blobs(n=40_000, d=4, k=3, seed=8)
     x = da.from_array(X, chunks=4_000)
-    cluster = LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        scheduler_port=0,
-        # None would still serve HTTP on every interface (port 8787); keep it local
-        dashboard_address="127.0.0.1:0",
-        worker_dashboard_address="127.0.0.1:0",
-        memory_limit="1GiB",
-    )
-    try:
-        with Client(cluster) as client:
-            reference = _estimator().fit(x)
-            counts: list[int] = []
+    with local_cluster_client(dashboards=True, n_workers=1) as client:
+        cluster = client.cluster
+        reference = _estimator().fit(x)
+        counts: list[int] = []
 
-            def callback(progress):
-                counts.append(len(client.scheduler_info()["workers"]))
-                if progress.iteration == 2:
-                    cluster.scale(3)  # grow: the next passes spread over new workers
-                    client.wait_for_workers(3, timeout=60)
-                elif progress.iteration == 4:
-                    # shrink: retired workers hand their persisted blocks over first
-                    cluster.scale(1)
+        def callback(progress):
+            counts.append(len(client.scheduler_info()["workers"]))
+            if progress.iteration == 2:
+                cluster.scale(3)  # grow: the next passes spread over new workers
+                client.wait_for_workers(3, timeout=60)
+            elif progress.iteration == 4:
+                # shrink: retired workers hand their persisted blocks over first
+                cluster.scale(1)
 
-            elastic = _estimator().fit(x, callback=callback)
-    finally:
-        cluster.close()
+        elastic = _estimator().fit(x, callback=callback)
     assert max(counts) == 3 and counts[-1] == 1, counts
     assert elastic.n_iter_ == reference.n_iter_ == 7
     for name in FITTED:
