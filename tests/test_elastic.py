@@ -12,9 +12,16 @@ import urllib.request
 import numpy as np
 import pytest
 import yaml
-from conftest import THREADS, local_cluster_client, make_blobs
+from conftest import (
+    THREADS,
+    local_cluster_client,
+    make_blobs,
+    shutdown_dask_processes,
+    start_dask_processes,
+)
 
 from dask_em import GaussianMixture
+from dask_em.jobs.cluster import dashboard_link
 from dask_em.jobs.config import ConfigError, load_job
 from dask_em.jobs.runner import run_job
 
@@ -138,3 +145,17 @@ def test_adapt_settings_are_checked(tmp_path, adapt, words):
 def test_adapt_is_refused_for_a_scheduler_address(tmp_path):
     with pytest.raises(ConfigError, match="scaled by whoever started it"):
         _job(tmp_path, {"address": "tcp://127.0.0.1:8786", "adapt": {"maximum": 2}}, "bad")
+
+
+def test_a_remote_scheduler_without_a_dashboard_says_so(tmp_path, caplog):
+    from dask_em.jobs.cluster import connect
+    from dask_em.jobs.config import ClusterConfig
+
+    address, procs = start_dask_processes(tmp_path)  # scheduler with --no-dashboard
+    try:
+        with caplog.at_level(logging.INFO, logger="dask_em"):
+            with connect(ClusterConfig(address=address, timeout=30)) as client:
+                assert dashboard_link(client) is None
+    finally:
+        shutdown_dask_processes(address, procs)
+    assert "Dashboard: not served by this scheduler" in caplog.text

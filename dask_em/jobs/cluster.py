@@ -61,7 +61,8 @@ def dashboard_link(client) -> str | None:
     """The URL of the scheduler's dashboard, or None where it serves none.
 
     For a scheduler reached by address the link uses the host of that address (where this
-    process reached it), not the name the scheduler gives itself.
+    process reached it), not the name the scheduler gives itself, and is given only if
+    the page answers there.
     """
     cluster = getattr(client, "cluster", None)
     if cluster is not None:
@@ -78,7 +79,21 @@ def dashboard_link(client) -> str | None:
     host = get_address_host(client.scheduler.address)
     host = f"[{host}]" if ":" in host else host
     template = dask.config.get("distributed.dashboard.link", "{scheme}://{host}:{port}/status")
-    return template.format(**{**os.environ, "scheme": "http", "host": host, "port": port})
+    link = template.format(**{**os.environ, "scheme": "http", "host": host, "port": port})
+    return link if _serves(f"http://{host}:{port}/status") else None
+
+
+def _serves(url: str, timeout: float = 3.0) -> bool:
+    """Whether the dashboard page answers: a scheduler started with ``--no-dashboard``
+    still reports the HTTP server it keeps for health checks as its "dashboard"."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as page:
+            return page.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def _dashboard(client) -> None:
