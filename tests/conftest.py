@@ -22,20 +22,24 @@ def blobs():
 
 
 @contextlib.contextmanager
-def local_cluster_client(dashboards: bool = False):
-    """A client of a LocalCluster of two 1-thread worker processes (nannies restart a
-    killed worker) bound to 127.0.0.1, closed on exit also on failure."""
+def local_cluster_client(dashboards: bool = False, n_workers: int = 2):
+    """A client of a LocalCluster of ``n_workers`` 1-thread worker processes (nannies
+    restart a killed worker) bound to 127.0.0.1, closed on exit also on failure; its
+    cluster is ``client.cluster``."""
     from distributed import Client, LocalCluster
 
     board = "127.0.0.1:0" if dashboards else None
     cluster = LocalCluster(
-        n_workers=2,
+        n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
         scheduler_port=0,
         dashboard_address=board,
         worker_dashboard_address=board,
+        # Without a dashboard the scheduler still serves HTTP (health, metrics), by
+        # default on port 8787: keep it on a free loopback port too.
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         memory_limit="1GiB",
     )
     try:
@@ -144,10 +148,12 @@ def start_dask_processes(
         stderr=subprocess.DEVNULL,
     )
     scheduler = [*base, "scheduler", "--host", "127.0.0.1", "--port", str(port)]
-    procs = [subprocess.Popen([*scheduler, "--no-dashboard", *extra], **quiet)]
+    # --no-dashboard still starts an HTTP server (health, metrics): on a free loopback port
+    no_board = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
+    procs = [subprocess.Popen([*scheduler, *no_board, *extra], **quiet)]
     for i in range(n_workers):
         worker = [*base, "worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads)]
-        worker += ["--memory-limit", "1GiB", "--no-dashboard", "--name", f"w{i}"]
+        worker += ["--memory-limit", "1GiB", *no_board, "--name", f"w{i}"]
         worker += ["--local-directory", str(Path(work) / f"w{i}"), *extra]
         procs.append(subprocess.Popen(worker, **quiet))
     return address, procs
@@ -204,16 +210,114 @@ def no_global_dask_state():
     assert dask.config.get("scheduler", None) == before
 
 
-def run_cli(args, timeout: float = 300):
-    """``python -m dask_em ARGS`` in a subprocess (this checkout, no stdin): the result."""
+def run_cli(args, timeout: float = 300, env: dict | None = None):
+    """``python -m dask_em ARGS`` in a subprocess (this checkout, no stdin; ``env``: its
+    whole environment, default :func:`project_env`): the result."""
     import subprocess
     import sys
 
     return subprocess.run(
         [sys.executable, "-m", "dask_em", *map(str, args)],
-        env=project_env(),
+        env=env if env is not None else project_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+# ------------------------------------------------------------------ S3-compatible server
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (a free port), for tests that read or write
+    ``s3://`` URLs. Nothing is sent anywhere else: the fake credentials are moto's, the
+    EC2 metadata lookup is off, and the user's own AWS profile files are never read.
+
+    Attributes
+    ----------
+    endpoint_url : str
+        ``http://127.0.0.1:PORT``; give it as ``storage_options={"endpoint_url": ...}``
+        (see :attr:`storage_options`).
+    env : dict of str
+        Variables for a process that talks to the server: fake credentials, region,
+        metadata lookup off, profile files that do not exist. Merge into a subprocess's
+        environment (``{**project_env(), **server.env}``) or use :meth:`environment`.
+    """
+
+    CREDENTIALS = {
+        "AWS_ACCESS_KEY_ID": "dask-em-test-access-key",
+        "AWS_SECRET_ACCESS_KEY": "dask-em-test-SECRET-never-printed",
+    }
+
+    def __init__(self, endpoint_url: str, folder):
+        self.endpoint_url = endpoint_url
+        missing = str(folder / "no-such-aws-file")
+        self.env = {
+            **self.CREDENTIALS,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": missing,
+            "AWS_SHARED_CREDENTIALS_FILE": missing,
+        }
+        self._buckets = 0
+
+    @property
+    def storage_options(self) -> dict:
+        """fsspec options that point s3fs at this server (no credentials in them)."""
+        return {"endpoint_url": self.endpoint_url}
+
+    def without_credentials(self) -> dict:
+        """:attr:`env` less the access key and secret (no other source of them is left)."""
+        return {k: v for k, v in self.env.items() if k not in self.CREDENTIALS}
+
+    @contextlib.contextmanager
+    def environment(self):
+        """This process's ``os.environ`` with :attr:`env` set, restored on exit."""
+        import os
+
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def filesystem(self):
+        """A fresh ``s3fs.S3FileSystem`` on the server, with the fake credentials."""
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            key=self.CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            secret=self.CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            client_kwargs={"endpoint_url": self.endpoint_url},
+            skip_instance_cache=True,
+        )
+
+    def make_bucket(self, prefix: str = "bucket") -> str:
+        """Create a new, empty bucket with a unique name; returns the name."""
+        self._buckets += 1
+        name = f"{prefix}-{self._buckets}"
+        self.filesystem().mkdir(name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A :class:`S3Server`: moto's S3 server on 127.0.0.1, started once per session and
+    stopped at its end (also on failure)."""
+    pytest.importorskip("s3fs", reason="s3fs is not installed (pip install dask-em[test])")
+    server_mod = pytest.importorskip(
+        "moto.server", reason="moto's server is not installed (pip install 'moto[server]')"
+    )
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield S3Server(f"http://127.0.0.1:{port}", tmp_path_factory.mktemp("s3"))
+    finally:
+        server.stop()

@@ -112,7 +112,7 @@ def test_the_statistics_tasks_read_registered_arrays_and_only_those(tmp_path, X)
         return (np.array([block.sum()]),)
 
     fused = tree_reduce(x, chunk, None, fuse_reads=True)
-    assert "em-read-stats" in _stats_keys(fused)
+    assert "em-stats-read" in _stats_keys(fused)
     assert fused.key != tree_reduce(x, chunk, None).key  # one graph may hold both
     # The array's own read tasks are not in the graph: the block is no task result.
     assert not any(isinstance(k, tuple) and k[0] == x.name for k in dict(fused.dask))

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from dask_em.data.base import Source, is_url
+from dask_em.data.base import Source, is_url, storage_error
 from dask_em.data.raw_zarr import RawChunks
 from dask_em.engine._reduce import register_block_reader
 from dask_em.errors import JobError
@@ -205,21 +205,20 @@ class _ArraySource(Source):
         import dask.array as da
         import zarr
 
+        so = self.storage_options if is_url(ref) else None
         try:
-            node = zarr.open(ref, mode="r")
+            node = zarr.open(ref, mode="r", storage_options=so)
             if isinstance(node, zarr.Group):
                 raise JobError(
                     f"{ref} is a zarr group; data.weights needs a single 1-D array",
                     key="data.weights",
                 )
-            return da.from_zarr(ref, chunks=(self.chunk_rows,) + tuple(node.shape[1:]))
+            chunks = (self.chunk_rows,) + tuple(node.shape[1:])
+            return da.from_zarr(ref, chunks=chunks, storage_options=so)
         except JobError:
             raise
         except Exception as exc:  # zarr raises many types for unreadable stores
-            raise JobError(
-                f"cannot open {ref} as .npy or zarr ({type(exc).__name__}: {exc})",
-                key="data.weights",
-            ) from None
+            raise storage_error(exc, ref, ".npy or zarr", key="data.weights") from None
 
 
 class NpySource(_ArraySource):
@@ -293,7 +292,7 @@ class ZarrSource(_ArraySource):
 
     source: Literal["zarr"]
     suffixes: ClassVar[tuple[str, ...]] = (".zarr",)
-    takes: ClassVar[frozenset[str]] = frozenset({"dataset", "synthetic"})
+    takes: ClassVar[frozenset[str]] = frozenset({"dataset", "synthetic", "storage_options"})
 
     def read(self):
         import dask.array as da
@@ -302,16 +301,19 @@ class ZarrSource(_ArraySource):
         if not is_url(self.path) and not Path(self.path).expanduser().exists():
             hint = " (create it with `dask-em make-data JOB.yaml`)" if self.synthetic else ""
             raise JobError(f"file not found: {self.path}{hint}", key="data.path")
+        # A URL's store (and its file system, rebuilt from these options where a task
+        # unpickles it) goes to the workers inside the graph: they read their blocks
+        # from the object store themselves, with credentials from their own environment.
+        so = self.storage_options if is_url(self.path) else None
         try:
-            node = zarr.open(self.path, mode="r")
+            node = zarr.open(self.path, mode="r", storage_options=so)
+            component, arr = self._component(node)
+        except JobError:
+            raise
         except Exception as exc:  # zarr raises many types for unreadable stores
-            raise JobError(
-                f"cannot open {self.path} as zarr ({type(exc).__name__}: {exc})",
-                key="data.path",
-            ) from None
-        component, arr = self._component(node)
+            raise storage_error(exc, self.path, "zarr") from None
         chunks = (self.chunk_rows,) + tuple(arr.shape[1:])
-        x = da.from_zarr(self.path, component=component, chunks=chunks)
+        x = da.from_zarr(self.path, component=component, chunks=chunks, storage_options=so)
         # Same graph, but a block that fails to read (a damaged chunk file) raises a
         # one-line JobError naming the file and rows, instead of the codec's own error.
         rows = _ZarrRows(arr, self.path)

@@ -11,6 +11,7 @@ to the same mapping, and a job to the same fingerprint, whatever its kind.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -28,6 +29,26 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+# Option names that carry a credential (s3fs ``key``/``secret``/``token``, gcsfs ``token``,
+# adlfs ``account_key``/``sas_token``, botocore ``aws_secret_access_key``, ...). A job file
+# is copied into model.json and logs, so these come from the environment or profile
+# files instead; ``profile`` (a profile's *name*) is fine.
+_SECRET_OPTION = re.compile(r"key|secret|token|password|passwd|credential|signature", re.I)
+
+
+def _secret_options(options: Any, at: str = "") -> list[str]:
+    """Dotted names of every option in ``options`` (nested mappings too) that would hold
+    a credential."""
+    found = []
+    if isinstance(options, dict):
+        for name, value in options.items():
+            where = f"{at}.{name}" if at else str(name)
+            if _SECRET_OPTION.search(str(name)):
+                found.append(where)
+            found += _secret_options(value, where)
+    return found
+
+
 class Source(Model):
     """Where the rows come from, and how they are chunked and typed."""
 
@@ -39,6 +60,8 @@ class Source(Model):
     columns: list[str] | None = None
     """parquet/csv: columns to use (default: all, which must then all be numeric)."""
     chunk_rows: PosInt = 250_000
+    """Rows per block. Left out of a job, ``dask-em run`` sizes the blocks for the
+    cluster's threads and the data (scheduling under 5% of a pass); 250,000 elsewhere."""
     dtype: Literal["float64", "float32"] = "float64"
     synthetic: SyntheticSpec | None = None
     """For ``source: synthetic`` the mixture to sample; for ``zarr`` the recipe used by
@@ -48,6 +71,11 @@ class Source(Model):
     of ``columns``; left out of the features when ``columns`` is omitted); for npy/zarr the
     path of a 1-D array file (``.npy`` or zarr), relative like ``path``; for hdf5 a dataset
     in the same file, or such a path. BIC/AIC then use n = the total weight."""
+    storage_options: dict[str, Any] | None = None
+    """For an fsspec URL (``s3://``, ``gs://``, ``https://`` ...; zarr, parquet, csv): the
+    file system's options, e.g. ``{endpoint_url: ..., region_name: ...}`` (fsspec's
+    ``storage_options``). Never credentials: they come from the environment or the usual
+    profile files (``AWS_ACCESS_KEY_ID``, ``~/.aws/credentials`` with ``profile: NAME``)."""
 
     suffixes: ClassVar[tuple[str, ...]] = ()
     """File suffixes that mean this kind (the first is the usual one)."""
@@ -71,6 +99,33 @@ class Source(Model):
         """Raise ValueError where ``data.weights`` cannot name ``value`` for this kind
         (``fields``: the keys validated before it)."""
 
+    @field_validator("path")
+    @classmethod
+    def _no_password_in_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is not None and is_url(value) and urlsplit(value).password is not None:
+            # never echo the URL: the part before '@' is a password
+            raise ValueError(
+                "the URL contains credentials (user:password@); remove them and set them "
+                "in the environment or a profile file"
+            )
+        return value
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        secret = _secret_options(value)
+        if secret:
+            # name the options, never their values
+            raise ValueError(
+                f"{', '.join(secret)} would put a credential in the job file (and so in "
+                "model.json and the logs); set it in the environment (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY, ...) or a profile file and give "
+                "storage_options.profile instead"
+            )
+        return value
+
     @model_validator(mode="after")
     def _fields_for_source(self) -> Source:
         self._check_fields()
@@ -92,6 +147,8 @@ class Source(Model):
             raise ValueError("'columns' is empty; omit it to use every column")
         if self.dataset is not None and "dataset" not in self.takes:
             raise ValueError(f"'dataset' applies to hdf5 and zarr, not {src!r}")
+        if self.storage_options is not None and "storage_options" not in self.takes:
+            raise ValueError(f"'storage_options' applies to zarr, parquet and csv, not {src!r}")
 
     # --------------------------------------------------------------------------- reading
 
@@ -162,6 +219,40 @@ class Source(Model):
         for w in self.weights_files():
             files += _entries(Path(w).expanduser())
         return files
+
+
+def redact(text: str) -> str:
+    """``text`` without the values of credential environment variables (a library's
+    error may quote a request it signed)."""
+    import os
+
+    for name, value in os.environ.items():
+        if value and len(value) >= 4 and _SECRET_OPTION.search(name):
+            text = text.replace(value, "***")
+    return text
+
+
+def storage_error(exc: BaseException, path: str, what: str, key: str = "data.path") -> JobError:
+    """A one-line :class:`JobError` for a failure to open or read ``path`` (``what``: the
+    format tried), saying whether the object is missing, the credentials are, or access
+    was refused. Credential values never appear in it (:func:`redact`)."""
+    name = type(exc).__name__
+    text = redact(" ".join(str(exc).split()))
+    if name in ("NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError"):
+        message = (
+            f"no credentials to read {path}: set them in the environment (e.g. "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) or a profile file "
+            "(data.storage_options.profile)"
+        )
+    elif isinstance(exc, PermissionError):
+        message = f"access to {path} was refused ({text}); check the credentials and the bucket"
+    elif isinstance(exc, FileNotFoundError) or name in ("NoSuchBucket", "NoSuchKey"):
+        message = f"not found: {path} ({text}); check the bucket and the path"
+    elif isinstance(exc, ImportError):
+        message = f"cannot open {path}: {text}"
+    else:
+        message = f"cannot read {path} as {what} ({name}: {text})"
+    return JobError(message, key=key)
 
 
 def _entries(p: Path) -> list[Path]:

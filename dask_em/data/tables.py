@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 import dask
 import numpy as np
 
-from dask_em.data.base import Source, is_url
+from dask_em.data.base import Source, is_url, storage_error
 from dask_em.errors import JobError
 
 __all__ = ["CsvSource", "ParquetSource"]
@@ -26,7 +26,7 @@ __all__ = ["CsvSource", "ParquetSource"]
 class _TableSource(Source):
     """A table's numeric columns; weights are one of its columns."""
 
-    takes: ClassVar[frozenset[str]] = frozenset({"columns"})
+    takes: ClassVar[frozenset[str]] = frozenset({"columns", "storage_options"})
 
     @classmethod
     def _check_weights(cls, value: str, fields: dict) -> None:
@@ -54,6 +54,8 @@ class _TableSource(Source):
         try:
             return self._read_frame()
         except (ValueError, OSError) as exc:
+            if is_url(path) and not isinstance(exc, ValueError):
+                raise storage_error(exc, path, self.source) from None
             # read_csv parses a sample of the first file now; pandas counts lines per block
             checks = self._field_checks()
             bad = _first_bad_line(dask.compute(checks)[0]) if checks else None
@@ -62,6 +64,15 @@ class _TableSource(Source):
             raise JobError(
                 f"cannot read {path} as {self.source} ({exc})", key="data.path"
             ) from None
+        except Exception as exc:  # botocore's own (no credentials), an s3fs import error
+            if not is_url(path):
+                raise
+            raise storage_error(exc, path, self.source) from None
+
+    @property
+    def _options(self) -> dict:
+        """``storage_options`` for fsspec (a URL's; none for local files)."""
+        return dict(self.storage_options or {}) if is_url(self.path) else {}
 
     def _check_weights_column(self, df) -> None:
         import pandas as pd
@@ -123,12 +134,19 @@ class _TableSource(Source):
         # Every partition is parsed here to count its rows: bad rows show up now. A CSV's
         # field counts are checked in the same computation, since pandas fills a short row
         # with NaN, which would pass for missing values.
-        checks = self._field_checks()
+        checks: list = []
         try:
+            checks = self._field_checks()
             sizes, found = dask.compute([dask.delayed(len)(p) for p in df.to_delayed()], checks)
         except ValueError as exc:  # pandas' ParserError, dask's dtype mismatch
             bad = _first_bad_line(dask.compute(checks)[0]) if checks else None
             raise (_csv_line_error(bad) if bad else self._parse_error(exc)) from None
+        except JobError:
+            raise
+        except Exception as exc:  # an object store's: gone, refused, no credentials
+            if not is_url(self.path):
+                raise
+            raise storage_error(exc, self.path, self.source) from None
         bad = _first_bad_line(found)
         if bad is not None:
             raise _csv_line_error(bad)
@@ -184,7 +202,7 @@ class ParquetSource(_TableSource):
     def _read_frame(self):
         import dask.dataframe as dd
 
-        return dd.read_parquet(self.path)
+        return dd.read_parquet(self.path, storage_options=self._options)
 
 
 class CsvSource(_TableSource):
@@ -196,22 +214,22 @@ class CsvSource(_TableSource):
     def _read_frame(self):
         import dask.dataframe as dd
 
-        return dd.read_csv(self.path)
+        return dd.read_csv(self.path, storage_options=self._options)
 
     def _field_checks(self) -> list:
-        return _csv_field_checks(self.path)
+        return _csv_field_checks(self.path, self._options)
 
 
 _CSV_CHECK_BLOCK = 64 * 2**20
 
 
-def _csv_field_checks(path: str) -> list:
+def _csv_field_checks(path: str, storage_options: dict | None = None) -> list:
     """Lazy per-block field counts of every file a CSV path names (see
     :func:`_csv_block_fields`); pass their values to :func:`_first_bad_line`."""
     import fsspec
     from dask import delayed
 
-    fs, _, files = fsspec.get_fs_token_paths(path)
+    fs, _, files = fsspec.get_fs_token_paths(path, storage_options=storage_options)
     out = []
     for f in sorted(files):
         size = fs.size(f)

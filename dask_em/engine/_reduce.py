@@ -151,8 +151,8 @@ def tree_reduce(
         Values added per tree node; default from ``dask.config`` ``split_every`` or
         16 (as ``dask.array``'s reductions): one level for up to 16 blocks.
     prefix : str
-        Task name prefix, so the dashboard shows ``{prefix}-stats`` and
-        ``{prefix}-combine`` tasks.
+        Task name prefix, so the dashboard shows ``{prefix}-stats`` (``{prefix}-stats-read``
+        where blocks are read inside the task) and ``{prefix}-combine`` tasks.
     fuse_reads : bool
         Read each block inside its statistics task when ``x`` has a registered reader
         (:func:`register_block_reader`). Only for a ``chunk`` whose result holds no view
@@ -174,7 +174,7 @@ def tree_reduce(
     # client reschedules them, or hands back the old result without a pass.
     token = uuid.uuid4().hex
     shared_key = f"{prefix}-params-{token}"
-    stats_name = f"{prefix}-{'read-' if reader is not None else ''}stats-{token}"
+    stats_name = f"{prefix}-stats-{'read-' if reader is not None else ''}{token}"
     combine_name = f"{prefix}-combine-{token}"
     root = f"{prefix}-result-{token}"
     offsets = block_offsets(x.chunks[0])

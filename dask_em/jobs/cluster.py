@@ -18,7 +18,15 @@ import dask
 
 from dask_em.jobs.config import ClusterConfig, JobError
 
-__all__ = ["JOBQUEUE_KINDS", "connect", "security_from_config", "use_client"]
+__all__ = [
+    "JOBQUEUE_KINDS",
+    "NoWorkersError",
+    "connect",
+    "dashboard_link",
+    "jobqueue_cluster",
+    "security_from_config",
+    "use_client",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +58,51 @@ def security_from_config(cfg: ClusterConfig):
     return Security(require_encryption=tls.require_encryption, **kwargs)
 
 
-def _dashboard(client) -> None:
+def dashboard_link(client) -> str | None:
+    """The URL of the scheduler's dashboard, or None where it serves none.
+
+    For a scheduler reached by address the link uses the host of that address (where this
+    process reached it), not the name the scheduler gives itself, and is given only if
+    the page answers there.
+    """
+    cluster = getattr(client, "cluster", None)
+    if cluster is not None:
+        return getattr(cluster, "dashboard_link", None) or None
     try:
-        import bokeh  # noqa: F401
-    except ImportError:
-        log.info("Dashboard: not available (pip install bokeh to get it)")
-        return
-    link = client.dashboard_link
+        info = client.scheduler_info()
+        port = info.get("services", {}).get("dashboard")
+    except Exception:  # an old or unusual scheduler: no dashboard to point at
+        return None
+    if not port:
+        return None
+    from distributed.comm import get_address_host
+
+    host = get_address_host(client.scheduler.address)
+    host = f"[{host}]" if ":" in host else host
+    template = dask.config.get("distributed.dashboard.link", "{scheme}://{host}:{port}/status")
+    link = template.format(**{**os.environ, "scheme": "http", "host": host, "port": port})
+    return link if _serves(f"http://{host}:{port}/status") else None
+
+
+def _serves(url: str, timeout: float = 3.0) -> bool:
+    """Whether the dashboard page answers: a scheduler started with ``--no-dashboard``
+    still reports the HTTP server it keeps for health checks as its "dashboard"."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as page:
+            return page.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _dashboard(client) -> None:
+    link = dashboard_link(client)
     if link:
         log.info("Dashboard: %s", link)
+    else:
+        log.info("Dashboard: not served by this scheduler (start it with a dashboard address)")
 
 
 def _wait_for_workers(client, cfg: ClusterConfig, where: str) -> None:
@@ -133,11 +177,13 @@ def _local(cfg: ClusterConfig) -> Iterator:
         del kwargs["host"]
     with worker_environment({"MALLOC_TRIM_THRESHOLD_": lc.malloc_trim_threshold}):
         cluster = LocalCluster(**kwargs)
-    with contextlib.closing(cluster), Client(cluster, set_as_default=False) as client:
-        log.info("Local cluster: %d worker(s) on 127.0.0.1", len(cluster.workers))
-        if lc.dashboard_address is not None:
-            _dashboard(client)
-        yield client
+    with contextlib.closing(cluster):
+        _adapt(cluster, cfg)
+        with Client(cluster, set_as_default=False) as client:
+            log.info("Local cluster: %d worker(s) on 127.0.0.1", len(cluster.workers))
+            if lc.dashboard_address is not None:
+                _dashboard(client)
+            yield client
 
 
 def _open_client(cfg: ClusterConfig, security):
@@ -171,10 +217,26 @@ def _address(cfg: ClusterConfig) -> Iterator:
         yield client
 
 
-@contextlib.contextmanager
-def _jobqueue(cfg: ClusterConfig) -> Iterator:
-    from distributed import Client
+def _adapt(cluster, cfg: ClusterConfig) -> None:
+    """Turn on adaptive scaling where ``cluster.adapt`` asks for it."""
+    if cfg.adapt is None:
+        return
+    a = cfg.adapt
+    cluster.adapt(minimum=a.minimum, maximum=a.maximum, interval=f"{a.interval}s")
+    log.info("Adaptive scaling: %d to %d worker(s)", a.minimum, a.maximum)
 
+
+def jobqueue_cluster(cfg: ClusterConfig):
+    """The dask-jobqueue cluster ``cfg.jobqueue`` describes, no job submitted yet.
+
+    Its ``job_script()`` is the batch script each job runs (one ``dask worker`` command
+    with ``processes`` workers sharing ``cores`` threads and ``memory``).
+
+    Raises
+    ------
+    JobError
+        dask-jobqueue is not installed.
+    """
     jq = cfg.jobqueue
     try:
         import dask_jobqueue
@@ -184,11 +246,22 @@ def _jobqueue(cfg: ClusterConfig) -> Iterator:
             key="cluster.jobqueue",
         ) from None
     cls = getattr(dask_jobqueue, JOBQUEUE_KINDS[jq.kind])
-    kwargs = jq.model_dump(exclude={"kind", "jobs"}, exclude_none=True)
+    kwargs = jq.model_dump(exclude={"kind", "jobs", "dashboard_address"}, exclude_none=True)
     if not kwargs.get("job_extra_directives"):
         kwargs.pop("job_extra_directives", None)
-    with contextlib.closing(cls(**kwargs)) as cluster:
+    if jq.dashboard_address is not None:
+        kwargs["scheduler_options"] = {"dashboard_address": jq.dashboard_address}
+    return cls(**kwargs)
+
+
+@contextlib.contextmanager
+def _jobqueue(cfg: ClusterConfig) -> Iterator:
+    from distributed import Client
+
+    jq = cfg.jobqueue
+    with contextlib.closing(jobqueue_cluster(cfg)) as cluster:
         cluster.scale(jobs=jq.jobs)
+        _adapt(cluster, cfg)
         with Client(cluster, security=security_from_config(cfg), set_as_default=False) as client:
             log.info("%s: %d job(s) requested", JOBQUEUE_KINDS[jq.kind], jq.jobs)
             _wait_for_workers(client, cfg, f"the {jq.kind} cluster")
@@ -208,14 +281,80 @@ def connect(cfg: ClusterConfig) -> Iterator:
     JobError
         The scheduler cannot be reached within ``cfg.timeout``, TLS files are missing,
         too few workers joined, or dask-jobqueue is not installed.
+    NoWorkersError
+        The cluster had no worker for ``cfg.workers_timeout`` seconds inside the block.
     """
     cm = _CONNECT[cfg.kind](cfg)
     # Clients are made with set_as_default=False and made current only inside this block:
     # a default client outlives failures (a Client that fails in __init__ stays
     # registered while its exception is alive) and then stops later clients from
     # restoring dask's scheduler setting when they close.
-    with cm as client, client.as_current():
+    with cm as client, client.as_current(), _WorkerWatch(client, cfg.workers_timeout):
         yield client
+
+
+class NoWorkersError(RuntimeError):
+    """Every worker of the cluster was lost (or cut off) for longer than
+    ``cluster.workers_timeout`` during the job; the run's checkpoint is kept."""
+
+
+class _WorkerWatch:
+    """Fail the job when the cluster has had no worker for ``timeout`` seconds.
+
+    Dask would wait for workers forever: a pass whose workers all died, or whose hosts
+    were cut off, hangs (the scheduler's own ``no-workers-timeout`` is off by default,
+    and a scheduler reached by address is not ours to configure). A thread asks the
+    scheduler for its workers every ``poll`` seconds; once there have been none for
+    ``timeout`` seconds it cancels this client's tasks, which ends the pass, and the
+    ``with`` block raises :class:`NoWorkersError` in place of the cancellation.
+    """
+
+    def __init__(self, client, timeout: float, poll: float = 0.5):
+        import threading
+
+        self.client, self.timeout, self.poll = client, timeout, poll
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dask-em-worker-watch", daemon=True)
+
+    def __enter__(self) -> _WorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc is not None and self.fired:
+            raise NoWorkersError(
+                f"no worker left on the cluster for {self.timeout:g} s (all lost or cut "
+                "off); start workers (or raise cluster.workers_timeout), then rerun with "
+                "--resume"
+            ) from None
+
+    def _run(self) -> None:
+        import time
+
+        since = None
+        while not self._stop.wait(self.poll):
+            try:
+                n = len(self.client.nthreads())
+            except Exception:  # the scheduler itself is gone: the pass fails on its own
+                return
+            now = time.monotonic()
+            since = None if n else since or now
+            if since is not None and now - since >= self.timeout:
+                self.fired = True
+                log.debug("no workers for %g s: cancelling the pass", now - since)
+                self._cancel_all()
+                return
+
+    def _cancel_all(self) -> None:
+        from distributed import Future
+
+        # ``Client.cancel`` takes futures, not keys: one per key this client holds (a
+        # running ``dask.compute`` holds its result's) makes the pass raise.
+        futures = [Future(key, self.client) for key in list(self.client.futures)]
+        self.client.cancel(futures, force=True, msg="no worker left on the cluster")
 
 
 @contextlib.contextmanager

@@ -63,6 +63,7 @@ from dask_em.data.spec import SyntheticSpec
 from dask_em.errors import JobError
 
 __all__ = [
+    "AdaptConfig",
     "ClusterConfig",
     "ConfigError",
     "DataConfig",
@@ -196,8 +197,33 @@ class TLSConfig(_Model):
         return self
 
 
+class AdaptConfig(_Model):
+    """Adaptive scaling (``cluster.adapt``): Dask adds workers while tasks wait and
+    retires idle ones (moving their data first), between ``minimum`` and ``maximum``.
+
+    The fitted numbers do not depend on it: every pass reduces the same blocks in the
+    same tree, wherever they run.
+    """
+
+    minimum: PosInt = 1
+    """At least one worker stays, so the fit never waits for a cold start mid-pass."""
+    maximum: PosInt
+    interval: PosFloat = 1.0
+    """Seconds between scaling decisions."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptConfig:
+        if self.maximum < self.minimum:
+            raise ValueError(f"maximum ({self.maximum}) is below minimum ({self.minimum})")
+        return self
+
+
 class JobqueueConfig(_Model):
-    """An HPC cluster through dask-jobqueue (``pip install dask-em[jobqueue]``)."""
+    """An HPC cluster through dask-jobqueue (``pip install dask-em[jobqueue]``).
+
+    ``cores``/``memory``/``processes`` are per batch job (``processes`` workers share its
+    cores); ``jobs`` are submitted at the start. The scheduler runs in the job's process.
+    """
 
     kind: Literal["slurm", "pbs"]
     cores: PosInt
@@ -209,6 +235,8 @@ class JobqueueConfig(_Model):
     walltime: str | None = None
     interface: str | None = None
     job_extra_directives: list[str] = Field(default_factory=list)
+    dashboard_address: str | None = None
+    """Where the scheduler serves its dashboard (default: dask's, port 8787)."""
 
     _memory = field_validator("memory", mode="before")(_check_memory)
 
@@ -225,6 +253,10 @@ class ClusterConfig(_Model):
     wait_for_workers: NonNegInt = 1
     """Workers that must be connected before the fit starts (0: do not wait)."""
     workers_timeout: PosFloat = 60.0
+    """Seconds to wait for ``wait_for_workers`` at the start; also, once running, how long
+    the job waits with no worker at all before it fails (keeping its checkpoint)."""
+    adapt: AdaptConfig | None = None
+    """Adaptive scaling of a local or jobqueue cluster (in workers)."""
 
     @model_validator(mode="after")
     def _one_target(self) -> ClusterConfig:
@@ -246,6 +278,11 @@ class ClusterConfig(_Model):
                 raise ValueError("with 'tls' the address must start with tls://")
         elif self.tls is not None:
             raise ValueError("'tls' applies to a scheduler 'address' only")
+        if self.adapt is not None and self.address is not None:
+            raise ValueError(
+                "'adapt' applies to local and jobqueue clusters; a scheduler at an "
+                "'address' is scaled by whoever started it"
+            )
         return self
 
     @property

@@ -46,6 +46,7 @@ from dask_em.data.writers import (
     write_zarr,
     write_zarrs,
 )
+from dask_em.jobs._blocks import sized_for_cluster
 from dask_em.jobs._fit import _fit
 from dask_em.jobs._outputs import (
     _draw_plots,
@@ -228,11 +229,13 @@ def _fit_grid(config: JobConfig, x, w, folder: RunFolder, **kw) -> _Fitted:
 
 
 def _load(config: JobConfig, client):
-    """The job's rows and weights, kept in cluster memory per ``model.persist``."""
-    x, w = load_weighted(config.data)
+    """The job's data config (blocks sized for the cluster unless ``data.chunk_rows`` is
+    set), rows and weights, kept in cluster memory per ``model.persist``."""
+    data = sized_for_cluster(config.data, config.model, client)
+    x, w = load_weighted(data)
     log.info(
         "Data: %s, %d rows x %d features, %s, %d chunk(s)",
-        config.data.source,
+        data.source,
         x.shape[0],
         x.shape[1],
         x.dtype,
@@ -241,7 +244,7 @@ def _load(config: JobConfig, client):
     x = _maybe_persist(x, client, config.model.persist)
     if w is not None:
         w = _maybe_persist(w, client, config.model.persist)
-    return x, w
+    return data, x, w
 
 
 def _write_outputs(config: JobConfig, staging: Path, fitted: _Fitted, x, summary) -> None:
@@ -278,8 +281,8 @@ def _run_job(
             check_data(config.data)
         cluster = connect(config.cluster) if client is None else use_client(client)
         with cluster as client:
-            x, w = _load(config, client)
-            summary = data_summary(config.data, x)
+            data, x, w = _load(config, client)
+            summary = data_summary(data, x)
             fitted = fit(
                 config,
                 x,
