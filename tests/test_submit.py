@@ -3,6 +3,8 @@ and two `dask worker` processes on 127.0.0.1: the job runs on the cluster withou
 submitting process, ends with the numbers of `dask-em run`, survives the loss of its
 driver's worker, and stops cleanly when cancelled."""
 
+import contextlib
+import json
 import os
 import signal
 import time
@@ -60,21 +62,47 @@ def _job(folder: Path, name: str = "job", **model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def s3(request):
+    """The session's S3 test server (moto on 127.0.0.1), or None where moto or s3fs is
+    not installed (only the s3:// test then skips)."""
+    try:
+        return request.getfixturevalue("s3_server")
+    except pytest.skip.Exception:
+        return None
+
+
+def _s3_env(s3) -> dict:
+    """The variables a process needs to reach the test server: its fake credentials and,
+    as botocore reads it, the endpoint (never the user's profile or AWS itself)."""
+    return {} if s3 is None else {**s3.env, "AWS_ENDPOINT_URL": s3.endpoint_url}
+
+
+@contextlib.contextmanager
+def _environ(variables: dict):
+    """``os.environ`` with ``variables`` set, restored on exit."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, s3):
     """(address, work folder): a `dask scheduler` and two 1-thread `dask worker`s
-    (with nannies, which restart a killed worker), stopped also on failure."""
+    (with nannies, which restart a killed worker), stopped also on failure. The workers
+    can reach the S3 test server when there is one."""
     from distributed import Client
 
     work = tmp_path_factory.mktemp("submit-cluster")
     # One restart of a task whose worker died, not three: a driver killed twice is given up.
-    saved = os.environ.get(ALLOWED_FAILURES)
-    os.environ[ALLOWED_FAILURES] = "1"
-    try:
+    with _environ({ALLOWED_FAILURES: "1", **_s3_env(s3)}):
         address, procs = start_dask_processes(work, n_workers=2)
-    finally:
-        os.environ.pop(ALLOWED_FAILURES)
-        if saved is not None:
-            os.environ[ALLOWED_FAILURES] = saved
     try:
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
@@ -185,6 +213,38 @@ def test_cancel_mid_run_keeps_the_checkpoint_and_resume_finishes(cluster, refere
     assert any(f"resuming after iteration {kept}" in line for line in lines), lines
     _assert_same(_model(tmp_path / "runs" / "c"), reference)
     assert not staging.exists()
+
+
+def test_output_to_s3_is_published_complete_with_the_marker_last(cluster, reference, s3, tmp_path):
+    """A run folder at s3:// (moto on 127.0.0.1): the numbers of `dask-em run`, exactly
+    the marker's files plus the marker, no staging prefix left, and readers load it."""
+    import dask.array as da
+
+    from dask_em.jobs.runner import load_model
+
+    if s3 is None:
+        pytest.skip("moto's server or s3fs is not installed (pip install dask-em[test])")
+    address, _ = cluster
+    bucket = s3.make_bucket("submit")
+    url = f"s3://{bucket}/runs/t"
+    job_id = submit_job(load_job(_job(tmp_path), scheduler=address, output=url))
+    record = follow_job(address, job_id, on_line=lambda line: None, poll=0.1)
+    assert record["state"] == "finished", describe(record)
+    with _environ(_s3_env(s3)):
+        fs = s3.filesystem()
+        marker = json.loads(fs.cat(f"{bucket}/runs/t/{MARKER}"))
+        assert marker["complete"] and marker["kind"] == "run"
+        listed = {p.split("/runs/t/", 1)[1] for p in fs.find(f"{bucket}/runs/t")}
+        assert listed == {*marker["files"], MARKER}
+        assert not fs.exists(f"{bucket}/runs/.t.partial")
+        model = load_model(url)
+        labels = da.from_zarr(f"{url}/labels.zarr").compute()
+    for key in ("weights", "means", "covariances", "precisions_cholesky"):
+        np.testing.assert_allclose(
+            getattr(model, key + "_"), reference[key], rtol=1e-12, atol=1e-12
+        )
+    np.testing.assert_array_equal(labels, reference["labels"])
+    assert s3.CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in describe(record)
 
 
 def test_driver_worker_killed_mid_run_restarts_from_the_checkpoint(cluster, reference, tmp_path):
