@@ -100,25 +100,6 @@ class RunResult:
     selection: list = field(default_factory=list)
 
 
-def _maybe_persist(x, client, persist) -> Any:
-    """Keep the data in cluster memory for the fit *and* the passes after it.
-
-    Mirrors the estimator's ``persist='auto'`` rule (at most half the workers' memory),
-    so scoring, labels and plots after the fit do not re-read or regenerate the data.
-    """
-    if persist is False:
-        return x
-    if persist == "auto":
-        try:
-            info = client.scheduler_info(n_workers=-1)
-        except TypeError:  # distributed before n_workers= listed every worker anyway
-            info = client.scheduler_info()
-        limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
-        if not limits or not all(limits) or x.nbytes > 0.5 * sum(limits):
-            return x
-    return client.persist(x)
-
-
 def run_job(
     config: JobConfig,
     *,
@@ -194,9 +175,13 @@ def _run_job(
                 x.dtype,
                 len(x.chunks[0]),
             )
-            x = _maybe_persist(x, client, config.model.persist)
+            from dask_em.mixture._base import place_data
+
+            # Kept in cluster memory for the fit *and* the passes after it (scores,
+            # labels, plots), by the estimator's own placement rule.
+            x = place_data(x, config.model.persist, from_numpy=False, client=client)
             if w is not None:
-                w = _maybe_persist(w, client, config.model.persist)
+                w = place_data(w, config.model.persist, from_numpy=False, client=client)
             summary = data_summary(config.data, x)
             selection: list = []
             extra = {}
