@@ -10,8 +10,20 @@ from dask_em.engine import _math
 from dask_em.engine._stats import SuffStats
 
 
+class ComponentShape:
+    """``n_components`` and ``n_features`` from a ``means`` attribute of shape (K, d)."""
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+
 @dataclass(frozen=True, eq=False)
-class MixtureParams:
+class MixtureParams(ComponentShape):
     """Parameters of one Gaussian mixture.
 
     Attributes
@@ -29,14 +41,6 @@ class MixtureParams:
     covariances: np.ndarray | None
     precisions_cholesky: np.ndarray
     covariance_type: str
-
-    @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
 
     @property
     def center(self) -> np.ndarray:

@@ -362,6 +362,12 @@ class BaseMixture(DensityMixin, BaseEstimator):
         "compute_dtype": [StrOptions(set(COMPUTE_DTYPES))],
     }
 
+    def _store_params(self, values: dict) -> None:
+        """Keep every ``__init__`` argument unchanged (scikit-learn's rule for estimators;
+        checking them is ``fit``'s)."""
+        for name in self._get_param_names():
+            setattr(self, name, values[name])
+
     @property
     def _missing_mode(self) -> str:
         return getattr(self, "missing", "error")

@@ -151,24 +151,7 @@ class GaussianMixture(BaseMixture):
         missing="error",
         compute_dtype="auto",
     ):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.means_init = means_init
-        self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.verbose_interval = verbose_interval
-        self.persist = persist
-        self.split_every = split_every
-        self.missing = missing
-        self.compute_dtype = compute_dtype
+        self._store_params(locals())
 
     # ----------------------------------------------------------------------------------
     # The model: maximum-likelihood EM from given or drawn starts
