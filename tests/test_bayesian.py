@@ -20,22 +20,13 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from dask_em import BayesianGaussianMixture
 from dask_em.engine import _em
+from dask_em.mixture._bayesian import WARM_START_ATTRIBUTES
 from tests.test_sklearn_compat import expected_failed_checks
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
 # What one iteration of scikit-learn leaves, and what ours is started from.
-STATE = (
-    "weight_concentration_",
-    "mean_precision_",
-    "means_",
-    "degrees_of_freedom_",
-    "covariances_",
-    "precisions_cholesky_",
-    "converged_",
-    "lower_bound_",
-    "n_features_in_",
-)
+STATE = WARM_START_ATTRIBUTES
 FITTED = (
     "weights_",
     "means_",

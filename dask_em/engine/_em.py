@@ -19,8 +19,11 @@ from dask_em.engine._errors import StartError
 from dask_em.engine._params import GAUSSIAN, GaussianEM, MixtureParams
 from dask_em.engine._reduce import compute_pass
 from dask_em.engine._stats import block_statistics, compute_dtype_for
+from dask_em.engine._variational import BayesianParams
 
 COMPUTE_DTYPES = ("auto", "float32", "float64")
+# What a Bayesian mixture's parameters hold besides a Gaussian mixture's (checkpoints).
+_VARIATIONAL_FIELDS = ("weight_concentration", "mean_precision", "degrees_of_freedom")
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,11 @@ class EMProgress:
             out[p + "precisions_cholesky"] = c.params.precisions_cholesky
             if c.params.covariances is not None:
                 out[p + "covariances"] = c.params.covariances
+            for name in _VARIATIONAL_FIELDS:  # a Bayesian mixture's other factors
+                if hasattr(c.params, name):
+                    out[p + name] = np.asarray(getattr(c.params, name))
+            if hasattr(c.params, "prior_type"):
+                out[p + "prior_type"] = np.asarray(c.params.prior_type)
             out[p + "lower_bounds"] = np.asarray(c.lower_bounds, dtype=np.float64)
             out[p + "converged"] = np.asarray(c.converged)
             out[p + "active"] = np.asarray(c.active)
@@ -111,13 +119,24 @@ class EMProgress:
             ct = (
                 str(arrays[p + "covariance_type"]) if p + "covariance_type" in arrays else cov_type
             )
-            params = MixtureParams(
-                np.asarray(arrays[p + "weights"]),
-                np.asarray(arrays[p + "means"]),
-                np.asarray(arrays[p + "covariances"]) if p + "covariances" in arrays else None,
-                np.asarray(arrays[p + "precisions_cholesky"]),
-                ct,
-            )
+            if p + "prior_type" in arrays:
+                params = BayesianParams(
+                    *(np.asarray(arrays[p + name]) for name in _VARIATIONAL_FIELDS[:2]),
+                    np.asarray(arrays[p + "means"]),
+                    np.asarray(arrays[p + "degrees_of_freedom"]),
+                    np.asarray(arrays[p + "covariances"]),
+                    np.asarray(arrays[p + "precisions_cholesky"]),
+                    ct,
+                    str(arrays[p + "prior_type"]),
+                )
+            else:
+                params = MixtureParams(
+                    np.asarray(arrays[p + "weights"]),
+                    np.asarray(arrays[p + "means"]),
+                    np.asarray(arrays[p + "covariances"]) if p + "covariances" in arrays else None,
+                    np.asarray(arrays[p + "precisions_cholesky"]),
+                    ct,
+                )
             cands.append(
                 CandidateState(
                     int(arrays[p + "index"]),

@@ -16,10 +16,11 @@ from dask_em.jobs.config import JobError
 log = logging.getLogger("dask_em.jobs.runner")
 
 
-def _estimator(params: dict):
-    from dask_em import GaussianMixture
+def _estimator(params: dict, kind: str = "gaussian"):
+    from dask_em import BayesianGaussianMixture, GaussianMixture
 
-    return GaussianMixture(**params)
+    cls = BayesianGaussianMixture if kind == "bayesian" else GaussianMixture
+    return cls(**params)
 
 
 def _fit(
@@ -32,8 +33,9 @@ def _fit(
     hook: Callable | None,
     label: str = "",
     sample_weight=None,
+    kind: str = "gaussian",
 ):
-    gm = _estimator(params)
+    gm = _estimator(params, kind)
     progress, history = None, {}
     if resume and checkpoint is not None and checkpoint.is_file():
         progress, history = _read_checkpoint(checkpoint, fingerprint)

@@ -219,6 +219,7 @@ def _run_job(
                     fingerprint=fingerprint,
                     hook=on_iteration,
                     sample_weight=w,
+                    kind=config.model.kind,
                 )
             stores = {}
             if out.labels:
@@ -228,7 +229,8 @@ def _run_job(
             if config.selection is None:
                 # labels, probabilities and the score share one read of the data
                 terms = write_zarrs(stores, overwrite=True, also=_score_terms(gm, x, w))
-                metrics = _metrics(gm, history, _scores(gm, x, terms, w), secs)
+                scores = _scores(gm, x, terms, w)
+                metrics = _metrics(gm, history, scores, secs, config.model.weight_threshold)
             else:
                 write_zarrs(stores, overwrite=True)
             log.info(
@@ -275,7 +277,8 @@ def _keep_or_clean(folder: RunFolder) -> None:
 
 
 def load_model(path: str | Path):
-    """A fitted ``GaussianMixture`` from ``model.npz`` or a run folder holding one.
+    """A fitted ``GaussianMixture`` or ``BayesianGaussianMixture`` from ``model.npz`` or a
+    run folder holding one.
 
     Raises
     ------
@@ -283,14 +286,15 @@ def load_model(path: str | Path):
         Missing file, or arrays that are not a fitted model (object arrays are never
         unpickled).
     """
-    from dask_em import GaussianMixture
+    from dask_em import BayesianGaussianMixture, GaussianMixture
 
     path = Path(path)
     if path.is_dir():
         path = path / "model.npz"
     arrays = load_npz(path)
+    cls = BayesianGaussianMixture if "weight_concentration" in arrays else GaussianMixture
     try:
-        return GaussianMixture.from_fitted_arrays(arrays)
+        return cls.from_fitted_arrays(arrays)
     except (KeyError, ValueError, TypeError) as exc:
         raise JobError(f"not a dask-em model file ({exc})", file=path) from None
 
@@ -461,16 +465,16 @@ def model_info(path: str | Path) -> dict:
     """Summary of a fitted model file or run folder (what ``dask-em info`` prints)."""
     path = Path(path)
     gm = load_model(path)
-    info = _model_summary(gm)
+    metrics_file = (path if path.is_dir() else path.parent) / "metrics.json"
+    m = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    info = _model_summary(gm, m.get("weight_threshold"))
     info["file"] = str(path / "model.npz" if path.is_dir() else path)
     params = gm.get_params()
     info["parameters"] = {
         k: params[k]
         for k in ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state")
     }
-    metrics = (path if path.is_dir() else path.parent) / "metrics.json"
-    if metrics.is_file():
-        m = json.loads(metrics.read_text())
+    if m:
         info.update({k: m.get(k) for k in ("bic", "aic", "n_samples")})
     return info
 

@@ -23,6 +23,21 @@ from dask_em.mixture._validation import _check_shape
 
 _POSITIVE = Interval(Real, 0.0, None, closed="neither")
 
+# What ``warm_start`` continues from: the variational parameters (those scikit-learn's
+# ``_get_parameters`` returns) and the fit's record. Setting these by hand (e.g. from a
+# scikit-learn model) and fitting with ``warm_start=True`` continues from them.
+WARM_START_ATTRIBUTES = (
+    "weight_concentration_",
+    "mean_precision_",
+    "means_",
+    "degrees_of_freedom_",
+    "covariances_",
+    "precisions_cholesky_",
+    "converged_",
+    "lower_bound_",
+    "n_features_in_",
+)
+
 
 class BayesianGaussianMixture(BaseMixture):
     """Variational Bayesian Gaussian mixture fitted with one pass over the data per
@@ -309,4 +324,4 @@ def data_moments(data: FitData, covariance_type: str, split_every=None):
     return mean, (float(var.mean()) if covariance_type == "spherical" else var)
 
 
-__all__ = ["BayesianGaussianMixture"]
+__all__ = ["WARM_START_ATTRIBUTES", "BayesianGaussianMixture"]
