@@ -106,6 +106,21 @@ def test_settings_of_the_other_kind_are_refused(tmp_path, model, words):
     assert_bad_input(invoke("validate", path), *words)
 
 
+@pytest.mark.parametrize(
+    ("model", "key"),
+    [
+        ({"mean_prior": [0.0, 0.0, 0.0]}, "model.mean_prior"),
+        ({"covariance_prior": [[1.0, 0.0], [0.0, -1.0]]}, "model.covariance_prior"),
+        ({"covariance_prior": [1.0, 2.0, 3.0]}, "model.covariance_prior"),
+        ({"degrees_of_freedom_prior": 0.5}, "model.degrees_of_freedom_prior"),
+    ],
+)
+def test_bad_priors_name_their_setting(tmp_path, model, key):
+    with pytest.raises(JobError) as info:
+        run_job(_bayes_job(tmp_path, **model))
+    assert info.value.key == key
+
+
 def test_bayesian_with_selection_is_refused(tmp_path):
     path = job_file(tmp_path, model=BAYES, selection={"n_components": [1, 2]})
     with pytest.raises(JobError, match="model.kind: gaussian"):

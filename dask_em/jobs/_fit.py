@@ -47,7 +47,7 @@ def _fit(
         try:
             gm.fit(x, sample_weight=sample_weight, callback=callback, resume=progress)
         except ValueError as exc:
-            raise _job_error(exc, params.get("missing", "error")) from exc
+            raise _job_error(exc, params.get("missing", "error"), kind) from exc
     for w in caught:
         if issubclass(w.category, UserWarning):
             log.warning("%s%s", label, w.message)
@@ -68,18 +68,34 @@ _INIT_ARRAY_KEYS = {
 }
 
 
-def _job_error(exc: ValueError, missing: str) -> JobError:
+# The Bayesian estimator's prior checks (scikit-learn's messages): the setting each names.
+_PRIOR_NAMES = re.compile(
+    r"parameter '(means)'|(covariance_prior)|'(?:full|tied|diag) (precision)'"
+    r"|'(degrees_of_freedom_prior)'"
+)
+_PRIOR_KEYS = {
+    "means": "mean_prior",
+    "covariance_prior": "covariance_prior",
+    "precision": "covariance_prior",
+    "degrees_of_freedom_prior": "degrees_of_freedom_prior",
+}
+
+
+def _job_error(exc: ValueError, missing: str, kind: str = "gaussian") -> JobError:
     """The estimator's input checks speak in terms of its parameters/data; attach the
     config section so the one-line message says where to fix it."""
     from dask_em import NonFiniteError
 
     message, key = str(exc), "model"
+    names, keys = _INIT_ARRAY_NAMES, _INIT_ARRAY_KEYS
+    if kind == "bayesian":
+        names, keys = _PRIOR_NAMES, _PRIOR_KEYS
     if "sample_weight" in message:
         message, key = message.replace("sample_weight", "the weights"), "data.weights"
-    elif match := _INIT_ARRAY_NAMES.search(message):
-        # scikit-learn's messages name the initial arrays its own way ('means',
-        # 'full precision', ...); the key says which setting of the job it is.
-        key = "model." + _INIT_ARRAY_KEYS[next(name for name in match.groups() if name)]
+    elif match := names.search(message):
+        # scikit-learn's messages name the initial arrays and priors its own way
+        # ('means', 'full precision', ...); the key says which setting of the job it is.
+        key = "model." + keys[next(name for name in match.groups() if name)]
     elif isinstance(exc, NonFiniteError) and exc.kind == "input" and missing == "error":
         message = message.rstrip().rstrip(".") + ", or set model.missing: em."
     return JobError(message, key=key)

@@ -19,7 +19,7 @@ from dask_em.engine._stats import responsibility_statistics
 from dask_em.engine._variational import PRIOR_TYPES, BayesianEM, BayesianParams, Priors
 from dask_em.init._kmeans import reference_point
 from dask_em.mixture._base import BaseMixture, FitData, float_arrays
-from dask_em.mixture._validation import _check_shape
+from dask_em.mixture._validation import _check_shape, check_precisions_init
 
 _POSITIVE = Interval(Real, 0.0, None, closed="neither")
 
@@ -167,8 +167,6 @@ class BayesianGaussianMixture(BaseMixture):
                 f"should be greater than {d - 1}, but got {dof:.3f}."
             )
         if self.covariance_prior is not None and ct != "spherical":
-            from dask_em.mixture._validation import check_precisions_init
-
             # The same checks as a precision matrix (scikit-learn's, and its names).
             shape = (d, d) if ct in ("full", "tied") else (d,)
             cov = _sk_check_array(
