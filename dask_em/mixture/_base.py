@@ -455,18 +455,12 @@ class BaseMixture(DensityMixin, BaseEstimator):
         state = run_em(
             data.x,
             starts,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            reg_covar=self.reg_covar,
-            eps=data.eps,
-            weights=data.weights,
-            split_every=self.split_every,
+            **self._run_settings(data),
             initial_lower_bounds=initial,
             resume=resume,
             callback=callback,
             log_level=logging.INFO if self.verbose else logging.DEBUG,
             log_interval=self.verbose_interval if self.verbose else 1,
-            kernel=em_kernel(missing == "em", data.x.dtype, self.compute_dtype),
             model=model,
         )
         best = best_candidate(state)
@@ -478,6 +472,18 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 stacklevel=4,  # _fit, fit, its validating wrapper, the caller
             )
         record_result(self, best, state, d, data.n_skipped)
+
+    def _run_settings(self, data: FitData) -> dict:
+        """:func:`run_em`'s settings from this estimator's parameters, for ``data``."""
+        return dict(
+            tol=self.tol,
+            max_iter=self.max_iter,
+            reg_covar=self.reg_covar,
+            eps=data.eps,
+            weights=data.weights,
+            split_every=self.split_every,
+            kernel=em_kernel(self._missing_mode == "em", data.x.dtype, self.compute_dtype),
+        )
 
     def _check_parameters(self, n_features):
         """Checks of the subclass's own parameters against the data's width."""

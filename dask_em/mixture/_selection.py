@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from dask_em.engine import _math, _missing
-from dask_em.engine._em import CandidateState, EMProgress, best_candidate, em_kernel, run_em
+from dask_em.engine._em import CandidateState, EMProgress, best_candidate, run_em
 from dask_em.engine._errors import raise_non_finite
 from dask_em.engine._reduce import compute_pass
 from dask_em.engine._stats import log_prob_block
@@ -284,15 +284,9 @@ def _run_grid(data: FitData, starts, failures, resume, on_iteration, proto, log_
         failures,
         resume=None if resume is None else resume.progress,
         callback=on_iteration,
-        tol=proto.tol,
-        max_iter=proto.max_iter,
-        reg_covar=proto.reg_covar,
-        eps=data.eps,
-        weights=data.weights,
-        split_every=proto.split_every,
+        **proto._run_settings(data),
         log_level=log_level,
         log_interval=1,
-        kernel=em_kernel(proto.missing == "em", data.x.dtype, proto.compute_dtype),
     )
 
 
