@@ -100,6 +100,17 @@ class RunResult:
     selection: list = field(default_factory=list)
 
 
+def _place(x, w, persist, client):
+    """The data and weights kept in cluster memory for the fit *and* the passes after it
+    (scores, labels, plots), by the estimators' own placement rule."""
+    from dask_em.mixture._base import place_data
+
+    x = place_data(x, persist, from_numpy=False, client=client)
+    if w is not None:
+        w = place_data(w, persist, from_numpy=False, client=client)
+    return x, w
+
+
 def run_job(
     config: JobConfig,
     *,
@@ -175,13 +186,7 @@ def _run_job(
                 x.dtype,
                 len(x.chunks[0]),
             )
-            from dask_em.mixture._base import place_data
-
-            # Kept in cluster memory for the fit *and* the passes after it (scores,
-            # labels, plots), by the estimator's own placement rule.
-            x = place_data(x, config.model.persist, from_numpy=False, client=client)
-            if w is not None:
-                w = place_data(w, config.model.persist, from_numpy=False, client=client)
+            x, w = _place(x, w, config.model.persist, client)
             summary = data_summary(config.data, x)
             selection: list = []
             extra = {}
