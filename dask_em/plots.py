@@ -138,12 +138,15 @@ def plot_lower_bound(
     return _png(fig)
 
 
-def plot_data(model, sample: np.ndarray, title: str = "") -> bytes:
+def plot_data(model, sample: np.ndarray, title: str = "", pruned=()) -> bytes:
     """The fitted mixture over a sample of rows.
 
     1-D: histogram and mixture density. 2-D: density contours (negative log-likelihood)
     over the points. d > 2: points projected on the mixture's first two principal axes,
     coloured by component, with each component's 2-sigma ellipse.
+
+    ``pruned``: indices of components to mark as pruned (a Bayesian mixture's components
+    with negligible weight): grey, dashed, and named in the legend and title.
     """
     from matplotlib.colors import LogNorm
 
@@ -183,7 +186,9 @@ def plot_data(model, sample: np.ndarray, title: str = "") -> bytes:
             format="%.3g",
         )
         ax.scatter(sample[:, 0], sample[:, 1], s=2, c="k", alpha=0.35, lw=0)
-        ax.scatter(means[:, 0], means[:, 1], marker="x", s=60, c="C3")
+        kept = np.setdiff1d(np.arange(k), pruned)
+        ax.scatter(means[kept, 0], means[kept, 1], marker="x", s=60, c="C3")
+        _mark_pruned(ax, means[list(pruned), :2] if len(pruned) else None)
         ax.set_xlabel("x0")
         ax.set_ylabel("x1")
     else:
@@ -202,16 +207,42 @@ def plot_data(model, sample: np.ndarray, title: str = "") -> bytes:
             lw=0,
         )
         for j in range(k):
+            if j in pruned:
+                continue
             color = f"C{j % 10}"
             m2 = (means[j] - center) @ axes
             _ellipse(ax, m2, axes.T @ covs[j] @ axes, color)
             ax.plot(*m2, marker="x", color=color, ms=8)
+        _mark_pruned(ax, (means[list(pruned)] - center) @ axes if len(pruned) else None)
         total = float(weights @ (np.trace(covs, axis1=1, axis2=2) + (means**2).sum(axis=1)))
         share = variances / max(total - float(center @ center), 1e-300)
         ax.set_xlabel(f"PC 1 ({share[0]:.0%} of variance)")
         ax.set_ylabel(f"PC 2 ({share[1]:.0%} of variance)")
-    ax.set_title(title or f"{k} components, {model.covariance_type} covariance, d={d}")
+    default = f"{k} components, {model.covariance_type} covariance, d={d}"
+    if len(pruned):
+        default = (
+            f"{k - len(pruned)} of {k} components ({len(pruned)} pruned), "
+            + default[default.index(",") + 2 :]
+        )
+    ax.set_title(title or default)
     return _png(fig)
+
+
+def _mark_pruned(ax, points) -> None:
+    """Pruned components' means (rows of ``points``, 2-D) as grey open circles."""
+    if points is None:
+        return
+    ax.scatter(
+        points[:, 0],
+        points[:, 1],
+        marker="o",
+        s=50,
+        facecolors="none",
+        edgecolors="0.5",
+        linestyles="dashed",
+        label="pruned (weight below threshold)",
+    )
+    ax.legend(loc="best", fontsize="small")
 
 
 def plot_selection(rows: Sequence[Mapping[str, Any]], criterion: str) -> bytes:

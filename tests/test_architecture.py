@@ -50,11 +50,8 @@ ALLOWED_NAMES = {"data": {("dask_em.engine._reduce", "register_block_reader")}}
 # Offenders that others are cleaning up (issue #19); remove an entry once it is fixed.
 KNOWN_LONG_FUNCTIONS = {
     "dask_em/engine/_em.py::run_em",
-    "dask_em/mixture/_selection.py::select_model",
 }
-KNOWN_LONG_MODULES = {
-    "dask_em/mixture/_selection.py",
-}
+KNOWN_LONG_MODULES: set[str] = set()
 
 
 def _modules():

@@ -82,7 +82,7 @@ def test_distributed_numpy_input_is_scattered_once(blobs, client):
 def test_numpy_blocks_are_spread_evenly_over_the_workers_with_their_weights(client):
     from collections import Counter
 
-    from dask_em.mixture._gaussian import _prepare_data
+    from dask_em.mixture._base import place_data as _prepare_data
 
     X, _ = make_blobs(n=1300, seed=2)
     w = np.linspace(0.5, 1.5, X.shape[0])
@@ -413,7 +413,7 @@ def test_m_step_runs_with_blas_at_one_thread(blobs, monkeypatch):
     """OpenBLAS threads spin after a threaded call and take cores from the next pass."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from dask_em.engine import _em
+    from dask_em.engine import _params as _em  # GaussianEM.m_step calls it
 
     seen = []
     real = _em.m_step

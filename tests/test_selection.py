@@ -12,7 +12,7 @@ from sklearn.mixture import GaussianMixture as SKGaussianMixture
 from dask_em import ConvergenceWarning, GaussianMixture, select_model
 from dask_em.engine import _em as em_module
 from dask_em.init._init import from_arrays
-from dask_em.mixture import _selection as selection_module
+from dask_em.mixture import _base as base_module
 from dask_em.mixture._selection import (
     TABLE_COLUMNS,
     SelectionProgress,
@@ -301,7 +301,7 @@ def test_interrupted_grid_resumes_to_the_uninterrupted_result(full_truth, tmp_pa
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(em_module, "em_pass", counting)
         # no initialisation passes on resume: make_starts must not run
-        mp.setattr(selection_module, "make_starts", None)
+        mp.setattr(base_module, "make_starts", None)
         resumed = _select(X, *args, resume=state, **kw)
     assert len(passes) == max(r["n_iter"] for r in full.table) - 2
     assert_same_selection(resumed, full)
@@ -339,14 +339,14 @@ def test_a_start_dropped_during_em_stays_dropped_after_resume(blobs, monkeypatch
     doomed = from_arrays(
         np.array([0.5, 0.5]), np.array([X0.mean(0), [40.0] * 3]), np.stack([np.eye(3)] * 2), "full"
     )
-    real = selection_module.make_starts
+    real = base_module.make_starts
 
     def with_a_doomed_start(*args, **kw):
         out = real(*args, **kw)
         out[1] = [doomed]
         return out
 
-    monkeypatch.setattr(selection_module, "make_starts", with_a_doomed_start)
+    monkeypatch.setattr(base_module, "make_starts", with_a_doomed_start)
     args = ([1, 2], ["full"])
     kw = dict(reg_covar=0.0, random_state=0, max_iter=5, tol=0.0)
     full = _select(X, *args, **kw)

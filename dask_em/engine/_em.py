@@ -16,11 +16,14 @@ import numpy as np
 
 from dask_em.engine._blas import single_threaded_blas
 from dask_em.engine._errors import StartError
-from dask_em.engine._params import MixtureParams, m_step
+from dask_em.engine._params import GAUSSIAN, GaussianEM, MixtureParams
 from dask_em.engine._reduce import compute_pass
 from dask_em.engine._stats import block_statistics, compute_dtype_for
+from dask_em.engine._variational import BayesianParams
 
 COMPUTE_DTYPES = ("auto", "float32", "float64")
+# What a Bayesian mixture's parameters hold besides a Gaussian mixture's (checkpoints).
+_VARIATIONAL_FIELDS = ("weight_concentration", "mean_precision", "degrees_of_freedom")
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,11 @@ class EMProgress:
             out[p + "precisions_cholesky"] = c.params.precisions_cholesky
             if c.params.covariances is not None:
                 out[p + "covariances"] = c.params.covariances
+            for name in _VARIATIONAL_FIELDS:  # a Bayesian mixture's other factors
+                if hasattr(c.params, name):
+                    out[p + name] = np.asarray(getattr(c.params, name))
+            if hasattr(c.params, "prior_type"):
+                out[p + "prior_type"] = np.asarray(c.params.prior_type)
             out[p + "lower_bounds"] = np.asarray(c.lower_bounds, dtype=np.float64)
             out[p + "converged"] = np.asarray(c.converged)
             out[p + "active"] = np.asarray(c.active)
@@ -111,13 +119,24 @@ class EMProgress:
             ct = (
                 str(arrays[p + "covariance_type"]) if p + "covariance_type" in arrays else cov_type
             )
-            params = MixtureParams(
-                np.asarray(arrays[p + "weights"]),
-                np.asarray(arrays[p + "means"]),
-                np.asarray(arrays[p + "covariances"]) if p + "covariances" in arrays else None,
-                np.asarray(arrays[p + "precisions_cholesky"]),
-                ct,
-            )
+            if p + "prior_type" in arrays:
+                params = BayesianParams(
+                    *(np.asarray(arrays[p + name]) for name in _VARIATIONAL_FIELDS[:2]),
+                    np.asarray(arrays[p + "means"]),
+                    np.asarray(arrays[p + "degrees_of_freedom"]),
+                    np.asarray(arrays[p + "covariances"]),
+                    np.asarray(arrays[p + "precisions_cholesky"]),
+                    ct,
+                    str(arrays[p + "prior_type"]),
+                )
+            else:
+                params = MixtureParams(
+                    np.asarray(arrays[p + "weights"]),
+                    np.asarray(arrays[p + "means"]),
+                    np.asarray(arrays[p + "covariances"]) if p + "covariances" in arrays else None,
+                    np.asarray(arrays[p + "precisions_cholesky"]),
+                    ct,
+                )
             cands.append(
                 CandidateState(
                     int(arrays[p + "index"]),
@@ -179,14 +198,14 @@ def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
     )
 
 
-def _checked_m_step(stats, reg_covar, eps, start, iteration) -> MixtureParams:
+def _checked_m_step(model, stats, reg_covar, eps, start, iteration):
     """The M-step of one start; its failure is a :class:`StartError` naming the start."""
     try:
         # The M-step's matrices are tiny; with BLAS threads, OpenBLAS's idle threads
         # spin on after it and took cores from the next pass (measured: N=1e6, d=16,
         # K=8 iterations ~10% slower, median of 33).
         with single_threaded_blas():
-            params = m_step(stats, reg_covar, eps)
+            params = model.m_step(stats, reg_covar, eps)
     except ValueError as exc:
         raise StartError.at(str(exc), start, iteration) from None
     if not params.is_finite():
@@ -212,6 +231,7 @@ def run_em(
     log_interval: int = 1,
     kernel=None,
     on_start_error: str = "raise",
+    model: GaussianEM = GAUSSIAN,
 ) -> EMProgress:
     """Run EM from several starts together, one pass over ``x`` per iteration.
 
@@ -244,6 +264,9 @@ def run_em(
         A start whose M-step fails (or gives non-finite parameters) raises
         :class:`StartError`, or is stopped with the error in its ``error`` and the
         others go on (their numbers are those of a run without it).
+    model : GaussianEM or alike, default maximum-likelihood Gaussian
+        The model's E-step parameters, M-step and lower bound (see
+        :class:`dask_em.engine._params.GaussianEM`); ``starts`` are its parameters.
 
     Returns
     -------
@@ -271,22 +294,22 @@ def run_em(
         t0 = time.perf_counter()
         stats = em_pass(
             x,
-            [cands[i].params for i in live],
+            [model.e_step_params(cands[i].params) for i in live],
             weights=weights,
             split_every=split_every,
             kernel=kernel,
         )
         for i, st in zip(live, stats, strict=True):
             c = cands[i]
-            lower_bound = st.loglik / st.weight_total
             try:
-                new_params = _checked_m_step(st, reg_covar, eps, c.index, iteration)
+                new_params = _checked_m_step(model, st, reg_covar, eps, c.index, iteration)
             except StartError as exc:
                 if on_start_error == "raise":
                     raise
                 logger.warning("start %d dropped: %s", c.index, exc)
                 cands[i] = replace(c, active=False, converged=False, error=exc)
                 continue
+            lower_bound = model.lower_bound(st, c.params, new_params)
             change = lower_bound - prev[i]
             prev[i] = lower_bound
             converged = abs(change) < tol

@@ -83,7 +83,9 @@ class ParameterValueError(ValueError):
 
     Attributes
     ----------
-    parameter : {'sample_weight', 'weights_init', 'means_init', 'precisions_init'}
+    parameter : str
+        One of 'sample_weight', 'weights_init', 'means_init', 'precisions_init' or a prior of
+        ``BayesianGaussianMixture`` ('mean_prior', 'covariance_prior', 'degrees_of_freedom_prior').
         The parameter whose value is invalid, whatever name the message uses for it
         (scikit-learn's checks say 'weights', 'means' or 'full precision').
     """

@@ -10,8 +10,20 @@ from dask_em.engine import _math
 from dask_em.engine._stats import SuffStats
 
 
+class ComponentShape:
+    """``n_components`` and ``n_features`` from a ``means`` attribute of shape (K, d)."""
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.means.shape[1]
+
+
 @dataclass(frozen=True, eq=False)
-class MixtureParams:
+class MixtureParams(ComponentShape):
     """Parameters of one Gaussian mixture.
 
     Attributes
@@ -31,14 +43,6 @@ class MixtureParams:
     covariance_type: str
 
     @property
-    def n_components(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def n_features(self) -> int:
-        return self.means.shape[1]
-
-    @property
     def center(self) -> np.ndarray:
         """The point a block is centred on: the mixture's mean, shape (d,).
 
@@ -55,8 +59,9 @@ class MixtureParams:
         return all(np.all(np.isfinite(a)) for a in arrays)
 
 
-def m_step(stats: SuffStats, reg_covar: float, eps: float) -> MixtureParams:
-    """New parameters from the statistics of one E-step (scikit-learn's rules).
+def gaussian_moments(stats: SuffStats, reg_covar: float, eps: float):
+    """Weight sums, means and covariances of the responsibilities (scikit-learn's
+    ``_estimate_gaussian_parameters``): the part of the M-step every model shares.
 
     Parameters
     ----------
@@ -70,6 +75,33 @@ def m_step(stats: SuffStats, reg_covar: float, eps: float) -> MixtureParams:
 
     Returns
     -------
+    nk : ndarray of shape (K,)
+        Guarded weight sums.
+    means : ndarray of shape (K, d)
+    covariances : ndarray in the covariance type's shape
+        With ``reg_covar`` on the diagonal.
+    """
+    nk_raw = stats.nk
+    nk = nk_raw + 10.0 * eps
+    delta = stats.s1 / nk[:, None]
+    means = stats.reference + delta
+    cov = _math.covariances_from_moments(
+        nk_raw, nk, stats.s1, stats.s2, delta, reg_covar, stats.covariance_type
+    )
+    return nk, means, cov
+
+
+def m_step(stats: SuffStats, reg_covar: float, eps: float) -> MixtureParams:
+    """New parameters from the statistics of one E-step (scikit-learn's rules).
+
+    Parameters
+    ----------
+    stats : SuffStats
+    reg_covar, eps : float
+        As :func:`gaussian_moments`.
+
+    Returns
+    -------
     MixtureParams
 
     Raises
@@ -77,13 +109,34 @@ def m_step(stats: SuffStats, reg_covar: float, eps: float) -> MixtureParams:
     ValueError
         When a covariance is not positive definite (increase reg_covar).
     """
-    nk_raw = stats.nk
-    nk = nk_raw + 10.0 * eps
+    nk, means, cov = gaussian_moments(stats, reg_covar, eps)
     weights = nk / nk.sum()
-    delta = stats.s1 / nk[:, None]
-    means = stats.reference + delta
-    cov = _math.covariances_from_moments(
-        nk_raw, nk, stats.s1, stats.s2, delta, reg_covar, stats.covariance_type
-    )
     prec_chol = _math.precision_cholesky(cov, stats.covariance_type)
     return MixtureParams(weights, means, cov, prec_chol, stats.covariance_type)
+
+
+class GaussianEM:
+    """The model-specific half of EM for a maximum-likelihood Gaussian mixture.
+
+    :func:`dask_em.engine._em.run_em` is generic over this small strategy (as
+    scikit-learn's ``BaseMixture`` is over ``_m_step`` and ``_compute_lower_bound``):
+
+    - ``e_step_params(params)``: the :class:`MixtureParams` whose weighted Gaussian
+      log-densities are the E-step's unnormalised log-responsibilities;
+    - ``m_step(stats, reg_covar, eps)``: new parameters from one pass's statistics;
+    - ``lower_bound(stats, params, new_params)``: the iteration's lower bound, from the
+      statistics of the E-step, its parameters and those after the M-step.
+    """
+
+    def e_step_params(self, params: MixtureParams) -> MixtureParams:
+        return params
+
+    def m_step(self, stats: SuffStats, reg_covar: float, eps: float) -> MixtureParams:
+        return m_step(stats, reg_covar, eps)
+
+    def lower_bound(self, stats: SuffStats, params, new_params) -> float:
+        # scikit-learn's: the mean log-likelihood of the E-step.
+        return stats.loglik / stats.weight_total
+
+
+GAUSSIAN = GaussianEM()

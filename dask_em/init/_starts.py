@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_em.engine import _math
-from dask_em.engine._params import MixtureParams, m_step
+from dask_em.engine._params import GAUSSIAN, MixtureParams
 from dask_em.engine._reduce import compute_pass
+from dask_em.engine._stats import SuffStats
 from dask_em.init import _init, _kmeans
 
 # The seed range _init.random_resp draws from; every method draws its seeds the same way.
@@ -68,12 +69,24 @@ def params_on_rows(rows, covariance_type, reg_covar) -> MixtureParams:
     return MixtureParams(np.full(k, 1.0 / k), means, cov, prec_chol, covariance_type)
 
 
+def _on_rows(rows, covariance_type, reg_covar, eps, model) -> MixtureParams:
+    """One component on each row, in ``model``'s parameters: the M-step of one-hot
+    responsibilities on the rows (for the Gaussian model, :func:`params_on_rows`)."""
+    if model is GAUSSIAN:
+        return params_on_rows(rows, covariance_type, reg_covar)
+    rows = np.array(rows, dtype=np.float64)
+    k, d = rows.shape
+    zero = SuffStats.zero(covariance_type, rows)
+    stats = SuffStats(covariance_type, rows, np.ones(k), zero.s1, zero.s2, 0.0, k, float(k))
+    return model.m_step(stats, reg_covar, eps)
+
+
 def _seeds(request: StartRequest) -> list[int]:
     return [int(s) for s in request.random_state.randint(0, _SEED_HIGH, size=request.n_init)]
 
 
-def _or_error(make, on_error, *args):
-    """``make(*args)``, or with ``on_error='return'`` the ValueError it raised."""
+def _or_error(on_error, make, *args):
+    """``make(*args)``, or the ValueError it raised when ``on_error`` is 'return'."""
     try:
         return make(*args)
     except ValueError as exc:
@@ -82,8 +95,18 @@ def _or_error(make, on_error, *args):
         return exc
 
 
-def _m_step_or_error(stats, reg_covar, eps, on_error):
-    return _or_error(m_step, on_error, stats, reg_covar, eps)
+def _m_step_or_error(stats, reg_covar, eps, on_error, model):
+    return _or_error(on_error, model.m_step, stats, reg_covar, eps)
+
+
+def _random_from_data(x, r, reg_covar, eps, model):
+    """One ``random_from_data`` start of request ``r`` (scikit-learn's draw)."""
+    start = _init.random_from_data(
+        x, r.n_components, r.covariance_type, reg_covar, eps, r.random_state
+    )
+    if model is not GAUSSIAN:
+        start = _on_rows(start.means, r.covariance_type, reg_covar, eps, model)
+    return start
 
 
 def _random_chunk(x, groups, row_offset, block_index, w=None):
@@ -93,7 +116,7 @@ def _random_chunk(x, groups, row_offset, block_index, w=None):
     return out
 
 
-def _random_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
+def _random_starts(x, requests, reg_covar, eps, weights, split_every, on_error, model):
     """Uniform random responsibilities for every request in one pass.
 
     Draws its seeds and centres its statistics exactly as
@@ -107,13 +130,13 @@ def _random_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
     out, i = [], 0
     for r in requests:
         out.append(
-            [_m_step_or_error(s, reg_covar, eps, on_error) for s in stats[i : i + r.n_init]]
+            [_m_step_or_error(s, reg_covar, eps, on_error, model) for s in stats[i : i + r.n_init]]
         )
         i += r.n_init
     return out
 
 
-def _kmeans_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
+def _kmeans_starts(x, requests, reg_covar, eps, weights, split_every, on_error, model):
     seeds = [_seeds(r) for r in requests]
     runs: dict[tuple[int, int], list[str]] = {}
     for r, ss in zip(requests, seeds, strict=True):
@@ -129,7 +152,11 @@ def _kmeans_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
     return [
         [
             _m_step_or_error(
-                by_key[(r.n_components, s)].statistics[r.covariance_type], reg_covar, eps, on_error
+                by_key[(r.n_components, s)].statistics[r.covariance_type],
+                reg_covar,
+                eps,
+                on_error,
+                model,
             )
             for s in ss
         ]
@@ -137,7 +164,7 @@ def _kmeans_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
     ]
 
 
-def _kmeanspp_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
+def _kmeanspp_starts(x, requests, reg_covar, eps, weights, split_every, on_error, model):
     seeds = [_seeds(r) for r in requests]
     keys = sorted({(r.n_components, s) for r, ss in zip(requests, seeds, strict=True) for s in ss})
     results = _kmeans.kmeans_plusplus(x, keys, weights=weights, split_every=split_every)
@@ -145,7 +172,13 @@ def _kmeanspp_starts(x, requests, reg_covar, eps, weights, split_every, on_error
     return [
         [
             _or_error(
-                params_on_rows, on_error, rows[(r.n_components, s)], r.covariance_type, reg_covar
+                on_error,
+                _on_rows,
+                rows[(r.n_components, s)],
+                r.covariance_type,
+                reg_covar,
+                eps,
+                model,
             )
             for s in ss
         ]
@@ -153,20 +186,11 @@ def _kmeanspp_starts(x, requests, reg_covar, eps, weights, split_every, on_error
     ]
 
 
-def _random_from_data_starts(x, requests, reg_covar, eps, weights, split_every, on_error):
+def _random_from_data_starts(x, requests, reg_covar, eps, weights, split_every, on_error, model):
     """scikit-learn's draws, start after start; reading K rows is not a pass."""
     return [
         [
-            _or_error(
-                _init.random_from_data,
-                on_error,
-                x,
-                r.n_components,
-                r.covariance_type,
-                reg_covar,
-                eps,
-                r.random_state,
-            )
+            _or_error(on_error, _random_from_data, x, r, reg_covar, eps, model)
             for _ in range(r.n_init)
         ]
         for r in requests
@@ -192,6 +216,7 @@ def make_starts(
     weights=None,
     split_every=None,
     on_error: str = "raise",
+    model=GAUSSIAN,
 ) -> list[list]:
     """The starts of every request, computed together.
 
@@ -208,6 +233,9 @@ def make_starts(
     on_error : {'raise', 'return'}
         What to do when a start's covariances are not positive definite: raise the
         ValueError, or return it in that start's place.
+    model : GaussianEM or alike, default maximum-likelihood Gaussian
+        Whose M-step turns the initial responsibilities into its parameters (see
+        :func:`dask_em.engine._em.run_em`).
 
     Returns
     -------
@@ -216,4 +244,5 @@ def make_starts(
     """
     if init_params not in _STARTS:
         raise ValueError(f"unknown init_params {init_params!r}")
-    return _STARTS[init_params](x, requests, reg_covar, eps, weights, split_every, on_error)
+    args = (x, requests, reg_covar, eps, weights, split_every, on_error, model)
+    return _STARTS[init_params](*args)

@@ -15,10 +15,11 @@ from dask_em.jobs.config import JobError
 log = logging.getLogger("dask_em.jobs.runner")
 
 
-def _estimator(params: dict):
-    from dask_em import GaussianMixture
+def _estimator(params: dict, kind: str = "gaussian"):
+    from dask_em import BayesianGaussianMixture, GaussianMixture
 
-    return GaussianMixture(**params)
+    cls = BayesianGaussianMixture if kind == "bayesian" else GaussianMixture
+    return cls(**params)
 
 
 def _fit(
@@ -31,8 +32,9 @@ def _fit(
     hook: Callable | None,
     label: str = "",
     sample_weight=None,
+    kind: str = "gaussian",
 ):
-    gm = _estimator(params)
+    gm = _estimator(params, kind)
     progress, history = None, {}
     if resume and checkpoint is not None and checkpoint.is_file():
         progress, history = _read_checkpoint(checkpoint, fingerprint)
@@ -58,6 +60,9 @@ _PARAMETER_KEYS = {
     "weights_init": "model.weights_init",
     "means_init": "model.means_init",
     "precisions_init": "model.precisions_init",
+    "mean_prior": "model.mean_prior",
+    "covariance_prior": "model.covariance_prior",
+    "degrees_of_freedom_prior": "model.degrees_of_freedom_prior",
 }
 
 

@@ -75,6 +75,29 @@ def _sample_rows(x, size: int, seed: int = 0, max_blocks: int = 16) -> np.ndarra
     return np.asarray(x[idx].compute())
 
 
+DEFAULT_WEIGHT_THRESHOLD = 0.01
+
+
+def is_bayesian(gm) -> bool:
+    """A variational Bayesian mixture (it has no BIC/AIC; its weights prune components)."""
+    return hasattr(gm, "weight_concentration_")
+
+
+def effective_components(gm, threshold: float | None) -> dict[str, Any]:
+    """For a Bayesian mixture: its components with a weight above ``threshold`` (the
+    effective ones) and the others (pruned); nothing for a Gaussian mixture."""
+    if not is_bayesian(gm):
+        return {}
+    t = DEFAULT_WEIGHT_THRESHOLD if threshold is None else float(threshold)
+    weights = np.asarray(gm.weights_)
+    return {
+        "weight_threshold": t,
+        "n_effective_components": int(np.sum(weights > t)),
+        "effective_components": np.flatnonzero(weights > t).tolist(),
+        "pruned_components": np.flatnonzero(weights <= t).tolist(),
+    }
+
+
 def _score_terms(gm, x, w=None) -> tuple:
     """Lazy terms of one scoring pass: ``(mean log-likelihood,)`` without weights, else
     ``(weighted log-likelihood, total weight)``; pass their values to :func:`_scores`."""
@@ -101,17 +124,21 @@ def _scores(gm, x, terms: tuple | None = None, w=None) -> dict[str, Any]:
         loglik, total = float(terms[0]), float(terms[1])
         mean_ll = loglik / total
     p = _n_parameters(gm.covariance_type, gm.n_components, d)
+    # A variational mixture has no maximum-likelihood criteria (scikit-learn gives none).
+    bayes = is_bayesian(gm)
     return {
         "n_samples": int(n),
         "total_weight": _finite(total),
         "n_parameters": int(p),
         "mean_log_likelihood": _finite(mean_ll),
-        "bic": _finite(-2 * loglik + p * math.log(total)),
-        "aic": _finite(-2 * loglik + 2 * p),
+        "bic": None if bayes else _finite(-2 * loglik + p * math.log(total)),
+        "aic": None if bayes else _finite(-2 * loglik + 2 * p),
     }
 
 
-def _metrics(gm, history: dict[int, float], scores: dict, fit_seconds: float) -> dict:
+def _metrics(
+    gm, history: dict[int, float], scores: dict, fit_seconds: float, threshold=None
+) -> dict:
     rows, prev = [], None
     for i, lb in enumerate(gm.lower_bounds_, start=1):
         rows.append(
@@ -145,12 +172,14 @@ def _metrics(gm, history: dict[int, float], scores: dict, fit_seconds: float) ->
         "seconds_per_iteration": [r["seconds"] for r in rows],
         "iterations": rows,
         "candidates": candidates,
+        **effective_components(gm, threshold),
     }
 
 
-def _model_summary(gm) -> dict:
+def _model_summary(gm, threshold: float | None = None) -> dict:
     k, d = gm.means_.shape
     out = {
+        "kind": "bayesian" if is_bayesian(gm) else "gaussian",
         "n_components": int(k),
         "n_features": int(d),
         "covariance_type": gm.covariance_type,
@@ -158,7 +187,10 @@ def _model_summary(gm) -> dict:
         "n_iter": int(gm.n_iter_),
         "lower_bound": _finite(gm.lower_bound_),
         "weights": [float(w) for w in gm.weights_],
+        **effective_components(gm, threshold),
     }
+    if is_bayesian(gm):
+        out["weight_concentration_prior_type"] = gm.weight_concentration_prior_type
     if k * d <= 4096:  # keep model.json readable; model.npz has everything
         out["means"] = np.asarray(gm.means_).tolist()
     return out
@@ -168,9 +200,10 @@ def _write_model(
     folder: Path, gm, config: JobConfig | None, data: dict | None, extra: dict | None = None
 ) -> None:
     atomic_savez(folder / "model.npz", gm.fitted_arrays())
+    threshold = None if config is None else config.model.weight_threshold
     doc = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": _model_summary(gm),
+        "model": _model_summary(gm, threshold),
         "data": data,
         "versions": _versions(),
     }
@@ -206,7 +239,10 @@ def _draw_plots(
         )
     if sample is not None and len(sample):
         name = {1: "density.png", 2: "density.png"}.get(sample.shape[1], "pca.png")
-        written.append(atomic_write_bytes(plot_dir / name, plots.plot_data(gm, sample)))
+        pruned = metrics.get("pruned_components") or ()
+        written.append(
+            atomic_write_bytes(plot_dir / name, plots.plot_data(gm, sample, pruned=pruned))
+        )
     # candidates that failed have no criterion to plot
     scored = [r for r in selection or () if r.get(criterion) is not None]
     if scored:

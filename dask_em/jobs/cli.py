@@ -292,9 +292,16 @@ def info(
             return
         typer.echo(f"{data['file']}")
         typer.echo(
-            f"  {data['n_components']} components, {data['covariance_type']} "
-            f"covariance, {data['n_features']} features"
+            f"  {data['kind']} mixture: {data['n_components']} components, "
+            f"{data['covariance_type']} covariance, {data['n_features']} features"
         )
+        if "n_effective_components" in data:
+            typer.echo(
+                f"  {data['weight_concentration_prior_type']} prior: "
+                f"{data['n_effective_components']} effective component(s) with weight above "
+                f"{data['weight_threshold']:g}; pruned: "
+                + (" ".join(map(str, data["pruned_components"])) or "none")
+            )
         typer.echo(
             f"  converged: {data['converged']} after {data['n_iter']} iteration(s); "
             f"lower bound {data['lower_bound']}"

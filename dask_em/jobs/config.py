@@ -297,13 +297,29 @@ class ClusterConfig(_Model):
 # ----------------------------------------------------------------------------------- model
 
 
+# The settings only the Bayesian estimator has, and only the Gaussian one.
+BAYESIAN_ONLY = (
+    "weight_concentration_prior_type",
+    "weight_concentration_prior",
+    "mean_precision_prior",
+    "mean_prior",
+    "degrees_of_freedom_prior",
+    "covariance_prior",
+)
+GAUSSIAN_ONLY = ("weights_init", "means_init", "precisions_init", "missing")
+
+
 class ModelConfig(_Model):
-    """Estimator parameters, passed to :class:`dask_em.GaussianMixture`.
+    """Estimator parameters, passed to :class:`dask_em.GaussianMixture` (``kind:
+    gaussian``) or :class:`dask_em.BayesianGaussianMixture` (``kind: bayesian``).
 
     Defaults are the estimator's, except ``random_state``: 0 (not None), so that a job file
     always means the same run.
     """
 
+    kind: Literal["gaussian", "bayesian"] = "gaussian"
+    """'bayesian': variational inference with a prior on the weights; superfluous
+    components end with weights near zero."""
     n_components: PosInt = 1
     covariance_type: CovarianceType = "full"
     tol: NonNegFloat = 1e-3
@@ -322,13 +338,39 @@ class ModelConfig(_Model):
     """Fan-in of the statistics' tree reduction (dask's ``split_every``)."""
     compute_dtype: Literal["auto", "float32", "float64"] = "auto"
     """E-step arithmetic: 'auto' is float32 for float32 data (``data.dtype``)."""
+    weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
+        "dirichlet_process"
+    )
+    """Bayesian: the prior on the weights."""
+    weight_concentration_prior: PosFloat | None = None
+    """Bayesian: default 1 / n_components; smaller favours fewer components."""
+    mean_precision_prior: PosFloat | None = None
+    mean_prior: list[FiniteFloat] | None = None
+    degrees_of_freedom_prior: PosFloat | None = None
+    covariance_prior: PosFloat | list[Any] | None = None
+    """Bayesian: a float (spherical), a list (diag) or a list of lists (full, tied)."""
+    weight_threshold: Annotated[FiniteFloat, Field(ge=0, lt=1)] = 0.01
+    """Bayesian: components with a weight above this count as effective (run folder,
+    ``dask-em info``); the others are marked pruned in the pictures."""
+
+    @model_validator(mode="after")
+    def _settings_of_the_kind(self) -> ModelConfig:
+        other = GAUSSIAN_ONLY if self.kind == "bayesian" else BAYESIAN_ONLY
+        defaults = ModelConfig.model_fields
+        for key in other:
+            if getattr(self, key) != defaults[key].default:
+                raise ValueError(f"{key} is not a setting of kind: {self.kind}")
+        return self
 
     def estimator_params(self) -> dict[str, Any]:
-        """Keyword arguments for ``GaussianMixture`` (init arrays as numpy)."""
-        params = self.model_dump()
-        for key in ("weights_init", "means_init", "precisions_init"):
-            if params[key] is not None:
+        """Keyword arguments for the estimator of ``kind`` (arrays as numpy)."""
+        other = GAUSSIAN_ONLY if self.kind == "bayesian" else BAYESIAN_ONLY
+        params = self.model_dump(exclude={"kind", "weight_threshold", *other})
+        for key in ("weights_init", "means_init", "precisions_init", "mean_prior"):
+            if params.get(key) is not None:
                 params[key] = np.asarray(params[key], dtype=float)
+        if isinstance(params.get("covariance_prior"), list):
+            params["covariance_prior"] = np.asarray(params["covariance_prior"], dtype=float)
         return params
 
 
@@ -395,6 +437,12 @@ class JobConfig(_Model):
             raise ValueError(
                 f"model selection varies n_components, so model.{given[0]} cannot be used "
                 "with a 'selection' section"
+            )
+        if self.selection is not None and self.model.kind == "bayesian":
+            raise ValueError(
+                "model selection ranks Gaussian mixtures by BIC/AIC; a Bayesian mixture "
+                "picks its components itself: remove the 'selection' section or use "
+                "model.kind: gaussian"
             )
         return self
 

@@ -105,23 +105,15 @@ class RunResult:
     selection: list = field(default_factory=list)
 
 
-def _maybe_persist(x, client, persist) -> Any:
-    """Keep the data in cluster memory for the fit *and* the passes after it.
+def _place(x, w, persist, client):
+    """The data and weights kept in cluster memory for the fit *and* the passes after it
+    (scores, labels, plots), by the estimators' own placement rule."""
+    from dask_em.mixture._base import place_data
 
-    Mirrors the estimator's ``persist='auto'`` rule (at most half the workers' memory),
-    so scoring, labels and plots after the fit do not re-read or regenerate the data.
-    """
-    if persist is False:
-        return x
-    if persist == "auto":
-        try:
-            info = client.scheduler_info(n_workers=-1)
-        except TypeError:  # distributed before n_workers= listed every worker anyway
-            info = client.scheduler_info()
-        limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
-        if not limits or not all(limits) or x.nbytes > 0.5 * sum(limits):
-            return x
-    return client.persist(x)
+    x = place_data(x, persist, from_numpy=False, client=client)
+    if w is not None:
+        w = place_data(w, persist, from_numpy=False, client=client)
+    return x, w
 
 
 def run_job(
@@ -207,12 +199,14 @@ def _label_stores(config: JobConfig, staging: Path, gm, x) -> dict:
 def _fit_single(config: JobConfig, x, w, folder: RunFolder, **kw) -> _Fitted:
     """One estimator; its labels, probabilities and score in one read of the data."""
     ckpt = folder.checkpoint if config.output.checkpoint else None
+    model = config.model
     gm, history, secs = _fit(
-        config.model.estimator_params(), x, checkpoint=ckpt, sample_weight=w, **kw
+        model.estimator_params(), x, checkpoint=ckpt, sample_weight=w, kind=model.kind, **kw
     )
     stores = _label_stores(config, folder.staging, gm, x)
     terms = write_zarrs(stores, overwrite=True, also=_score_terms(gm, x, w))
-    return _Fitted(gm, _metrics(gm, history, _scores(gm, x, terms, w), secs))
+    scores = _scores(gm, x, terms, w)
+    return _Fitted(gm, _metrics(gm, history, scores, secs, model.weight_threshold))
 
 
 def _fit_grid(config: JobConfig, x, w, folder: RunFolder, **kw) -> _Fitted:
@@ -241,9 +235,7 @@ def _load(config: JobConfig, client):
         x.dtype,
         len(x.chunks[0]),
     )
-    x = _maybe_persist(x, client, config.model.persist)
-    if w is not None:
-        w = _maybe_persist(w, client, config.model.persist)
+    x, w = _place(x, w, config.model.persist, client)
     return data, x, w
 
 
@@ -357,8 +349,8 @@ def _run_file_text(model: str | Path, name: str) -> str | None:
 
 
 def load_model(path: str | Path):
-    """A fitted ``GaussianMixture`` from ``model.npz`` or a finished run folder holding
-    one (a local path or an fsspec URL).
+    """A fitted ``GaussianMixture`` or ``BayesianGaussianMixture`` from ``model.npz`` or a
+    finished run folder holding one (a local path or an fsspec URL).
 
     Raises
     ------
@@ -366,7 +358,7 @@ def load_model(path: str | Path):
         Missing file, a folder without a complete run marker, or arrays that are not a
         fitted model (object arrays are never unpickled).
     """
-    from dask_em import GaussianMixture
+    from dask_em import BayesianGaussianMixture, GaussianMixture
 
     if is_url(str(path)):
         folder, name = _url_parts(str(path))
@@ -378,8 +370,9 @@ def load_model(path: str | Path):
             _finished_run(path)
             path = path / "model.npz"
         arrays = load_npz(path)
+    cls = BayesianGaussianMixture if "weight_concentration" in arrays else GaussianMixture
     try:
-        return GaussianMixture.from_fitted_arrays(arrays)
+        return cls.from_fitted_arrays(arrays)
     except (KeyError, ValueError, TypeError) as exc:
         raise JobError(f"not a dask-em model file ({exc})", file=path) from None
 
@@ -557,7 +550,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 def model_info(path: str | Path) -> dict:
     """Summary of a fitted model file or run folder (what ``dask-em info`` prints)."""
     gm = load_model(path)
-    info = _model_summary(gm)
+    metrics = _run_file_text(path, "metrics.json")
+    m = json.loads(metrics) if metrics is not None else {}
+    info = _model_summary(gm, m.get("weight_threshold"))
     if is_url(str(path)):
         info["file"] = "/".join(_url_parts(str(path)))
     else:
@@ -568,9 +563,7 @@ def model_info(path: str | Path) -> dict:
         k: params[k]
         for k in ("tol", "reg_covar", "max_iter", "n_init", "init_params", "random_state")
     }
-    metrics = _run_file_text(path, "metrics.json")
-    if metrics is not None:
-        m = json.loads(metrics)
+    if m:
         info.update({k: m.get(k) for k in ("bic", "aic", "n_samples")})
     return info
 

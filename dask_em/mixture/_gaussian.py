@@ -2,125 +2,29 @@
 
 from __future__ import annotations
 
-import logging
 import math
-import uuid
-import warnings
-from numbers import Integral, Real
 
-import dask
 import dask.array as da
-import numpy as np
-from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state, check_scalar
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils._param_validation import StrOptions
 
 from dask_em.engine import _math, _missing
-from dask_em.engine._blas import single_threaded_blas
-from dask_em.engine._em import (
-    COMPUTE_DTYPES,
-    EMProgress,
-    best_candidate,
-    em_kernel,
-    run_em,
-)
-from dask_em.engine._math import normalize_log_prob
-from dask_em.engine._params import MixtureParams
+from dask_em.engine._em import EMProgress
+from dask_em.engine._params import GAUSSIAN, MixtureParams
 from dask_em.engine._reduce import compute
-from dask_em.engine._stats import log_prob_block
 from dask_em.engine._stats import row_log_likelihood as _log_norm
 from dask_em.init import _init
+from dask_em.mixture._base import BaseMixture, FitData, float_arrays, mean_of
 from dask_em.mixture._validation import (
-    active_client,
-    auto_chunk_rows,
-    check_input,
     check_means_init,
     check_precisions_init,
     check_weight_values,
     check_weights_init,
     check_weights_like,
-    finite_then,
-    to_blocks,
 )
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
-
-def _memory_budget(client) -> float:
-    """Bytes the data may take when persisted: half the workers' (or machine's) memory."""
-    import psutil
-
-    if client is not None:
-        try:
-            info = client.scheduler_info(n_workers=-1)
-        except TypeError:  # older distributed
-            info = client.scheduler_info()
-        limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
-        if limits and all(limits):
-            return 0.5 * float(sum(limits))
-        return 0.5 * psutil.virtual_memory().total
-    return 0.5 * psutil.virtual_memory().available
-
-
-def _prepare_data(X, persist, from_numpy):
-    client = active_client()
-    if persist == "auto":
-        if from_numpy:
-            # In memory already; a cluster needs it shipped once, not once per pass.
-            persist = client is not None
-        else:
-            persist = X.nbytes <= _memory_budget(client)
-    if persist:
-        if client is None:
-            X = X.persist()
-        elif from_numpy:
-            X = _scatter_blocks(client, X)
-        else:
-            X = client.persist(X)
-    return X
-
-
-def _scatter_blocks(client, X):
-    """Send an in-memory array's row blocks straight to the workers, spread evenly.
-
-    ``client.persist`` of ``da.from_array(ndarray)`` puts the whole array on one worker,
-    and the block tasks that slice it mostly stay there: 12 blocks on 2 workers ended 7
-    and 5, so every EM pass waited for the seventh block (passes run where their block
-    is). Here block ``i`` goes to thread slot ``i mod T`` of the cluster's ``T`` threads,
-    whatever the array: row weights persisted the same way sit with their rows.
-
-    Parameters
-    ----------
-    client : distributed.Client
-    X : dask.array.Array
-        Made by ``da.from_array`` from an in-memory array (its blocks are views).
-
-    Returns
-    -------
-    dask.array.Array
-        ``X`` persisted under a new name, held by the workers.
-    """
-    slots = [addr for addr, n in sorted(client.nthreads().items()) for _ in range(n)]
-    if not slots:  # no workers yet: let the scheduler place the blocks when they come
-        return client.persist(X)
-    # A name of its own: the same rows fitted twice would otherwise be scattered under
-    # the keys that the first fit's futures are still releasing (and lose them).
-    name = f"scattered-{uuid.uuid4().hex}"
-    keys = [(name, *key[1:]) for key in dask.core.flatten(X.__dask_keys__())]
-    blocks = dask.compute(*X.to_delayed().ravel(), scheduler="sync")
-    by_slot: dict = {}
-    for i, (key, block) in enumerate(zip(keys, blocks, strict=True)):
-        by_slot.setdefault(slots[i % len(slots)], {})[key] = block
-    futures = {}
-    for addr, data in by_slot.items():
-        futures.update(client.scatter(data, workers=[addr], hash=False))
-    rebuild, args = X.__dask_postpersist__()
-    return rebuild(futures, *args, rename={X.name: name})
-
-
-class GaussianMixture(DensityMixin, BaseEstimator):
+class GaussianMixture(BaseMixture):
     """Gaussian mixture fitted by one-pass distributed EM.
 
     The parameters, fitted attributes and methods are scikit-learn's
@@ -217,25 +121,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     # scikit-learn's constraints for its parameters (``sklearn.mixture.GaussianMixture``),
     # checked by ``fit`` with its ``InvalidParameterError`` messages, plus ours.
     _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 1, None, closed="left")],
-        "covariance_type": [StrOptions(set(_math.COVARIANCE_TYPES))],
-        "tol": [Interval(Real, 0.0, None, closed="left")],
-        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 0, None, closed="left")],
-        "n_init": [Interval(Integral, 1, None, closed="left")],
-        "init_params": [StrOptions(set(INIT_METHODS))],
+        **BaseMixture._parameter_constraints,
         "weights_init": ["array-like", None],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
-        "random_state": ["random_state"],
-        "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
-        "persist": [StrOptions({"auto"}), "boolean"],
-        "split_every": [Interval(Integral, 2, None, closed="left"), None],
         "missing": [StrOptions(set(_missing.MISSING_OPTIONS))],
-        "compute_dtype": [StrOptions(set(COMPUTE_DTYPES))],
     }
+    _ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
 
     def __init__(
         self,
@@ -259,32 +151,37 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         missing="error",
         compute_dtype="auto",
     ):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_init = n_init
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.means_init = means_init
-        self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.warm_start = warm_start
-        self.verbose = verbose
-        self.verbose_interval = verbose_interval
-        self.persist = persist
-        self.split_every = split_every
-        self.missing = missing
-        self.compute_dtype = compute_dtype
+        self._store_params(locals())
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        # With missing='em' NaN are data, in fit and prediction alike.
-        tags.input_tags.allow_nan = self.missing == "em"
-        return tags
+    # ----------------------------------------------------------------------------------
+    # The model: maximum-likelihood EM from given or drawn starts
+    # ----------------------------------------------------------------------------------
+    def _check_parameters(self, n_features):
+        """Check ``weights_init``, ``means_init``, ``precisions_init`` as scikit-learn
+        does before initialising (kept for :meth:`_initial_params`; None when not given)."""
+        K, ct = self.n_components, self.covariance_type
+        self._given = (
+            None if self.weights_init is None else check_weights_init(self.weights_init, K),
+            None if self.means_init is None else check_means_init(self.means_init, K, n_features),
+            None
+            if self.precisions_init is None
+            else check_precisions_init(self.precisions_init, ct, K, n_features),
+        )
 
-    def _params(self) -> MixtureParams:
+    def _em_model(self, data: FitData):
+        return GAUSSIAN
+
+    def _initial_params(self, data: FitData, rng, model):
+        w0, m0, p0 = self._given
+        if w0 is not None and m0 is not None and p0 is not None:
+            # Given entirely; every start is the same, as in scikit-learn.
+            return [_init.from_arrays(w0, m0, p0, self.covariance_type)] * self.n_init
+        # Like scikit-learn, a start is computed even when means or precisions are given:
+        # the arrays given replace its parts and the rest (e.g. covariances) is kept.
+        starts = super()._initial_params(data, rng, model)
+        return [_init.override(s, w0, m0, p0) for s in starts]
+
+    def _fitted_params(self) -> MixtureParams:
         return MixtureParams(
             self.weights_,
             self.means_,
@@ -293,157 +190,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self.covariance_type,
         )
 
-    # ----------------------------------------------------------------------------------
-    # Fitting
-    # ----------------------------------------------------------------------------------
-    def _initial_arrays(self, n_features):
-        """The given ``weights_init``, ``means_init``, ``precisions_init`` checked (None
-        for those not given), as scikit-learn checks them before initialising."""
-        K, ct = self.n_components, self.covariance_type
-        return (
-            None if self.weights_init is None else check_weights_init(self.weights_init, K),
-            None if self.means_init is None else check_means_init(self.means_init, K, n_features),
-            None
-            if self.precisions_init is None
-            else check_precisions_init(self.precisions_init, ct, K, n_features),
-        )
-
-    def _starts(self, X, rng, eps, weights, given):
-        K = self.n_components
-        w0, m0, p0 = given
-        if w0 is not None and m0 is not None and p0 is not None:
-            # Given entirely; every start is the same, as in scikit-learn.
-            return [_init.from_arrays(w0, m0, p0, self.covariance_type)] * self.n_init
-        from dask_em.init._starts import StartRequest, make_starts
-
-        # Like scikit-learn, a start is computed even when means or precisions are given:
-        # the arrays given replace its parts and the rest (e.g. covariances) is kept.
-        (starts,) = make_starts(
-            X,
-            [StartRequest(K, self.covariance_type, self.n_init, rng)],
-            self.init_params,
-            reg_covar=self.reg_covar,
-            eps=eps,
-            weights=weights,
-            split_every=self.split_every,
-        )
-        return [_init.override(s, w0, m0, p0) for s in starts]
-
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, *, sample_weight=None, callback=None, resume=None):
-        """Estimate the parameters by EM.
-
-        Parameters
-        ----------
-        X : array-like or dask array of shape (n_samples, n_features)
-        y : ignored
-        sample_weight : array-like or dask array of shape (n_samples,), optional
-            Non-negative, finite row weights, not all zero (dask weights are checked in
-            one pass before fitting); responsibilities and the log-likelihood are
-            weighted by them and mixture weights are normalised by their total. From
-            the same start, an integer weight equals repeating the row, a zero weight
-            removing it (random starts are drawn per row, so they differ). To score
-            weighted data, pass the same weights to :meth:`bic` and :meth:`aic` (then
-            ``n`` is the total weight).
-        callback : callable, optional
-            Called with an :class:`EMProgress` after every iteration. An exception it
-            raises stops the fit.
-        resume : EMProgress, optional
-            Continue an interrupted fit from its last reported state.
-
-        Returns
-        -------
-        self
-        """
-        self._fit(X, sample_weight, callback, resume)
-        return self
-
-    def fit_predict(self, X, y=None, *, sample_weight=None):
-        """Fit, then return the labels of ``X`` (equals ``fit(X).predict(X)``)."""
-        return self.fit(X, sample_weight=sample_weight).predict(X)
-
-    def _fit(self, X, sample_weight, callback, resume):
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
-        # A warm start continues from parameters of a given number of features: X is
-        # checked against them (scikit-learn's message), not recorded anew.
-        x, lazy = check_input(self, X, reset=do_init, fit=True, allow_nan=self.missing == "em")
-        n, d = x.shape
-        if n < self.n_components:
-            raise ValueError(
-                f"Expected n_samples >= n_components but got n_components = "
-                f"{self.n_components}, n_samples = {n}"
-            )
-        given = self._initial_arrays(d)
-        X = x if lazy else to_blocks(x)
-        weights = None
-        if sample_weight is not None:
-            weights = check_weights_like(sample_weight, X)
-        eps = float(np.finfo(X.dtype).eps)
-        log_level = logging.INFO if self.verbose else logging.DEBUG
-        if self.verbose:
-            _ensure_handler()
-        X = _prepare_data(X, self.persist, not lazy)
-        if weights is not None:
-            weights = _prepare_data(weights, self.persist, not isinstance(sample_weight, da.Array))
-            if isinstance(sample_weight, da.Array):
-                check_weight_values(weights)
-        x_init, weights_init, n_skipped = X, weights, 0
-        kernel = em_kernel(self.missing == "em", X.dtype, self.compute_dtype)
-        if self.missing == "em":
-            # One pass counts what is missing; initialisation sees the incomplete rows
-            # mean-filled and the rows without any observed value at weight zero.
-            x_init, weights_init, summary = _missing.prepare_fit(X, weights, self.split_every)
-            n_skipped = summary.n_skipped
-
-        initial = None
-        if resume is not None:
-            starts = None
-        elif do_init:
-            rng = check_random_state(self.random_state)
-            with single_threaded_blas():
-                starts = self._starts(x_init, rng, eps, weights_init, given)
-            for i, s in enumerate(starts):
-                if not s.is_finite():
-                    raise ValueError(
-                        f"Initialisation produced non-finite parameters (start {i}). "
-                        "Check the data for NaN or infinity, or scale it."
-                    )
-        else:
-            starts = [self._params()]
-            initial = [self.lower_bound_]
-
-        state = run_em(
-            X,
-            starts,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            reg_covar=self.reg_covar,
-            eps=eps,
-            weights=weights,
-            split_every=self.split_every,
-            initial_lower_bounds=initial,
-            resume=resume,
-            callback=callback,
-            log_level=log_level,
-            log_interval=self.verbose_interval if self.verbose else 1,
-            kernel=kernel,
-        )
-        best = best_candidate(state)
-        converged = bool(best.converged)
-        if not converged and self.max_iter > 0:
-            warnings.warn(
-                "Best performing initialization did not converge. Try different init "
-                "parameters, or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
-                stacklevel=4,  # _fit, fit, its validating wrapper, the caller
-            )
-        self._set_fitted(best.params)
-        self.converged_ = converged
-        self.n_iter_ = best.n_iter
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = list(best.lower_bounds)
-        self.n_rows_skipped_ = n_skipped
-        self.fit_state_ = state
+    # Predictions use the fitted mixture itself.
+    _inference_params = _fitted_params
+    _params = _fitted_params
 
     def _set_fitted(self, params: MixtureParams):
         self.weights_ = params.weights
@@ -460,80 +209,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             params.precisions_cholesky, params.covariance_type
         )
 
-    # ----------------------------------------------------------------------------------
-    # Inference
-    # ----------------------------------------------------------------------------------
-    def __sklearn_is_fitted__(self):
-        # Fitted means parameters to predict with: a fit that failed after checking X
-        # leaves n_features_in_, which scikit-learn's default test would take as fitted.
-        return hasattr(self, "precisions_cholesky_")
+    _MODEL_KEYS = ("weights", "means", "covariances", "precisions_cholesky")
 
-    def _check_rows(self, X, allow_nan=None):
-        """Check a fitted model's input: (X as numpy or dask array, whether lazy)."""
-        check_is_fitted(self)
-        if allow_nan is None:
-            allow_nan = self.missing == "em"
-        return check_input(self, X, reset=False, allow_nan=allow_nan)
+    def _model_arrays(self) -> dict:
+        return {key: getattr(self, key + "_") for key in self._MODEL_KEYS}
 
-    def _map_rows(self, x, lazy, func, out_cols, allow_nan=None):
-        """Apply ``func(block, params)`` to the row blocks of checked input (numpy in ->
-        numpy out, dask in -> lazy dask out).
-
-        Parameters
-        ----------
-        x : ndarray or dask.array.Array of shape (n, d)
-            From :meth:`_check_rows`.
-        lazy : bool
-        func : callable
-            ``func(block, params)`` -> (rows,) or (rows, out_cols).
-        out_cols : int or None
-        allow_nan : bool, optional
-            NaN in a dask block is data (default: ``missing='em'``); infinity never is.
-        """
-        params = self._params()
-        out_dtype = np.int64 if func is _labels else np.float64
-        if allow_nan is None:
-            allow_nan = self.missing == "em"
-        if self.missing == "em":
-            func = _NAN_AWARE.get(func, func)
-        if not lazy:
-            rows = auto_chunk_rows(x.shape[0], x.shape[1], 8)
-            with single_threaded_blas():
-                parts = [func(x[s], params) for s in _row_slices(x.shape[0], rows)]
-            return np.concatenate(parts) if parts else func(x, params)
-        # The values of a dask array are checked as each block is read (scikit-learn's
-        # check and message), not in a pass of their own.
-        kwargs = dict(kernel=func, allow_nan=allow_nan, estimator_name=type(self).__name__)
-        if out_cols is None:
-            return x.map_blocks(finite_then, params, drop_axis=1, dtype=out_dtype, **kwargs)
-        return x.map_blocks(
-            finite_then, params, chunks=(x.chunks[0], (out_cols,)), dtype=np.float64, **kwargs
+    def _load_model_arrays(self, arrays) -> None:
+        self._set_fitted(
+            MixtureParams(*float_arrays(arrays, self._MODEL_KEYS), self.covariance_type)
         )
 
-    def score_samples(self, X):
-        """Log-likelihood of each row, shape (n_samples,); lazy for dask input.
-
-        With ``missing='em'``, rows may hold NaN: the log-likelihood is that of the
-        observed features (zero for a row with none).
-        """
-        return self._map_rows(*self._check_rows(X), _log_norm, None)
-
-    def score(self, X, y=None):
-        """Mean log-likelihood of the rows of ``X`` (a float)."""
-        return _mean(self.score_samples(X))
-
-    def predict(self, X):
-        """Most probable component of each row, shape (n_samples,); lazy for dask input."""
-        return self._map_rows(*self._check_rows(X), _labels, None)
-
-    def predict_proba(self, X):
-        """Responsibilities, shape (n_samples, n_components); lazy for dask input.
-
-        With ``missing='em'``, rows may hold NaN: responsibilities come from the observed
-        features (the mixture weights for a row with none).
-        """
-        return self._map_rows(*self._check_rows(X), _proba, self.n_components)
-
+    # ----------------------------------------------------------------------------------
+    # Gaussian-only methods: imputation and information criteria
+    # ----------------------------------------------------------------------------------
     def impute(self, X):
         """Fill missing values (NaN) with their conditional expectation under the model.
 
@@ -577,170 +265,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if sample_weight is None:
             # scikit-learn's arithmetic: the mean log-likelihood times n.
             n = int(x.shape[0])
-            return _mean(s) * n, n
+            return mean_of(s) * n, n
         w = check_weights_like(sample_weight, x)
         if lazy and isinstance(sample_weight, da.Array):
             check_weight_values(w)
         loglik, n = compute((w * s).sum(), w.sum())
         return float(loglik), float(n)
-
-    def sample(self, n_samples=1):
-        """Draw samples from the fitted mixture (scikit-learn's draws for a seed).
-
-        Returns
-        -------
-        X : ndarray of shape (n_samples, n_features)
-        y : ndarray of shape (n_samples,)
-        """
-        check_is_fitted(self)
-        check_scalar(n_samples, "n_samples", Integral)
-        if n_samples < 1:
-            raise ValueError(
-                f"Invalid value for 'n_samples': {n_samples} . The sampling requires at "
-                "least one sample."
-            )
-        _, d = self.means_.shape
-        rng = check_random_state(self.random_state)
-        counts = rng.multinomial(n_samples, self.weights_)
-        if self.covariance_type == "full":
-            X = np.vstack(
-                [
-                    rng.multivariate_normal(mean, cov, int(c))
-                    for mean, cov, c in zip(self.means_, self.covariances_, counts, strict=True)
-                ]
-            )
-        elif self.covariance_type == "tied":
-            X = np.vstack(
-                [
-                    rng.multivariate_normal(mean, self.covariances_, int(c))
-                    for mean, c in zip(self.means_, counts, strict=True)
-                ]
-            )
-        else:
-            X = np.vstack(
-                [
-                    mean + rng.standard_normal(size=(c, d)) * np.sqrt(cov)
-                    for mean, cov, c in zip(self.means_, self.covariances_, counts, strict=True)
-                ]
-            )
-        y = np.concatenate([np.full(c, j, dtype=np.int64) for j, c in enumerate(counts)])
-        return X, y
-
-    # ----------------------------------------------------------------------------------
-    # Persistence as plain arrays
-    # ----------------------------------------------------------------------------------
-    def fitted_arrays(self) -> dict:
-        """Everything needed to rebuild this fitted model, as numpy arrays (no objects)."""
-        check_is_fitted(self)
-        out = {
-            "weights": self.weights_,
-            "means": self.means_,
-            "covariances": self.covariances_,
-            "precisions_cholesky": self.precisions_cholesky_,
-            "converged": np.asarray(self.converged_),
-            "n_iter": np.asarray(self.n_iter_),
-            "lower_bound": np.asarray(self.lower_bound_),
-            "lower_bounds": np.asarray(self.lower_bounds_, dtype=np.float64),
-            "n_features_in": np.asarray(self.n_features_in_),
-        }
-        if hasattr(self, "feature_names_in_"):
-            out["feature_names_in"] = np.asarray(self.feature_names_in_, dtype=str)
-        for name, value in self.get_params(deep=False).items():
-            if name in ("weights_init", "means_init", "precisions_init"):
-                if value is not None:
-                    out["param_" + name] = np.asarray(value, dtype=np.float64)
-            elif isinstance(value, (bool, int, float, str, np.integer, np.floating)):
-                out["param_" + name] = np.asarray(value)
-        return out
-
-    @classmethod
-    def from_fitted_arrays(cls, arrays) -> GaussianMixture:
-        """Rebuild a fitted model from :meth:`fitted_arrays` (or ``np.load`` of it)."""
-        params = {}
-        for key in arrays:
-            if key.startswith("param_"):
-                value = np.asarray(arrays[key])
-                if value.dtype.kind in "OV":
-                    raise ValueError(f"model array {key!r} holds objects; refusing to load.")
-                params[key[6:]] = value if value.ndim else value.item()
-        gm = cls(**params)
-        for key in ("weights", "means", "covariances", "precisions_cholesky"):
-            value = np.asarray(arrays[key])
-            if value.dtype.kind != "f":
-                raise ValueError(f"model array {key!r} has dtype {value.dtype}; expected float.")
-        gm._set_fitted(
-            MixtureParams(
-                np.asarray(arrays["weights"]),
-                np.asarray(arrays["means"]),
-                np.asarray(arrays["covariances"]),
-                np.asarray(arrays["precisions_cholesky"]),
-                gm.covariance_type,
-            )
-        )
-        gm.converged_ = bool(arrays["converged"])
-        gm.n_iter_ = int(arrays["n_iter"])
-        gm.lower_bound_ = float(arrays["lower_bound"])
-        gm.lower_bounds_ = [float(v) for v in np.asarray(arrays["lower_bounds"])]
-        gm.n_features_in_ = int(arrays["n_features_in"])
-        if "feature_names_in" in arrays:
-            names = np.asarray(arrays["feature_names_in"])
-            if names.dtype.kind != "U":
-                raise ValueError(f"model array 'feature_names_in' has dtype {names.dtype}.")
-            # scikit-learn keeps feature names as an object array of str.
-            gm.feature_names_in_ = names.astype(object)
-        return gm
-
-
-def _row_slices(n, rows):
-    for start in range(0, n, rows):
-        yield slice(start, min(start + rows, n))
-
-
-def _mean(values) -> float:
-    """The mean of a numpy or dask array, as a Python float."""
-    m = values.mean()
-    return float(m.compute() if isinstance(m, da.Array) else m)
-
-
-def _proba(x, params):
-    lp = log_prob_block(x, params)
-    normalize_log_prob(lp.T)
-    return np.ascontiguousarray(lp)
-
-
-def _labels(x, params):
-    return np.argmax(log_prob_block(x, params), axis=1)
-
-
-def _log_norm_missing(x, params):
-    return normalize_log_prob(_missing.log_prob_missing(x, params).T)
-
-
-def _proba_missing(x, params):
-    lp = _missing.log_prob_missing(x, params)
-    normalize_log_prob(lp.T)
-    return np.ascontiguousarray(lp)
-
-
-def _labels_missing(x, params):
-    return np.argmax(_missing.log_prob_missing(x, params), axis=1)
-
-
-# Under missing='em', inference uses each row's observed features.
-_NAN_AWARE = {_log_norm: _log_norm_missing, _proba: _proba_missing, _labels: _labels_missing}
-
-
-def _ensure_handler():
-    """A stderr handler and INFO level on the package logger ``dask_em``, whose children
-    (every module logs to ``logging.getLogger(__name__)``) pass their records up to it."""
-    logger = logging.getLogger("dask_em")
-    root = logging.getLogger()
-    if not logger.handlers and not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
 
 
 # ConvergenceWarning is scikit-learn's, so that filters and ``pytest.warns`` written for
