@@ -18,6 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from dask_em.engine import _math, _missing
+from dask_em.engine._accel import ALGORITHMS
 from dask_em.engine._blas import single_threaded_blas
 from dask_em.engine._em import (
     COMPUTE_DTYPES,
@@ -28,10 +29,11 @@ from dask_em.engine._em import (
 )
 from dask_em.engine._math import normalize_log_prob
 from dask_em.engine._params import MixtureParams
-from dask_em.engine._reduce import compute
+from dask_em.engine._reduce import compute, counting_passes
 from dask_em.engine._stats import log_prob_block
 from dask_em.engine._stats import row_log_likelihood as _log_norm
 from dask_em.init import _init
+from dask_em.mixture._partial import online_fit_starts, partial_fit_batch
 from dask_em.mixture._validation import (
     active_client,
     auto_chunk_rows,
@@ -46,6 +48,7 @@ from dask_em.mixture._validation import (
 )
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+FIT_ALGORITHMS = (*ALGORITHMS, "online")
 
 
 def _memory_budget(client) -> float:
@@ -194,6 +197,21 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         relative. 'float64' gives the same numbers as fitting ``X.astype(float64)``.
         Tied covariances always use float64 (their pooled scatter, taken about one
         point, would lose too many digits in single precision).
+    algorithm : {'em', 'accelerated', 'online'}, default='em'
+        'em': scikit-learn's iterations, one pass each. 'accelerated': SQUAREM
+        (Varadhan & Roland, 2008) in unconstrained coordinates with a monotonicity
+        safeguard: it converges to a fixed point of the same EM map, usually in a
+        fraction of the passes on overlapping components, and stops by the same rule
+        (one more plain EM iteration would change the mean log-likelihood by less
+        than ``tol``). 'online': one pass of online EM over the row blocks in a
+        ``random_state``-seeded order (see :meth:`partial_fit`) after initialisation,
+        then 'accelerated' passes to convergence. ``max_iter`` counts passes.
+    learning_decay : float in (0.5, 1], default=0.7
+        Online EM's ``kappa``: the ``t``-th batch is blended into the running statistics
+        with weight ``(t + learning_offset) ** -learning_decay`` (:meth:`partial_fit`,
+        ``algorithm='online'``), as in scikit-learn's online LDA.
+    learning_offset : float >= 0, default=1.0
+        Online EM's ``t0`` (see ``learning_decay``).
 
     Attributes
     ----------
@@ -206,6 +224,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     n_iter_ : int
     lower_bound_ : float
     lower_bounds_ : list of float
+        Mean log-likelihood at every iteration (every pass of the EM loop).
+    n_passes_ : int
+        Full passes over the data the fit made, initialisation included (k-means,
+        counting missing values, the online pass); for :meth:`partial_fit`, passes over
+        the batches given.
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features,)
         Column names of ``X``, when it had string column names (pandas or dask
@@ -235,6 +258,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         "split_every": [Interval(Integral, 2, None, closed="left"), None],
         "missing": [StrOptions(set(_missing.MISSING_OPTIONS))],
         "compute_dtype": [StrOptions(set(COMPUTE_DTYPES))],
+        "algorithm": [StrOptions(set(FIT_ALGORITHMS))],
+        "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
+        "learning_offset": [Interval(Real, 0.0, None, closed="left")],
     }
 
     def __init__(
@@ -258,6 +284,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         split_every=None,
         missing="error",
         compute_dtype="auto",
+        algorithm="em",
+        learning_decay=0.7,
+        learning_offset=1.0,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -277,6 +306,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.split_every = split_every
         self.missing = missing
         self.compute_dtype = compute_dtype
+        self.algorithm = algorithm
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -362,6 +394,31 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Fit, then return the labels of ``X`` (equals ``fit(X).predict(X)``)."""
         return self.fit(X, sample_weight=sample_weight).predict(X)
 
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None, *, sample_weight=None):
+        """Update the model from one batch of rows by online (stepwise) EM.
+
+        Cappé & Moulines (2009): the batch's E-step statistics are blended into running
+        statistics with weight ``(t + learning_offset) ** -learning_decay`` (the first
+        batch whole) and the parameters become their M-step. The first call
+        initialises from the given ``*_init`` arrays, else by k-means++ on that batch
+        (a model fitted by :meth:`fit` goes on from its parameters). Deterministic for a
+        seed and an order of batches; memory does not grow with the number of batches.
+        ``lower_bound_`` is the batch's mean log-likelihood before its update,
+        ``n_iter_`` counts batches and ``n_passes_`` passes over them.
+
+        Parameters
+        ----------
+        X : array-like or dask array of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), optional
+
+        Returns
+        -------
+        self
+        """
+        return partial_fit_batch(self, X, sample_weight)
+
     def _fit(self, X, sample_weight, callback, resume):
         do_init = not (self.warm_start and hasattr(self, "converged_"))
         # A warm start continues from parameters of a given number of features: X is
@@ -396,12 +453,15 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             n_skipped = summary.n_skipped
 
         initial = None
+        # The pass counting missing values is one; initialisation counts its own.
+        n_init_passes = int(self.missing == "em")
         if resume is not None:
             starts = None
         elif do_init:
             rng = check_random_state(self.random_state)
-            with single_threaded_blas():
+            with single_threaded_blas(), counting_passes() as init_passes:
                 starts = self._starts(x_init, rng, eps, weights_init, given)
+            n_init_passes += init_passes.n
             for i, s in enumerate(starts):
                 if not s.is_finite():
                     raise ValueError(
@@ -411,6 +471,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         else:
             starts = [self._params()]
             initial = [self.lower_bound_]
+        if self.algorithm == "online" and resume is None:
+            starts = online_fit_starts(self, X, starts, eps, weights, kernel)
+            # Its M-steps come from running statistics: no EM parent to compare with.
+            initial, n_init_passes = None, n_init_passes + 1
 
         state = run_em(
             X,
@@ -427,6 +491,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             log_level=log_level,
             log_interval=self.verbose_interval if self.verbose else 1,
             kernel=kernel,
+            algorithm="accelerated" if self.algorithm == "online" else self.algorithm,
+            init_passes=n_init_passes,
         )
         best = best_candidate(state)
         converged = bool(best.converged)
@@ -443,6 +509,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.lower_bound_ = best.lower_bound
         self.lower_bounds_ = list(best.lower_bounds)
         self.n_rows_skipped_ = n_skipped
+        self.n_passes_ = state.n_passes
         self.fit_state_ = state
 
     def _set_fitted(self, params: MixtureParams):
