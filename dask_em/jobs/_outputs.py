@@ -137,6 +137,7 @@ def _metrics(gm, history: dict[int, float], scores: dict, fit_seconds: float) ->
         ]
     return {
         "n_iter": int(gm.n_iter_),
+        "n_passes": int(getattr(gm, "n_passes_", gm.n_iter_)),
         "converged": bool(gm.converged_),
         "lower_bound": _finite(gm.lower_bound_),
         **scores,
@@ -156,6 +157,7 @@ def _model_summary(gm) -> dict:
         "covariance_type": gm.covariance_type,
         "converged": bool(gm.converged_),
         "n_iter": int(gm.n_iter_),
+        "n_passes": int(getattr(gm, "n_passes_", gm.n_iter_)),
         "lower_bound": _finite(gm.lower_bound_),
         "weights": [float(w) for w in gm.weights_],
     }

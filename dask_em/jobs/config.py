@@ -285,6 +285,13 @@ class ModelConfig(_Model):
     """Fan-in of the statistics' tree reduction (dask's ``split_every``)."""
     compute_dtype: Literal["auto", "float32", "float64"] = "auto"
     """E-step arithmetic: 'auto' is float32 for float32 data (``data.dtype``)."""
+    algorithm: Literal["em", "accelerated", "online"] = "em"
+    """'accelerated': the same optimum as 'em' in fewer passes (SQUAREM); 'online': one
+    online-EM pass over the blocks, then 'accelerated'. ``max_iter`` counts passes."""
+    learning_decay: Annotated[float, Field(gt=0.5, le=1.0)] = 0.7
+    """Online EM's step-size decay ``kappa`` ('online')."""
+    learning_offset: NonNegFloat = 1.0
+    """Online EM's step-size offset ``t0`` ('online')."""
 
     def estimator_params(self) -> dict[str, Any]:
         """Keyword arguments for ``GaussianMixture`` (init arrays as numpy)."""

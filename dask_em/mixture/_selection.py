@@ -21,6 +21,7 @@ import dask.array as da
 import numpy as np
 
 from dask_em.engine import _math, _missing
+from dask_em.engine._accel import ALGORITHMS
 from dask_em.engine._blas import single_threaded_blas
 from dask_em.engine._em import (
     CandidateState,
@@ -30,7 +31,7 @@ from dask_em.engine._em import (
     run_em,
 )
 from dask_em.engine._errors import raise_non_finite
-from dask_em.engine._reduce import compute_pass
+from dask_em.engine._reduce import compute_pass, counting_passes
 from dask_em.engine._stats import log_prob_block
 from dask_em.init._starts import StartRequest, make_starts
 from dask_em.mixture._gaussian import GaussianMixture, _ensure_handler, _prepare_data
@@ -419,7 +420,7 @@ def _run_em_dropping_failures(x, starts, failures, *, resume=None, callback=None
     return state
 
 
-def _fitted(proto, best: CandidateState, group, d, n_skipped) -> GaussianMixture:
+def _fitted(proto, best: CandidateState, group, d, n_skipped, n_passes) -> GaussianMixture:
     gm = GaussianMixture(**proto.get_params())
     gm.n_rows_skipped_ = n_skipped
     gm._set_fitted(best.params)
@@ -433,6 +434,8 @@ def _fitted(proto, best: CandidateState, group, d, n_skipped) -> GaussianMixture
         0.0,
         tuple(replace(c, index=j) for j, c in enumerate(group)),
     )
+    # The grid's passes: every candidate shared them.
+    gm.n_passes_ = n_passes
     return gm
 
 
@@ -487,6 +490,7 @@ def select_model(
     split_every: int | None = None,
     missing: str = "error",
     compute_dtype: str = "auto",
+    algorithm: str = "em",
     verbose: int = 0,
     callback: Callable[[SelectionProgress], object] | None = None,
     resume: SelectionProgress | Mapping | None = None,
@@ -523,6 +527,9 @@ def select_model(
         features.
     compute_dtype : {'auto', 'float32', 'float64'}, default='auto'
         E-step arithmetic, as :class:`GaussianMixture`.
+    algorithm : {'em', 'accelerated'}, default='em'
+        As :class:`GaussianMixture`; every start of the grid takes its own steps in
+        the shared passes.
     verbose : int, default=0
         1 or more logs every iteration at INFO level on the ``dask_em`` logger.
     callback : callable, optional
@@ -573,8 +580,11 @@ def select_model(
         split_every=split_every,
         missing=missing,
         compute_dtype=compute_dtype,
+        algorithm=algorithm,
         verbose=verbose,
     )
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {algorithm!r}")
     protos = [_prototype(k, ct, settings) for k, ct in grid]
     x, weights, from_numpy = _check_data(X, sample_weight, grid, resume)
     n, d = x.shape
@@ -583,20 +593,21 @@ def select_model(
     if verbose:
         _ensure_handler()
     x, weights = _prepare_inputs(x, weights, sample_weight, persist, from_numpy)
-    starts, owner, errors, n_skipped = _initial_starts(
-        x,
-        weights,
-        grid,
-        resume,
-        n_init,
-        seed,
-        init_params,
-        missing,
-        reg_covar,
-        eps,
-        split_every,
-        log_level,
-    )
+    with counting_passes() as init_passes:
+        starts, owner, errors, n_skipped = _initial_starts(
+            x,
+            weights,
+            grid,
+            resume,
+            n_init,
+            seed,
+            init_params,
+            missing,
+            reg_covar,
+            eps,
+            split_every,
+            log_level,
+        )
     failures: dict[int, str] = dict(resume.failed_starts) if resume is not None else {}
     on_iteration = None
     if callback is not None:
@@ -629,6 +640,8 @@ def select_model(
             log_level=log_level,
             log_interval=1,
             kernel=em_kernel(missing == "em", x.dtype, compute_dtype),
+            algorithm=algorithm,
+            init_passes=init_passes.n,
         )
     best_states, groups = _best_per_candidate(state, owner, failures, errors)
     order = sorted(best_states)
@@ -647,7 +660,9 @@ def select_model(
         b = best_states.get(c)
         ll = loglik_of.get(c)
         table.append(_table_row(k, ct, d, b, ll, n_eff, errors.get(c, "failed")))
-        models.append(None if b is None else _fitted(proto, b, groups[c], d, n_skipped))
+        models.append(
+            None if b is None else _fitted(proto, b, groups[c], d, n_skipped, state.n_passes)
+        )
     best_index = _best_index(table, criterion)
     seconds = time.perf_counter() - t_start
     best = table[best_index]
