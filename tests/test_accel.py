@@ -265,3 +265,26 @@ def test_partial_fit_is_deterministic_and_close_to_batch_em():
     for bt in batches:
         c.partial_fit(da.from_array(bt, chunks=1000))
     np.testing.assert_allclose(c.means_, a.means_, rtol=1e-10, atol=1e-10)
+
+
+def test_model_selection_grid_and_missing_values_accelerated(slow_data):
+    """A grid shares its passes under 'accelerated' too and ends at plain EM's optima;
+    missing values go through the same step rule."""
+    from dask_em import select_model
+
+    x, _ = slow_data
+    kw = dict(n_components=[2, 3], covariance_types=["full", "diag"], random_state=0, tol=1e-8)
+    kw["max_iter"] = 2000
+    plain = select_model(x, **kw)
+    acc = select_model(x, algorithm="accelerated", **kw)
+    for a, p in zip(acc.models, plain.models, strict=True):
+        assert a.converged_ and abs(a.lower_bound_ - p.lower_bound_) < 1e-5
+        assert a.n_passes_ == acc.models[0].n_passes_  # the grid's shared passes
+    assert acc.models[0].n_passes_ < plain.models[0].n_passes_
+    holes = x.copy()
+    holes[::7, 0] = np.nan
+    kw = dict(missing="em", tol=1e-8, max_iter=2000, random_state=0)
+    a = GaussianMixture(3, algorithm="accelerated", **kw).fit(holes)
+    p = GaussianMixture(3, **kw).fit(holes)
+    assert a.converged_ and abs(a.lower_bound_ - p.lower_bound_) < 1e-5
+    assert a.n_iter_ < p.n_iter_
