@@ -1,4 +1,4 @@
-"""Suite accel: passes and seconds to converge for em / accelerated / online (issue #20).
+"""Suite accel: passes and seconds to converge for em / accelerated / online / incremental.
 
 Every algorithm starts from the same k-means start (drawn with the seed) and runs on the
 threaded scheduler. The reference optimum of a case is plain EM's at tol=1e-9 (at most
@@ -19,12 +19,14 @@ from suite import Settings, target
 
 from dask_em import GaussianMixture
 from dask_em.engine._em import run_em
+from dask_em.engine._incremental import incremental_passes
 from dask_em.engine._online import online_pass
 from dask_em.init._starts import StartRequest, make_starts
 
 _EPS = float(np.finfo(np.float64).eps)
 _REF_TOL = 1e-9
 _REF_MAX_ITER = 3000
+ALGORITHMS = ("em", "accelerated", "online", "incremental")
 
 
 def overlapping(n, k, d, seed, spread=2.0):
@@ -68,6 +70,13 @@ def _run(dx, start, algorithm, tol, seed):
             eps=_EPS,
         )
         extra = 1
+    elif algorithm == "incremental":
+        # Neal & Hinton over 16 waves until a pass changes the (mixed) mean
+        # log-likelihood by less than 1e-7, then plain EM to ``tol``.
+        params, extra = incremental_passes(
+            dx, start, n_passes=_REF_MAX_ITER, n_waves=16, reg_covar=1e-6, eps=_EPS, tol=1e-7
+        )
+        starts = [params]
     state = run_em(
         dx,
         starts,
@@ -75,7 +84,7 @@ def _run(dx, start, algorithm, tol, seed):
         max_iter=_REF_MAX_ITER,
         reg_covar=1e-6,
         eps=_EPS,
-        algorithm="em" if algorithm == "em" else "accelerated",
+        algorithm="accelerated" if algorithm in ("accelerated", "online") else "em",
         callback=lambda p: times.append(time.perf_counter() - t0),
     )
     c = state.candidates[0]
@@ -125,7 +134,7 @@ def _case(s: Settings, name, x, k, ct, seed, chunk):
     out["em"]["passes_1e-5"], out["em"]["seconds_1e-5"] = _reach(
         ref_lbs, ref_times, ref.lower_bound, 1e-5, 0
     )
-    for alg in ("accelerated", "online"):
+    for alg in ALGORITHMS[1:]:
         lbs, times, c, extra = _run(dx, starts[0], alg, _REF_TOL, seed)
         p, t = _reach(lbs, times, ref.lower_bound, 1e-5, extra)
         lbs6, times6, c6, extra6 = _run(dx, starts[0], alg, 1e-6, seed)
@@ -191,7 +200,7 @@ def _markdown(cases, pf, ooc) -> str:
     header += ["s tol=1e-6", "param diff"]
     table = []
     for c in cases:
-        for alg in ("em", "accelerated", "online"):
+        for alg in ALGORITHMS:
             r = c[alg]
             table.append(
                 [

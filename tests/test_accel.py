@@ -288,3 +288,20 @@ def test_model_selection_grid_and_missing_values_accelerated(slow_data):
     p = GaussianMixture(3, **kw).fit(holes)
     assert a.converged_ and abs(a.lower_bound_ - p.lower_bound_) < 1e-5
     assert a.n_iter_ < p.n_iter_
+
+
+def test_incremental_em_with_one_wave_is_plain_em_and_converges_with_many(slow_data):
+    from dask_em.engine._incremental import incremental_passes
+
+    _, dx = slow_data
+    start = start_of(dx, 3, "diag")
+    one, passes = incremental_passes(dx, start, n_passes=3, n_waves=1, reg_covar=1e-6, eps=EPS)
+    plain = fit(dx, start, "em", tol=0.0, max_iter=3)
+    assert passes == 3
+    np.testing.assert_allclose(one.means, plain.params.means, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(one.covariances, plain.params.covariances, rtol=0, atol=1e-12)
+    # Two waves (the data has two blocks): then plain EM to the same optimum.
+    many, _ = incremental_passes(dx, start, n_passes=5, n_waves=2, reg_covar=1e-6, eps=EPS)
+    after = fit(dx, many, "em", tol=1e-9)
+    reference = fit(dx, start, "em", tol=1e-9)
+    assert abs(after.lower_bound - reference.lower_bound) < 1e-6
