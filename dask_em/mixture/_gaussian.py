@@ -511,6 +511,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.n_rows_skipped_ = n_skipped
         self.n_passes_ = state.n_passes
         self.fit_state_ = state
+        # A later partial_fit goes on from these parameters, not an older stream's.
+        self.__dict__.pop("_online_state", None)
 
     def _set_fitted(self, params: MixtureParams):
         self.weights_ = params.weights
