@@ -2,9 +2,10 @@
 
     python benchmarks/run.py [--quick] [--only NAME ...] [--repeats R] [--out DIR]
 
-Suites (``--only``): em, spark, ooc, scaling, float32, bayesian. Every figure is seconds per EM
-iteration unless said; each is the min and the median over repeats, and every ratio is
-taken between figures of the same run (the machines these run on are noisy). The run
+Suites (``--only``): em, spark, ooc, scaling, float32, bayesian, accel. Every figure is
+seconds per EM iteration unless said; each is the min and the median over repeats, and
+every ratio is taken between figures of the same run (the machines these run on are
+noisy). The run
 writes ``benchmark-<time>.json`` (every figure, the environment, load averages) and
 ``benchmark-<time>.md`` (the tables) into ``--out`` and prints the tables.
 
@@ -37,6 +38,7 @@ from measure import (  # noqa: E402
 )
 from report import render_markdown, strip  # noqa: E402
 from suite import Settings  # noqa: E402
+from suite_accel import suite_accel  # noqa: E402
 from suite_bayesian import suite_bayesian  # noqa: E402
 from suite_em import suite_em  # noqa: E402
 from suite_float32 import suite_float32  # noqa: E402
@@ -61,6 +63,7 @@ __all__ = [
     "peers",
     "render_markdown",
     "suite_bayesian",
+    "suite_accel",
     "suite_em",
     "suite_float32",
     "suite_ooc",
@@ -69,7 +72,7 @@ __all__ = [
     "write_zarr",
 ]
 
-SUITES = ("em", "spark", "ooc", "scaling", "float32", "bayesian")
+SUITES = ("em", "spark", "ooc", "scaling", "float32", "bayesian", "accel")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 RUNNERS = {
     "em": suite_em,
@@ -78,6 +81,7 @@ RUNNERS = {
     "scaling": suite_scaling,
     "float32": suite_float32,
     "bayesian": suite_bayesian,
+    "accel": suite_accel,
 }
 
 

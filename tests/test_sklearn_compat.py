@@ -166,6 +166,9 @@ def test_clone_and_set_params(X):
         "split_every",
         "missing",
         "compute_dtype",
+        "algorithm",
+        "learning_decay",
+        "learning_offset",
     }
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from dask_em.engine._accel import STEP_RULES
 from dask_em.engine._blas import single_threaded_blas
 from dask_em.engine._errors import StartError
 from dask_em.engine._params import GAUSSIAN, GaussianEM, MixtureParams
@@ -46,6 +47,11 @@ class CandidateState:
     error : StartError or None
         Why the start was dropped (``run_em(on_start_error='drop')``); its parameters
         and lower bounds are those of the iteration before.
+    parent_lower_bound : float
+        Mean log-likelihood of the point whose EM image ``params`` is (the next pass's
+        comparison point for convergence), NaN when ``params`` is an extrapolation.
+    step_state : dict of ndarray
+        The step rule's own state (:mod:`dask_em.engine._accel`); empty for plain EM.
     """
 
     index: int
@@ -54,6 +60,8 @@ class CandidateState:
     converged: bool
     active: bool
     error: StartError | None = None
+    parent_lower_bound: float = -np.inf
+    step_state: dict = field(default_factory=dict)
 
     @property
     def n_iter(self) -> int:
@@ -75,11 +83,19 @@ class EMProgress:
     seconds : float
         Wall time of the last iteration.
     candidates : tuple of CandidateState
+    init_passes : int
+        Passes over the data before the first iteration (initialisation).
     """
 
     iteration: int
     seconds: float
     candidates: tuple
+    init_passes: int = 0
+
+    @property
+    def n_passes(self) -> int:
+        """Full passes over the data so far: initialisation plus one per iteration."""
+        return self.init_passes + self.iteration
 
     def to_arrays(self) -> dict:
         """Plain numpy arrays (savable with ``np.savez``, loadable without pickle)."""
@@ -87,6 +103,7 @@ class EMProgress:
             "iteration": np.asarray(self.iteration),
             "seconds": np.asarray(self.seconds),
             "n_candidates": np.asarray(len(self.candidates)),
+            "init_passes": np.asarray(self.init_passes),
             "covariance_type": np.asarray(self.candidates[0].params.covariance_type),
         }
         for c in self.candidates:
@@ -107,6 +124,9 @@ class EMProgress:
             out[p + "lower_bounds"] = np.asarray(c.lower_bounds, dtype=np.float64)
             out[p + "converged"] = np.asarray(c.converged)
             out[p + "active"] = np.asarray(c.active)
+            out[p + "parent_lower_bound"] = np.asarray(c.parent_lower_bound, dtype=np.float64)
+            for key, value in c.step_state.items():
+                out[p + "step_" + key] = np.asarray(value)
         return out
 
     @classmethod
@@ -119,34 +139,29 @@ class EMProgress:
             ct = (
                 str(arrays[p + "covariance_type"]) if p + "covariance_type" in arrays else cov_type
             )
-            if p + "prior_type" in arrays:
-                params = BayesianParams(
-                    *(np.asarray(arrays[p + name]) for name in _VARIATIONAL_FIELDS[:2]),
-                    np.asarray(arrays[p + "means"]),
-                    np.asarray(arrays[p + "degrees_of_freedom"]),
-                    np.asarray(arrays[p + "covariances"]),
-                    np.asarray(arrays[p + "precisions_cholesky"]),
-                    ct,
-                    str(arrays[p + "prior_type"]),
-                )
-            else:
-                params = MixtureParams(
-                    np.asarray(arrays[p + "weights"]),
-                    np.asarray(arrays[p + "means"]),
-                    np.asarray(arrays[p + "covariances"]) if p + "covariances" in arrays else None,
-                    np.asarray(arrays[p + "precisions_cholesky"]),
-                    ct,
-                )
+            params = _params_from_arrays(arrays, p, ct)
+            lower_bounds = tuple(float(v) for v in np.asarray(arrays[p + "lower_bounds"]))
+            # Saved before step rules existed: plain EM, compared with its last bound.
+            parent = arrays.get(
+                p + "parent_lower_bound", lower_bounds[-1] if lower_bounds else -np.inf
+            )
+            step = p + "step_"
+            step_state = {
+                k[len(step) :]: np.asarray(arrays[k]) for k in arrays if k.startswith(step)
+            }
             cands.append(
                 CandidateState(
                     int(arrays[p + "index"]),
                     params,
-                    tuple(float(v) for v in np.asarray(arrays[p + "lower_bounds"])),
+                    lower_bounds,
                     bool(arrays[p + "converged"]),
                     bool(arrays[p + "active"]),
+                    parent_lower_bound=float(parent),
+                    step_state=step_state,
                 )
             )
-        return cls(int(arrays["iteration"]), float(arrays["seconds"]), tuple(cands))
+        init_passes = int(arrays["init_passes"]) if "init_passes" in arrays else 0
+        return cls(int(arrays["iteration"]), float(arrays["seconds"]), tuple(cands), init_passes)
 
 
 def _em_chunk(x, params_list, row_offset, block_index, w=None):
@@ -198,6 +213,27 @@ def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
     )
 
 
+def _params_from_arrays(arrays, p: str, ct: str):
+    """Candidate ``p``'s parameters in a checkpoint: a Bayesian or a Gaussian mixture's."""
+    if p + "prior_type" in arrays:
+        return BayesianParams(
+            *(np.asarray(arrays[p + name]) for name in _VARIATIONAL_FIELDS[:2]),
+            np.asarray(arrays[p + "means"]),
+            np.asarray(arrays[p + "degrees_of_freedom"]),
+            np.asarray(arrays[p + "covariances"]),
+            np.asarray(arrays[p + "precisions_cholesky"]),
+            ct,
+            str(arrays[p + "prior_type"]),
+        )
+    return MixtureParams(
+        np.asarray(arrays[p + "weights"]),
+        np.asarray(arrays[p + "means"]),
+        np.asarray(arrays[p + "covariances"]) if p + "covariances" in arrays else None,
+        np.asarray(arrays[p + "precisions_cholesky"]),
+        ct,
+    )
+
+
 def _checked_m_step(model, stats, reg_covar, eps, start, iteration):
     """The M-step of one start; its failure is a :class:`StartError` naming the start."""
     try:
@@ -212,6 +248,62 @@ def _checked_m_step(model, stats, reg_covar, eps, start, iteration):
         hint = ". Scale the input data or increase reg_covar."
         raise StartError.at("EM produced non-finite parameters", start, iteration, hint)
     return params
+
+
+def _start_state(starts, resume, max_iter, initial_lower_bounds, init_passes) -> EMProgress:
+    """The state a run begins from: ``resume``, or iteration 0 of ``starts``."""
+    if resume is not None:
+        return resume
+    parents = list(initial_lower_bounds or [-np.inf] * len(starts))
+    # A warm start's comparison point is its lower bound (scikit-learn), a cold one's -inf.
+    assert len(parents) == len(starts)
+    cands = tuple(
+        CandidateState(i, p, (), False, max_iter > 0, parent_lower_bound=float(lb))
+        for i, (p, lb) in enumerate(zip(starts, parents, strict=True))
+    )
+    return EMProgress(0, 0.0, cands, init_passes=init_passes)
+
+
+def _advance(c: CandidateState, st, step, model, *, tol, reg_covar, eps, iteration, last, drop):
+    """A candidate after the pass that gave it statistics ``st`` (the model's M-step and
+    lower bound, then the step rule)."""
+    try:
+        image = _checked_m_step(model, st, reg_covar, eps, c.index, iteration)
+    except StartError as exc:
+        if not drop:
+            raise
+        logger.warning("start %d dropped: %s", c.index, exc)
+        return replace(c, active=False, converged=False, error=exc)
+    lower_bound = model.lower_bound(st, c.params, image)
+    out = step(c.params, lower_bound, image, c.parent_lower_bound, tol, c.step_state)
+    # Stopped by max_iter: end on an EM image (never on an extrapolated point).
+    params = out.params if out.converged or not last else image
+    return replace(
+        c,
+        params=params,
+        lower_bounds=c.lower_bounds + (lower_bound,),
+        converged=out.converged,
+        active=not out.converged and not last,
+        parent_lower_bound=out.parent_lower_bound,
+        step_state=out.state,
+    )
+
+
+def _log_iteration(log_level, state: EMProgress, live) -> None:
+    cands = state.candidates
+    ran = [cands[i] for i in live if cands[i].error is None] or [cands[i] for i in live]
+    best = max(ran, key=lambda c: c.lower_bound)
+    logger.log(
+        log_level,
+        "iteration %d (pass %d): lower bound %.10g, change %.3g, %.3f s, %d/%d starts running",
+        state.iteration,
+        state.n_passes,
+        best.lower_bound,
+        best.lower_bound - (best.lower_bounds[-2] if best.n_iter > 1 else -np.inf),
+        state.seconds,
+        sum(c.active for c in cands),
+        len(cands),
+    )
 
 
 def run_em(
@@ -231,6 +323,8 @@ def run_em(
     log_interval: int = 1,
     kernel=None,
     on_start_error: str = "raise",
+    algorithm: str = "em",
+    init_passes: int = 0,
     model: GaussianEM = GAUSSIAN,
 ) -> EMProgress:
     """Run EM from several starts together, one pass over ``x`` per iteration.
@@ -241,9 +335,10 @@ def run_em(
     starts : sequence of MixtureParams
         Initial parameters of each candidate (ignored when ``resume`` is given).
     tol : float
-        A candidate converges when its mean log-likelihood changes by less than this.
+        A candidate converges when one plain EM iteration changes its mean
+        log-likelihood by less than this.
     max_iter : int
-        Iterations at most, counted from the first (including resumed ones).
+        Iterations (passes) at most, counted from the first (including resumed ones).
     reg_covar : float
     eps : float
         Machine epsilon of the input dtype (scikit-learn's weight guard).
@@ -264,9 +359,15 @@ def run_em(
         A start whose M-step fails (or gives non-finite parameters) raises
         :class:`StartError`, or is stopped with the error in its ``error`` and the
         others go on (their numbers are those of a run without it).
+    algorithm : {'em', 'accelerated'}
+        The step rule (:mod:`dask_em.engine._accel`): plain EM, or SQUAREM to a fixed
+        point of the same EM map in fewer passes.
+    init_passes : int
+        Passes made before this run (initialisation), kept in :attr:`EMProgress.n_passes`.
     model : GaussianEM or alike, default maximum-likelihood Gaussian
         The model's E-step parameters, M-step and lower bound (see
         :class:`dask_em.engine._params.GaussianEM`); ``starts`` are its parameters.
+        Step rules other than plain EM extrapolate Gaussian parameters only.
 
     Returns
     -------
@@ -275,66 +376,35 @@ def run_em(
     """
     if on_start_error not in ("raise", "drop"):
         raise ValueError(f"on_start_error must be 'raise' or 'drop', got {on_start_error!r}")
-    if resume is not None:
-        cands = list(resume.candidates)
-        iteration = resume.iteration
-        prev = [c.lower_bound for c in cands]
-        state = resume
-    else:
-        cands = [CandidateState(i, p, (), False, max_iter > 0) for i, p in enumerate(starts)]
-        iteration = 0
-        prev = list(initial_lower_bounds or [-np.inf] * len(cands))
-        state = EMProgress(0, 0.0, tuple(cands))
-    # A resumed candidate whose comparison point was lost is a bug, not a user error.
-    assert len(prev) == len(cands)
-
+    if algorithm not in STEP_RULES:
+        raise ValueError(f"algorithm must be one of {sorted(STEP_RULES)}, got {algorithm!r}")
+    if algorithm != "em" and model is not GAUSSIAN:
+        raise ValueError(f"algorithm={algorithm!r} extrapolates Gaussian parameters only")
+    state = _start_state(starts, resume, max_iter, initial_lower_bounds, init_passes)
+    cands, iteration = list(state.candidates), state.iteration
     while iteration < max_iter and any(c.active for c in cands):
         iteration += 1
         live = [i for i, c in enumerate(cands) if c.active]
         t0 = time.perf_counter()
-        stats = em_pass(
-            x,
-            [model.e_step_params(cands[i].params) for i in live],
-            weights=weights,
-            split_every=split_every,
-            kernel=kernel,
-        )
+        points = [model.e_step_params(cands[i].params) for i in live]
+        stats = em_pass(x, points, weights=weights, split_every=split_every, kernel=kernel)
         for i, st in zip(live, stats, strict=True):
-            c = cands[i]
-            try:
-                new_params = _checked_m_step(model, st, reg_covar, eps, c.index, iteration)
-            except StartError as exc:
-                if on_start_error == "raise":
-                    raise
-                logger.warning("start %d dropped: %s", c.index, exc)
-                cands[i] = replace(c, active=False, converged=False, error=exc)
-                continue
-            lower_bound = model.lower_bound(st, c.params, new_params)
-            change = lower_bound - prev[i]
-            prev[i] = lower_bound
-            converged = abs(change) < tol
-            cands[i] = replace(
-                c,
-                params=new_params,
-                lower_bounds=c.lower_bounds + (lower_bound,),
-                converged=converged,
-                active=not converged and iteration < max_iter,
+            cands[i] = _advance(
+                cands[i],
+                st,
+                STEP_RULES[algorithm],
+                model,
+                tol=tol,
+                reg_covar=reg_covar,
+                eps=eps,
+                iteration=iteration,
+                last=iteration >= max_iter,
+                drop=on_start_error == "drop",
             )
         seconds = time.perf_counter() - t0
-        state = EMProgress(iteration, seconds, tuple(cands))
+        state = EMProgress(iteration, seconds, tuple(cands), init_passes=state.init_passes)
         if iteration % log_interval == 0 or not any(c.active for c in cands):
-            ran = [cands[i] for i in live if cands[i].error is None] or [cands[i] for i in live]
-            best = max(ran, key=lambda c: c.lower_bound)
-            logger.log(
-                log_level,
-                "iteration %d: lower bound %.10g, change %.3g, %.3f s, %d/%d starts running",
-                iteration,
-                best.lower_bound,
-                best.lower_bound - (best.lower_bounds[-2] if best.n_iter > 1 else -np.inf),
-                seconds,
-                sum(c.active for c in cands),
-                len(cands),
-            )
+            _log_iteration(log_level, state, live)
         if callback is not None:
             callback(state)
     return state

@@ -26,6 +26,8 @@ import dataclasses
 import itertools
 import uuid
 import weakref
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +219,35 @@ def tree_reduce(
     return Delayed(root, graph)
 
 
+class PassCounter:
+    """Passes run by :func:`compute_pass` while it was active (see :func:`counting_passes`)."""
+
+    def __init__(self):
+        self.n = 0
+
+
+# The counters of the enclosing ``counting_passes`` blocks of this thread or task context.
+_COUNTERS: ContextVar[tuple] = ContextVar("dask_em_pass_counters", default=())
+
+
+@contextmanager
+def counting_passes():
+    """Count the passes over the data that run inside the block.
+
+    Yields
+    ------
+    PassCounter
+        Its ``n`` grows by one for every :func:`compute_pass` (every full read of the
+        array it is given) in this context; nested blocks all count.
+    """
+    counter = PassCounter()
+    token = _COUNTERS.set(_COUNTERS.get() + (counter,))
+    try:
+        yield counter
+    finally:
+        _COUNTERS.reset(token)
+
+
 def compute_pass(
     x,
     chunk,
@@ -258,6 +289,8 @@ def compute_pass(
     )
     with single_threaded_blas():
         (out,) = dask.compute(graph)
+    for counter in _COUNTERS.get():
+        counter.n += 1
     return out
 
 

@@ -55,9 +55,10 @@ class _Progress:
             else ""
         )
         log.info(
-            "%siter %4d  lower bound %.10g  change %+.3e  %.3f s/iter%s",
+            "%siter %4d  pass %4d  lower bound %.10g  change %+.3e  %.3f s/iter%s",
             self.label,
             progress.iteration,
+            progress.n_passes,
             lb,
             change,
             progress.seconds,
@@ -140,8 +141,9 @@ class _GridProgress:
         else:
             best_text = "none"
         log.info(
-            "iter %4d  %d/%d candidates running  best lower bound %s  %.3f s/iter",
+            "iter %4d  pass %4d  %d/%d candidates running  best lower bound %s  %.3f s/iter",
             progress.iteration,
+            progress.n_passes,
             len(live),
             len(self.labels),
             best_text,

@@ -164,6 +164,7 @@ def _metrics(
         ]
     return {
         "n_iter": int(gm.n_iter_),
+        "n_passes": int(getattr(gm, "n_passes_", gm.n_iter_)),
         "converged": bool(gm.converged_),
         "lower_bound": _finite(gm.lower_bound_),
         **scores,
@@ -185,6 +186,7 @@ def _model_summary(gm, threshold: float | None = None) -> dict:
         "covariance_type": gm.covariance_type,
         "converged": bool(gm.converged_),
         "n_iter": int(gm.n_iter_),
+        "n_passes": int(getattr(gm, "n_passes_", gm.n_iter_)),
         "lower_bound": _finite(gm.lower_bound_),
         "weights": [float(w) for w in gm.weights_],
         **effective_components(gm, threshold),

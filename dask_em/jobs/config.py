@@ -306,7 +306,15 @@ BAYESIAN_ONLY = (
     "degrees_of_freedom_prior",
     "covariance_prior",
 )
-GAUSSIAN_ONLY = ("weights_init", "means_init", "precisions_init", "missing")
+GAUSSIAN_ONLY = (
+    "weights_init",
+    "means_init",
+    "precisions_init",
+    "missing",
+    "algorithm",
+    "learning_decay",
+    "learning_offset",
+)
 
 
 class ModelConfig(_Model):
@@ -338,6 +346,13 @@ class ModelConfig(_Model):
     """Fan-in of the statistics' tree reduction (dask's ``split_every``)."""
     compute_dtype: Literal["auto", "float32", "float64"] = "auto"
     """E-step arithmetic: 'auto' is float32 for float32 data (``data.dtype``)."""
+    algorithm: Literal["em", "accelerated", "online"] = "em"
+    """'accelerated': the same optimum as 'em' in fewer passes (SQUAREM); 'online': one
+    online-EM pass over the blocks, then 'accelerated'. ``max_iter`` counts passes."""
+    learning_decay: Annotated[float, Field(gt=0.5, le=1.0)] = 0.7
+    """Online EM's step-size decay ``kappa`` ('online')."""
+    learning_offset: NonNegFloat = 1.0
+    """Online EM's step-size offset ``t0`` ('online')."""
     weight_concentration_prior_type: Literal["dirichlet_process", "dirichlet_distribution"] = (
         "dirichlet_process"
     )

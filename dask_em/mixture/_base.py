@@ -34,6 +34,7 @@ from dask_em.engine._blas import single_threaded_blas
 from dask_em.engine._em import COMPUTE_DTYPES, CandidateState, best_candidate, em_kernel, run_em
 from dask_em.engine._math import normalize_log_prob
 from dask_em.engine._params import GAUSSIAN
+from dask_em.engine._reduce import counting_passes
 from dask_em.engine._stats import log_prob_block
 from dask_em.engine._stats import row_log_likelihood as _log_norm
 from dask_em.init._starts import StartRequest, make_starts
@@ -288,7 +289,9 @@ def draw_starts(data: FitData, candidates, rngs, settings: StartSettings, model=
     return out
 
 
-def record_result(estimator, best: CandidateState, fit_state, n_features, n_skipped):
+def record_result(
+    estimator, best: CandidateState, fit_state, n_features, n_skipped, n_passes=None
+):
     """Set a fitted estimator's attributes from its best start (every fit ends here).
 
     Parameters
@@ -299,6 +302,9 @@ def record_result(estimator, best: CandidateState, fit_state, n_features, n_skip
         Kept as ``fit_state_`` (to resume or inspect the other starts).
     n_features : int
     n_skipped : int
+    n_passes : int, optional
+        Full passes over the data the fit made, initialisation included (``n_passes_``);
+        default ``fit_state.n_passes``.
     """
     estimator._set_fitted(best.params)
     estimator.converged_ = bool(best.converged)
@@ -308,6 +314,7 @@ def record_result(estimator, best: CandidateState, fit_state, n_features, n_skip
     estimator.n_features_in_ = n_features
     estimator.n_rows_skipped_ = n_skipped
     estimator.fit_state_ = fit_state
+    estimator.n_passes_ = fit_state.n_passes if n_passes is None else n_passes
 
 
 def ensure_handler():
@@ -440,18 +447,14 @@ class BaseMixture(DensityMixin, BaseEstimator):
             missing=missing,
             split_every=self.split_every,
         )
-        model = self._em_model(data)
-        starts, initial = None, None
-        if resume is None and do_init:
-            starts = self._initial_params(data, check_random_state(self.random_state), model)
-            for i, s in enumerate(starts):
-                if not s.is_finite():
-                    raise ValueError(
-                        f"Initialisation produced non-finite parameters (start {i}). "
-                        "Check the data for NaN or infinity, or scale it."
-                    )
-        elif resume is None:
-            starts, initial = [self._fitted_params()], [self.lower_bound_]
+        with counting_passes() as counted:
+            model = self._em_model(data)
+            starts, initial = self._starting_point(data, model, do_init, resume)
+        # The pass counting missing values is one (prepare_fit), initialisation its own.
+        init_passes = int(missing == "em") + counted.n
+        if resume is None:
+            starts, initial, extra = self._online_start(data, starts, initial)
+            init_passes += extra
         state = run_em(
             data.x,
             starts,
@@ -462,6 +465,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             log_level=logging.INFO if self.verbose else logging.DEBUG,
             log_interval=self.verbose_interval if self.verbose else 1,
             model=model,
+            init_passes=init_passes,
         )
         best = best_candidate(state)
         if not best.converged and self.max_iter > 0:
@@ -472,6 +476,33 @@ class BaseMixture(DensityMixin, BaseEstimator):
                 stacklevel=4,  # _fit, fit, its validating wrapper, the caller
             )
         record_result(self, best, state, d, data.n_skipped)
+        # A later partial_fit goes on from these parameters, not an older stream's.
+        self.__dict__.pop("_online_state", None)
+
+    def _starting_point(self, data: FitData, model, do_init: bool, resume):
+        """``(starts, initial lower bounds)`` of a fit: drawn, the fitted parameters
+        (warm start), or none (resumed)."""
+        if resume is not None:
+            return None, None
+        if not do_init:
+            return [self._fitted_params()], [self.lower_bound_]
+        starts = self._initial_params(data, check_random_state(self.random_state), model)
+        for i, s in enumerate(starts):
+            if not s.is_finite():
+                raise ValueError(
+                    f"Initialisation produced non-finite parameters (start {i}). "
+                    "Check the data for NaN or infinity, or scale it."
+                )
+        return starts, None
+
+    def _step_rule(self) -> str:
+        """The engine's step rule for this estimator's fits (see ``run_em``)."""
+        return "em"
+
+    def _online_start(self, data: FitData, starts, initial):
+        """``(starts, initial lower bounds, passes made)`` after any pass the algorithm
+        makes before EM (none here)."""
+        return starts, initial, 0
 
     def _run_settings(self, data: FitData) -> dict:
         """:func:`run_em`'s settings from this estimator's parameters, for ``data``."""
@@ -483,6 +514,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             weights=data.weights,
             split_every=self.split_every,
             kernel=em_kernel(self._missing_mode == "em", data.x.dtype, self.compute_dtype),
+            algorithm=self._step_rule(),
         )
 
     def _check_parameters(self, n_features):

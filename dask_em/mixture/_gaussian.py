@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import dask.array as da
+from sklearn.base import _fit_context
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from dask_em.engine import _math, _missing
+from dask_em.engine._accel import ALGORITHMS
 from dask_em.engine._em import EMProgress
 from dask_em.engine._params import GAUSSIAN, MixtureParams
 from dask_em.engine._reduce import compute
 from dask_em.engine._stats import row_log_likelihood as _log_norm
 from dask_em.init import _init
 from dask_em.mixture._base import BaseMixture, FitData, float_arrays, mean_of
+from dask_em.mixture._partial import online_fit_starts, partial_fit_batch
 from dask_em.mixture._validation import (
     check_means_init,
     check_precisions_init,
@@ -22,6 +26,10 @@ from dask_em.mixture._validation import (
     check_weights_init,
     check_weights_like,
 )
+
+#: ``algorithm`` values of :meth:`GaussianMixture.fit`: the engine's step rules, and
+#: 'online' (one online-EM pass, then 'accelerated').
+FIT_ALGORITHMS = (*ALGORITHMS, "online")
 
 
 class GaussianMixture(BaseMixture):
@@ -98,6 +106,21 @@ class GaussianMixture(BaseMixture):
         relative. 'float64' gives the same numbers as fitting ``X.astype(float64)``.
         Tied covariances always use float64 (their pooled scatter, taken about one
         point, would lose too many digits in single precision).
+    algorithm : {'em', 'accelerated', 'online'}, default='em'
+        'em': scikit-learn's iterations, one pass each. 'accelerated': SQUAREM
+        (Varadhan & Roland, 2008) in unconstrained coordinates with a monotonicity
+        safeguard: it converges to a fixed point of the same EM map, usually in a
+        fraction of the passes on overlapping components, and stops by the same rule
+        (one more plain EM iteration would change the mean log-likelihood by less
+        than ``tol``). 'online': one pass of online EM over the row blocks in a
+        ``random_state``-seeded order (see :meth:`partial_fit`) after initialisation,
+        then 'accelerated' passes to convergence. ``max_iter`` counts passes.
+    learning_decay : float in (0.5, 1], default=0.7
+        Online EM's ``kappa``: the ``t``-th batch is blended into the running statistics
+        with weight ``(t + learning_offset) ** -learning_decay`` (:meth:`partial_fit`,
+        ``algorithm='online'``), as in scikit-learn's online LDA.
+    learning_offset : float >= 0, default=1.0
+        Online EM's ``t0`` (see ``learning_decay``).
 
     Attributes
     ----------
@@ -110,6 +133,11 @@ class GaussianMixture(BaseMixture):
     n_iter_ : int
     lower_bound_ : float
     lower_bounds_ : list of float
+        Mean log-likelihood at every iteration (every pass of the EM loop).
+    n_passes_ : int
+        Full passes over the data the fit made, initialisation included (k-means,
+        counting missing values, the online pass); for :meth:`partial_fit`, passes over
+        the batches given.
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features,)
         Column names of ``X``, when it had string column names (pandas or dask
@@ -126,6 +154,9 @@ class GaussianMixture(BaseMixture):
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
         "missing": [StrOptions(set(_missing.MISSING_OPTIONS))],
+        "algorithm": [StrOptions(set(FIT_ALGORITHMS))],
+        "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
+        "learning_offset": [Interval(Real, 0.0, None, closed="left")],
     }
     _ARRAY_PARAMS = ("weights_init", "means_init", "precisions_init")
 
@@ -150,6 +181,9 @@ class GaussianMixture(BaseMixture):
         split_every=None,
         missing="error",
         compute_dtype="auto",
+        algorithm="em",
+        learning_decay=0.7,
+        learning_offset=1.0,
     ):
         self._store_params(locals())
 
@@ -180,6 +214,43 @@ class GaussianMixture(BaseMixture):
         # the arrays given replace its parts and the rest (e.g. covariances) is kept.
         starts = super()._initial_params(data, rng, model)
         return [_init.override(s, w0, m0, p0) for s in starts]
+
+    def _step_rule(self) -> str:
+        # 'online' ends at an EM fixed point by accelerated passes.
+        return "accelerated" if self.algorithm == "online" else self.algorithm
+
+    def _online_start(self, data: FitData, starts, initial):
+        if self.algorithm != "online":
+            return starts, initial, 0
+        kernel = self._run_settings(data)["kernel"]
+        starts = online_fit_starts(self, data.x, starts, data.eps, data.weights, kernel)
+        # Its M-steps come from running statistics: no EM parent to compare with; one pass.
+        return starts, None, 1
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None, *, sample_weight=None):
+        """Update the model from one batch of rows by online (stepwise) EM.
+
+        Cappé & Moulines (2009): the batch's E-step statistics are blended into running
+        statistics with weight ``(t + learning_offset) ** -learning_decay`` (the first
+        batch whole) and the parameters become their M-step. The first call
+        initialises from the given ``*_init`` arrays, else by k-means++ on that batch
+        (a model fitted by :meth:`fit` goes on from its parameters). Deterministic for a
+        seed and an order of batches; memory does not grow with the number of batches.
+        ``lower_bound_`` is the batch's mean log-likelihood before its update,
+        ``n_iter_`` counts batches and ``n_passes_`` passes over them.
+
+        Parameters
+        ----------
+        X : array-like or dask array of shape (n_samples, n_features)
+        y : ignored
+        sample_weight : array-like or dask array of shape (n_samples,), optional
+
+        Returns
+        -------
+        self
+        """
+        return partial_fit_batch(self, X, sample_weight)
 
     def _fitted_params(self) -> MixtureParams:
         return MixtureParams(

@@ -20,9 +20,10 @@ from dataclasses import replace
 import numpy as np
 
 from dask_em.engine import _math, _missing
+from dask_em.engine._accel import ALGORITHMS
 from dask_em.engine._em import CandidateState, EMProgress, best_candidate, run_em
 from dask_em.engine._errors import raise_non_finite
-from dask_em.engine._reduce import compute_pass
+from dask_em.engine._reduce import compute_pass, counting_passes
 from dask_em.engine._stats import log_prob_block
 from dask_em.mixture._base import (
     FitData,
@@ -130,14 +131,15 @@ def _run_em_dropping_failures(x, starts, failures, *, resume=None, callback=None
     return state
 
 
-def _fitted(proto, best: CandidateState, group, d, n_skipped) -> GaussianMixture:
+def _fitted(proto, best: CandidateState, group, d, n_skipped, n_passes) -> GaussianMixture:
     gm = GaussianMixture(**proto.get_params())
     fit_state = EMProgress(
         max((c.n_iter for c in group), default=0),
         0.0,
         tuple(replace(c, index=j) for j, c in enumerate(group)),
     )
-    record_result(gm, best, fit_state, d, n_skipped)
+    # The grid's passes: every candidate shared them.
+    record_result(gm, best, fit_state, d, n_skipped, n_passes)
     return gm
 
 
@@ -184,6 +186,7 @@ def select_model(
     split_every: int | None = None,
     missing: str = "error",
     compute_dtype: str = "auto",
+    algorithm: str = "em",
     verbose: int = 0,
     callback: Callable[[SelectionProgress], object] | None = None,
     resume: SelectionProgress | Mapping | None = None,
@@ -203,6 +206,9 @@ def select_model(
         Lower is better (scikit-learn's sign).
     n_init, init_params, tol, reg_covar, max_iter, persist, split_every, missing, \
 compute_dtype, verbose : as :class:`GaussianMixture`
+    algorithm : {'em', 'accelerated'}, default='em'
+        As :class:`GaussianMixture`; every start of the grid takes its own steps in the
+        shared passes.
     random_state : int, RandomState or None
         Every candidate draws its starts from ``RandomState(seed)``: ``seed`` is this
         int, or one int drawn from the RandomState (or numpy's global one).
@@ -242,25 +248,31 @@ compute_dtype, verbose : as :class:`GaussianMixture`
     settings = dict(tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init)
     settings.update(init_params=init_params, random_state=seed, persist=persist, verbose=verbose)
     settings.update(split_every=split_every, missing=missing, compute_dtype=compute_dtype)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {algorithm!r}")
+    settings.update(algorithm=algorithm)
     protos = [_prototype(k, ct, settings) for k, ct in grid]
     x, from_numpy = _check_data(X, grid, resume)
     log_level = _log_level(verbose)
-    data = prepare_fit(
-        x,
-        from_numpy,
-        sample_weight,
-        persist=persist,
-        missing=missing,
-        split_every=split_every,
-        initialise=resume is None,
-    )
     start_settings = StartSettings(init_params, n_init, reg_covar, split_every, log_level)
-    starts, owner, errors, n_skipped = _initial_starts(data, grid, seed, start_settings, resume)
+    with counting_passes() as init_passes:
+        data = prepare_fit(
+            x,
+            from_numpy,
+            sample_weight,
+            persist=persist,
+            missing=missing,
+            split_every=split_every,
+            initialise=resume is None,
+        )
+        starts, owner, errors, n_skipped = _initial_starts(
+            data, grid, seed, start_settings, resume
+        )
     failures: dict[int, str] = dict(resume.failed_starts) if resume is not None else {}
     context = dict(owner=tuple(owner), grid=tuple(grid), n_features=data.n_features, seed=seed)
     context.update(n_init=n_init, init_params=init_params, missing=missing)
     on_iteration = _progress_callback(callback, context, n_skipped, errors, failures)
-    run = (data, starts, failures, resume, on_iteration, protos[0], log_level)
+    run = (data, starts, failures, resume, on_iteration, protos[0], log_level, init_passes.n)
     state = _run_grid(*run) if owner else None
     table, models, n_eff = _results(data, grid, protos, state, owner, failures, errors, n_skipped)
     best_index = _best_index(table, criterion)
@@ -276,7 +288,7 @@ def _log_level(verbose) -> int:
     return logging.DEBUG
 
 
-def _run_grid(data: FitData, starts, failures, resume, on_iteration, proto, log_level):
+def _run_grid(data: FitData, starts, failures, resume, on_iteration, proto, log_level, passes):
     """EM of every start of the grid in shared passes, settings from a prototype."""
     return _run_em_dropping_failures(
         data.x,
@@ -287,6 +299,7 @@ def _run_grid(data: FitData, starts, failures, resume, on_iteration, proto, log_
         **proto._run_settings(data),
         log_level=log_level,
         log_interval=1,
+        init_passes=passes,
     )
 
 
@@ -309,7 +322,8 @@ def _results(data: FitData, grid, protos, state, owner, failures, errors, n_skip
     for c, ((k, ct), proto) in enumerate(zip(grid, protos, strict=True)):
         b = best_states.get(c)
         table.append(_table_row(k, ct, d, b, loglik_of.get(c), n_eff, errors.get(c, "failed")))
-        models.append(None if b is None else _fitted(proto, b, groups[c], d, n_skipped))
+        fitted = None if b is None else _fitted(proto, b, groups[c], d, n_skipped, state.n_passes)
+        models.append(fitted)
     return table, models, n_eff
 
 
