@@ -248,23 +248,13 @@ compute_dtype, verbose : as :class:`GaussianMixture`
     settings = dict(tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init)
     settings.update(init_params=init_params, random_state=seed, persist=persist, verbose=verbose)
     settings.update(split_every=split_every, missing=missing, compute_dtype=compute_dtype)
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {algorithm!r}")
     settings.update(algorithm=algorithm)
     protos = [_prototype(k, ct, settings) for k, ct in grid]
     x, from_numpy = _check_data(X, grid, resume)
     log_level = _log_level(verbose)
     start_settings = StartSettings(init_params, n_init, reg_covar, split_every, log_level)
     with counting_passes() as init_passes:
-        data = prepare_fit(
-            x,
-            from_numpy,
-            sample_weight,
-            persist=persist,
-            missing=missing,
-            split_every=split_every,
-            initialise=resume is None,
-        )
+        data = _prepare(x, from_numpy, sample_weight, protos[0], resume)
         starts, owner, errors, n_skipped = _initial_starts(
             data, grid, seed, start_settings, resume
         )
@@ -388,8 +378,25 @@ def _check_grid(
     return grid, seed, resume
 
 
+def _prepare(x, from_numpy, sample_weight, proto, resume) -> FitData:
+    """The grid's data placed and weighted (:func:`prepare_fit`), settings from a
+    prototype; a resumed grid skips the pass that prepares initialisation."""
+    return prepare_fit(
+        x,
+        from_numpy,
+        sample_weight,
+        persist=proto.persist,
+        missing=proto.missing,
+        split_every=proto.split_every,
+        initialise=resume is None,
+    )
+
+
 def _prototype(k, ct, settings) -> GaussianMixture:
     """The estimator a candidate equals, its parameters checked by scikit-learn's rules."""
+    if settings["algorithm"] not in ALGORITHMS:  # 'online' is for single fits
+        algorithm = settings["algorithm"]
+        raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {algorithm!r}")
     gm = GaussianMixture(k, covariance_type=ct, **settings)
     gm._validate_params()  # scikit-learn's parameter checks and messages
     return gm
