@@ -21,7 +21,7 @@ import numpy as np
 
 from dask_em.engine._em import _checked_m_step, em_pass
 from dask_em.engine._online import shift_reference
-from dask_em.engine._params import MixtureParams
+from dask_em.engine._params import GAUSSIAN, MixtureParams
 
 
 def _waves(n_blocks: int, n_waves: int) -> list[tuple[int, int]]:
@@ -84,7 +84,7 @@ def incremental_passes(
             for s in stored.values():
                 s = shift_reference(s, st.reference)
                 total = s if total is None else total + s
-            params = _checked_m_step(total, reg_covar, eps, 0, p + 1)
+            params = _checked_m_step(GAUSSIAN, total, reg_covar, eps, 0, p + 1)
         mixed = sum(s.loglik for s in stored.values())
         mixed /= sum(s.weight_total for s in stored.values())
         if callback is not None:

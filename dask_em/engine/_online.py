@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_em.engine._em import _checked_m_step, em_pass
-from dask_em.engine._params import MixtureParams
+from dask_em.engine._params import GAUSSIAN, MixtureParams
 from dask_em.engine._stats import SuffStats
 
 
@@ -136,7 +136,7 @@ def online_update(
     if state.stats is not None and g < 1.0:
         old = shift_reference(state.stats, batch.reference)
         mean_stats = scaled(old, 1.0 - g) + scaled(mean_stats, g)
-    params = _checked_m_step(mean_stats, reg_covar, eps, start, state.n_steps + 1)
+    params = _checked_m_step(GAUSSIAN, mean_stats, reg_covar, eps, start, state.n_steps + 1)
     lower_bound = batch.loglik / batch.weight_total
     return OnlineState(params, mean_stats, state.n_steps + 1, lower_bound)
 

@@ -485,7 +485,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         if resume is not None:
             return None, None
         if not do_init:
-            return [self._fitted_params()], [self.lower_bound_]
+            # squeezed: scikit-learn's tied Bayesian bound, set by hand, is a 1-array
+            return [self._fitted_params()], [float(np.squeeze(self.lower_bound_))]
         starts = self._initial_params(data, check_random_state(self.random_state), model)
         for i, s in enumerate(starts):
             if not s.is_finite():
