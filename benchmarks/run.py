@@ -2,7 +2,7 @@
 
     python benchmarks/run.py [--quick] [--only NAME ...] [--repeats R] [--out DIR]
 
-Suites (``--only``): em, spark, ooc, scaling, float32. Every figure is seconds per EM
+Suites (``--only``): em, spark, ooc, scaling, float32, highd. Every figure is seconds per EM
 iteration unless said; each is the min and the median over repeats, and every ratio is
 taken between figures of the same run (the machines these run on are noisy). The run
 writes ``benchmark-<time>.json`` (every figure, the environment, load averages) and
@@ -39,6 +39,7 @@ from report import render_markdown, strip  # noqa: E402
 from suite import Settings  # noqa: E402
 from suite_em import suite_em  # noqa: E402
 from suite_float32 import suite_float32  # noqa: E402
+from suite_highd import suite_highd  # noqa: E402
 from suite_ooc import suite_ooc, write_zarr  # noqa: E402
 from suite_scaling import equal_work_windows, suite_scaling  # noqa: E402
 from suite_spark import suite_spark  # noqa: E402
@@ -67,7 +68,7 @@ __all__ = [
     "write_zarr",
 ]
 
-SUITES = ("em", "spark", "ooc", "scaling", "float32")
+SUITES = ("em", "spark", "ooc", "scaling", "float32", "highd")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 RUNNERS = {
     "em": suite_em,
@@ -75,6 +76,7 @@ RUNNERS = {
     "ooc": suite_ooc,
     "scaling": suite_scaling,
     "float32": suite_float32,
+    "highd": suite_highd,
 }
 
 

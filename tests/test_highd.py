@@ -53,9 +53,9 @@ def _reference_statistics(x, params, w):
 
 
 @pytest.mark.parametrize("lower", [False, True], ids=["upper", "lower"])
-@pytest.mark.parametrize("d", [150, 64])
+@pytest.mark.parametrize("d", [150, 4])
 def test_full_statistics_by_feature_blocks_equal_row_by_row(d, lower):
-    # d = 150: three blocks, the last of 22 features; d = 64: one block (the small-d path).
+    # d = 150: blocks of 16, the last of 6 features; d = 4: one block (the small-d path).
     params = _full_params(d, 3, seed=d, lower=lower)
     rng = np.random.default_rng(1)
     x = params.means[rng.integers(0, 3, 900)] + rng.normal(size=(900, d))
@@ -80,9 +80,8 @@ def test_float32_feature_blocks_stay_close_to_float64():
     np.testing.assert_allclose(f32.s2, f64.s2, rtol=1e-3, atol=0.05)
 
 
-def test_feature_blocks_only_above_the_crossover():
-    assert _fused.feature_block(64, 8) == 64
-    assert _fused.feature_block(256, 8) < 256
+def test_feature_blocks_from_d():
+    assert [_fused.feature_block(d, 8) for d in (3, 4, 16, 40, 64, 768)] == [3, 4, 4, 10, 16, 16]
 
 
 @pytest.mark.parametrize("d", [128, 256])

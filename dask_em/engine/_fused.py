@@ -19,8 +19,8 @@ each product is one wide GEMM over all components of a block:
   the block's last feature: the lower triangle (and the diagonal blocks) of every
   component's scatter, mirrored at the end. Also ``(nb + 1) / (2 nb)`` of the work.
 
-At small d there is one block (the plain wide product): more blocks only thin the
-products there. Per-block scratch is ``K b`` rows of the tile, whatever d is; the
+Blocks thinner than 16 features only thin the products; at d <= 4 there is one block
+(the plain wide product). Per-block scratch is ``K b`` rows of the tile, whatever d is; the
 running sums are the lower block triangle, ``K d (d + b) / 2`` float64.
 """
 
@@ -33,19 +33,22 @@ import numpy as np
 from dask_em.engine import _kernels, _math
 from dask_em.engine._scratch import thread_array
 
-# Feature block of the full-covariance products (see feature_block). Measured with
-# benchmarks/suite_highd.py (docs/user_guide/performance.rst): one block up to d = 64;
-# blocks of 64 features above.
-_FEATURE_BLOCK = 64
-_ONE_BLOCK_UP_TO = 64
+# Features per block of the full-covariance products (see feature_block), measured with
+# benchmarks/suite_highd.py's kernel table (docs/user_guide/performance.rst):
+# one block's E-step and scatter on one thread, float64, thread CPU time, blocks of
+# 4/8/16/32/d features. 16 was best or within noise of it from d = 64 to 256 (d=256 K=8:
+# 16 -> 294-327 ms, 32 -> 301, 64 -> 335, one block -> 554; d=128 K=16: 16 -> 172-197,
+# 128 -> 312-617); below d = 64 a quarter of d was (d=32 K=16: 8 -> 68, 16 -> 80,
+# 32 -> 91; d=16 K=8: 4 -> 31, 8 -> 34, 16 -> 46). At d = 4 one block tied with two.
+_FEATURE_BLOCK = 16
+_SMALLEST_BLOCK = 4
 
 
 def feature_block(n_features: int, n_components: int) -> int:
-    """Features per block of the full-covariance products: all of them up to d = 64
-    (one wide product), else 64."""
-    if n_features <= _ONE_BLOCK_UP_TO:
-        return n_features
-    return _FEATURE_BLOCK
+    """Features per block of the full-covariance products: a quarter of d between 4 and
+    16 (so one block up to d = 4, 16 from d = 64 on). ``n_components`` did not move the
+    best block size in the range measured (K = 8 to 16)."""
+    return int(min(n_features, max(_SMALLEST_BLOCK, min(_FEATURE_BLOCK, n_features // 4))))
 
 
 class _Tail:
