@@ -277,44 +277,54 @@ def run_em(
             kernel=kernel,
         )
         for i, st in zip(live, stats, strict=True):
-            c = cands[i]
-            lower_bound = st.loglik / st.weight_total
-            try:
-                new_params = _checked_m_step(st, reg_covar, eps, c.index, iteration)
-            except StartError as exc:
-                if on_start_error == "raise":
-                    raise
-                logger.warning("start %d dropped: %s", c.index, exc)
-                cands[i] = replace(c, active=False, converged=False, error=exc)
-                continue
-            change = lower_bound - prev[i]
-            prev[i] = lower_bound
-            converged = abs(change) < tol
-            cands[i] = replace(
-                c,
-                params=new_params,
-                lower_bounds=c.lower_bounds + (lower_bound,),
-                converged=converged,
-                active=not converged and iteration < max_iter,
+            cands[i], prev[i] = _advance(
+                cands[i], st, prev[i], iteration, max_iter, tol, (reg_covar, eps), on_start_error
             )
         seconds = time.perf_counter() - t0
         state = EMProgress(iteration, seconds, tuple(cands))
         if iteration % log_interval == 0 or not any(c.active for c in cands):
-            ran = [cands[i] for i in live if cands[i].error is None] or [cands[i] for i in live]
-            best = max(ran, key=lambda c: c.lower_bound)
-            logger.log(
-                log_level,
-                "iteration %d: lower bound %.10g, change %.3g, %.3f s, %d/%d starts running",
-                iteration,
-                best.lower_bound,
-                best.lower_bound - (best.lower_bounds[-2] if best.n_iter > 1 else -np.inf),
-                seconds,
-                sum(c.active for c in cands),
-                len(cands),
-            )
+            _log_iteration(log_level, iteration, [cands[i] for i in live], cands, seconds)
         if callback is not None:
             callback(state)
     return state
+
+
+def _advance(c, st, prev, iteration, max_iter, tol, m_step_args, on_start_error):
+    """One candidate after its E-step's statistics ``st``: ``(new state, lower bound to
+    compare the next with)``; a failed M-step raises or drops the candidate."""
+    lower_bound = st.loglik / st.weight_total
+    try:
+        new_params = _checked_m_step(st, *m_step_args, c.index, iteration)
+    except StartError as exc:
+        if on_start_error == "raise":
+            raise
+        logger.warning("start %d dropped: %s", c.index, exc)
+        return replace(c, active=False, converged=False, error=exc), prev
+    converged = abs(lower_bound - prev) < tol
+    new = replace(
+        c,
+        params=new_params,
+        lower_bounds=c.lower_bounds + (lower_bound,),
+        converged=converged,
+        active=not converged and iteration < max_iter,
+    )
+    return new, lower_bound
+
+
+def _log_iteration(log_level, iteration, live, cands, seconds):
+    """The iteration's log line: the best of the starts that ran (and did not fail)."""
+    ran = [c for c in live if c.error is None] or live
+    best = max(ran, key=lambda c: c.lower_bound)
+    logger.log(
+        log_level,
+        "iteration %d: lower bound %.10g, change %.3g, %.3f s, %d/%d starts running",
+        iteration,
+        best.lower_bound,
+        best.lower_bound - (best.lower_bounds[-2] if best.n_iter > 1 else -np.inf),
+        seconds,
+        sum(c.active for c in cands),
+        len(cands),
+    )
 
 
 def best_candidate(state: EMProgress) -> CandidateState:
