@@ -19,9 +19,10 @@ each product is one wide GEMM over all components of a block:
   the block's last feature: the lower triangle (and the diagonal blocks) of every
   component's scatter, mirrored at the end. Also ``(nb + 1) / (2 nb)`` of the work.
 
-Blocks thinner than 16 features only thin the products; at d <= 4 there is one block
-(the plain wide product). Per-block scratch is ``K b`` rows of the tile, whatever d is; the
-running sums are the lower block triangle, ``K d (d + b) / 2`` float64.
+From d = 64 on, blocks thinner than 16 features only thinned the products further; below,
+a quarter of d did best; at d <= 4 there is one block (the plain wide product). Per-block
+scratch is ``K b`` rows of the tile, whatever d is; the running sums are the lower block
+triangle, ``K d (d + b) / 2`` float64.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ import numpy as np
 from dask_em.engine import _kernels, _math
 from dask_em.engine._scratch import thread_array
 
-# Features per block of the full-covariance products (see feature_block), measured with
-# benchmarks/suite_highd.py's kernel table (docs/user_guide/performance.rst):
-# one block's E-step and scatter on one thread, float64, thread CPU time, blocks of
+# Features per block of the full-covariance products (see feature_block), measured as
+# benchmarks/highd_limits.kernel_block_times does (table in docs/user_guide/performance.rst):
+# one block's statistics on one thread, float64, thread CPU time, blocks of
 # 4/8/16/32/d features. 16 was best or within noise of it from d = 64 to 256 (d=256 K=8:
 # 16 -> 294-327 ms, 32 -> 301, 64 -> 335, one block -> 554; d=128 K=16: 16 -> 172-197,
 # 128 -> 312-617); below d = 64 a quarter of d was (d=32 K=16: 8 -> 68, 16 -> 80,
