@@ -128,6 +128,26 @@ def _kernel_rows(s: Settings):
     return rows
 
 
+def _status(dask_worker) -> str:
+    return dask_worker.status.name
+
+
+class _Watch(h.WorkerMemory):
+    """Worker memory, and whether any worker was seen paused, sampled together (the
+    workers' own log does not keep the memory manager's "Pausing worker" lines)."""
+
+    paused = False
+
+    def _sample(self):
+        values = super()._sample()
+        try:
+            statuses = self.client.run(_status)
+        except Exception:
+            return values
+        self.paused = self.paused or "paused" in statuses.values()
+        return values
+
+
 def _worker_events(client) -> dict:
     """Pauses and restarts in the workers' and nannies' logs."""
     logs = {**client.get_worker_logs(), **client.get_worker_logs(nanny=True)}
@@ -162,11 +182,12 @@ def _cluster_row(s: Settings):
                 k, max_iter=2, tol=0, weights_init=start.weights, means_init=start.means
             )
             s.say(f"[highd] {name}: fit (means and weights given)")
-            with h.WorkerMemory(client) as mem:
+            with _Watch(client) as mem:
                 total = h.quiet_fit(gm, x, dask_em.ConvergenceWarning)
             events = _worker_events(client)
             events["same_processes"] = client.run(os.getpid) == pids
-    ok = events["pauses"] == 0 and events["same_processes"]
+            events["seen_paused"] = mem.paused
+    ok = events["pauses"] == 0 and not mem.paused and events["same_processes"]
     r = row(name, "dask-em, 2 iterations", [total], peak_worker_mib=mem.peak / 2**20, **events)
     t = target(f"{name}: no pause or restart, peak worker MiB", mem.peak / 2**20, "<=", 1024)
     t["ok"] = ok and t["ok"]

@@ -114,12 +114,13 @@ class _FullTiles:
 
     def __init__(self, x, params, dtype, m_max, center, tail):
         K, d = params.n_components, params.n_features
-        prepared, _ = _math.prepare_log_prob(
-            params.means - center, params.weights, params.precisions_cholesky, "full"
-        )
-        rows = prepared.reshape(K, d, d + 1)
         b = feature_block(d, K)
-        self.blocks = [_Block.of(rows, j0, min(d, j0 + b), dtype) for j0 in range(0, d, b)]
+        # Built block by block from the factors (the stacked (K*d, d+1) matrix of
+        # _math.prepare_log_prob would be 2 x K d^2 float64 more at once: 150 MB at
+        # K=16, d=768 on a worker of 1 GiB).
+        chol = params.precisions_cholesky
+        bias = -np.einsum("kj,kji->ki", params.means - center, chol)  # (K, d)
+        self.blocks = [_Block.of(chol, bias, j0, min(d, j0 + b), dtype) for j0 in range(0, d, b)]
         self.offsets = component_offsets(params, center)
         self.off = self.offsets.astype(dtype)
         self.x, self.center, self.tail, self.dtype = x, center, tail, dtype
@@ -177,7 +178,7 @@ class _Block(NamedTuple):
     matrix : ndarray of shape (K*(j1 - j0), hi - lo)
         Those rows and columns, rows ``(k, j)``, tile dtype.
     bias : ndarray of shape (K*(j1 - j0),)
-        The rows' offsets ``-(P_k^T (mu_k - c))_j``.
+        The rows' offsets ``-(P_k^T (mu_k - c))_j``, tile dtype.
     """
 
     j0: int
@@ -188,16 +189,18 @@ class _Block(NamedTuple):
     bias: np.ndarray
 
     @classmethod
-    def of(cls, rows, j0, j1, dtype):
-        """Block ``j0:j1`` of ``rows`` (K, d, d + 1), from :func:`_math.prepare_log_prob`."""
-        K, _, q = rows.shape
-        d = q - 1
-        block = rows[:, j0:j1, :d].reshape(K * (j1 - j0), d)
+    def of(cls, chol, bias, j0, j1, dtype):
+        """Block ``j0:j1`` from the precision factors ``chol`` (K, d, d) and the offsets
+        ``bias`` (K, d) of the whitened rows."""
+        K, d, _ = chol.shape
+        # Rows (k, j) of P_k^T are columns j of P_k.
+        block = chol[:, :, j0:j1].transpose(0, 2, 1).reshape(K * (j1 - j0), d)
         nonzero = np.flatnonzero(np.any(block != 0.0, axis=0))
         lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, d)
         matrix = np.ascontiguousarray(block[:, lo:hi], dtype=dtype)
-        bias = np.ascontiguousarray(rows[:, j0:j1, d].reshape(-1), dtype=dtype)
-        return cls(j0, j1, lo, hi, matrix, bias)
+        return cls(
+            j0, j1, lo, hi, matrix, np.ascontiguousarray(bias[:, j0:j1].reshape(-1), dtype=dtype)
+        )
 
 
 def component_offsets(params, center):
