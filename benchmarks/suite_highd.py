@@ -222,7 +222,8 @@ def suite_highd(s: Settings) -> dict:
             "Fractions are limit / dask-em (1 = at the limit); the BLAS limit is the best "
             "of K GEMMs or K TRMMs (E-step) plus the best of K SYRKs or K GEMMs (scatter).",
             f"Cluster case: peak worker memory {cluster['peak_worker_mib']:.0f} MiB, "
-            f"pauses {cluster['pauses']}, restart lines {cluster['restarts']}, "
+            f"paused seen {cluster['seen_paused']}, pause / restart log lines "
+            f"{cluster['pauses']} / {cluster['restarts']}, "
             f"same worker processes {cluster['same_processes']}.",
         ],
         "markdown": "\n\n".join(
