@@ -43,7 +43,7 @@ def parts(block, params, repeats):
     from dask_em.engine import _kernels
     from dask_em.engine._stats import block_statistics
 
-    names = [n for n in vars(_kernels) if n.startswith(("full_tile_", "diag_tile_", "tile_row_"))]
+    names = [n for n in vars(_kernels) if n.startswith(("full_tile_", "diag_tile_", "tile_"))]
     originals = {n: getattr(_kernels, n) for n in names}
     spent = dict.fromkeys(names, 0.0)
 

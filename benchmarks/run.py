@@ -2,8 +2,8 @@
 
     python benchmarks/run.py [--quick] [--only NAME ...] [--repeats R] [--out DIR]
 
-Suites (``--only``): em, spark, ooc, scaling, float32, bayesian, accel. Every figure is
-seconds per EM iteration unless said; each is the min and the median over repeats, and
+Suites (``--only``): em, spark, ooc, scaling, float32, bayesian, accel, highd. Every figure
+is seconds per EM iteration unless said; each is the min and the median over repeats, and
 every ratio is taken between figures of the same run (the machines these run on are
 noisy). The run
 writes ``benchmark-<time>.json`` (every figure, the environment, load averages) and
@@ -42,6 +42,7 @@ from suite_accel import suite_accel  # noqa: E402
 from suite_bayesian import suite_bayesian  # noqa: E402
 from suite_em import suite_em  # noqa: E402
 from suite_float32 import suite_float32  # noqa: E402
+from suite_highd import suite_highd  # noqa: E402
 from suite_ooc import suite_ooc, write_zarr  # noqa: E402
 from suite_scaling import equal_work_windows, suite_scaling  # noqa: E402
 from suite_spark import suite_spark  # noqa: E402
@@ -72,7 +73,7 @@ __all__ = [
     "write_zarr",
 ]
 
-SUITES = ("em", "spark", "ooc", "scaling", "float32", "bayesian", "accel")
+SUITES = ("em", "spark", "ooc", "scaling", "float32", "bayesian", "accel", "highd")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 RUNNERS = {
     "em": suite_em,
@@ -82,6 +83,7 @@ RUNNERS = {
     "float32": suite_float32,
     "bayesian": suite_bayesian,
     "accel": suite_accel,
+    "highd": suite_highd,
 }
 
 

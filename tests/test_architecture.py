@@ -48,9 +48,7 @@ ALLOWED = {
 ALLOWED_NAMES = {"data": {("dask_em.engine._reduce", "register_block_reader")}}
 
 # Offenders that others are cleaning up (issue #19); remove an entry once it is fixed.
-KNOWN_LONG_FUNCTIONS = {
-    "dask_em/engine/_em.py::run_em",
-}
+KNOWN_LONG_FUNCTIONS: set[str] = set()
 KNOWN_LONG_MODULES: set[str] = set()
 
 

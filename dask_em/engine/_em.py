@@ -306,6 +306,15 @@ def _log_iteration(log_level, state: EMProgress, live) -> None:
     )
 
 
+def _check_run_options(on_start_error: str, algorithm: str, model) -> None:
+    if on_start_error not in ("raise", "drop"):
+        raise ValueError(f"on_start_error must be 'raise' or 'drop', got {on_start_error!r}")
+    if algorithm not in STEP_RULES:
+        raise ValueError(f"algorithm must be one of {sorted(STEP_RULES)}, got {algorithm!r}")
+    if algorithm != "em" and model is not GAUSSIAN:
+        raise ValueError(f"algorithm={algorithm!r} extrapolates Gaussian parameters only")
+
+
 def run_em(
     x,
     starts: Sequence[MixtureParams] | None,
@@ -374,12 +383,7 @@ def run_em(
     EMProgress
         The final state of every candidate.
     """
-    if on_start_error not in ("raise", "drop"):
-        raise ValueError(f"on_start_error must be 'raise' or 'drop', got {on_start_error!r}")
-    if algorithm not in STEP_RULES:
-        raise ValueError(f"algorithm must be one of {sorted(STEP_RULES)}, got {algorithm!r}")
-    if algorithm != "em" and model is not GAUSSIAN:
-        raise ValueError(f"algorithm={algorithm!r} extrapolates Gaussian parameters only")
+    _check_run_options(on_start_error, algorithm, model)
     state = _start_state(starts, resume, max_iter, initial_lower_bounds, init_passes)
     cands, iteration = list(state.candidates), state.iteration
     while iteration < max_iter and any(c.active for c in cands):
@@ -389,18 +393,10 @@ def run_em(
         points = [model.e_step_params(cands[i].params) for i in live]
         stats = em_pass(x, points, weights=weights, split_every=split_every, kernel=kernel)
         for i, st in zip(live, stats, strict=True):
-            cands[i] = _advance(
-                cands[i],
-                st,
-                STEP_RULES[algorithm],
-                model,
-                tol=tol,
-                reg_covar=reg_covar,
-                eps=eps,
-                iteration=iteration,
-                last=iteration >= max_iter,
-                drop=on_start_error == "drop",
-            )
+            step = (STEP_RULES[algorithm], model)
+            cands[i] = _advance(cands[i], st, *step, tol=tol, reg_covar=reg_covar, eps=eps,
+                                iteration=iteration, last=iteration >= max_iter,
+                                drop=on_start_error == "drop")  # fmt: skip
         seconds = time.perf_counter() - t0
         state = EMProgress(iteration, seconds, tuple(cands), init_passes=state.init_passes)
         if iteration % log_interval == 0 or not any(c.active for c in cands):

@@ -15,19 +15,22 @@ Diagonal and spherical covariances, around that ``exp``:
    ``lp`` (K, m), and the largest into ``mx`` (m,).
 2. numpy's ``exp``, :func:`tile_row_sums` (each row's sum) and numpy's ``log`` of the
    sums.
-3. :func:`diag_tile_moments` turns ``exp(lp)`` into responsibilities and adds
-   ``nk``, ``sum r (x - c)`` and ``sum r (x - c)**2`` into float64 accumulators,
-   returning the tile's log-likelihood.
+3. :func:`tile_responsibilities` turns ``exp(lp)`` into responsibilities, adds their
+   sums into ``nk`` and returns the tile's log-likelihood; :func:`diag_tile_moments`
+   adds ``sum r (x - c)`` and ``sum r (x - c)**2`` into float64 accumulators.
 
-Full covariances: :func:`full_tile_design` writes ``Z^T = x - c`` (feature-major), BLAS
-the whitened rows ``Y = M Z^T``, :func:`full_tile_log_prob` the squared norms of
-``Y + bias`` (shifted and clamped as above), numpy the ``exp`` (and, with
-:func:`tile_row_sums`, the ``log`` of each row's sum), :func:`full_tile_weigh` the
-responsibilities, their sums and first moments, and the wide left factor
-``[r_1 (Z - o_1); ...; r_K (Z - o_K)]`` of the scatter product, which BLAS then
-multiplies by ``Z``. The offsets and the weight sums stay out of the products: a column
-of ones makes both inner (or outer) dimensions d + 1, and OpenBLAS ran the products of
-17 about a quarter slower than those of 16.
+Full covariances, by feature blocks (see :mod:`dask_em.engine._fused`):
+:func:`full_tile_design` writes ``Z^T = x - c`` (feature-major); per block of features BLAS
+the whitened rows ``Y_i = M_i Z^T`` of every component at once and
+:func:`full_tile_add_squares` adds the squared norms of ``Y_i + bias``; then
+:func:`tile_finish_log_prob` (shifted and clamped as above), numpy the ``exp`` (and, with
+:func:`tile_row_sums`, the ``log`` of each row's sum), :func:`tile_responsibilities`;
+per block of features again :func:`full_tile_weigh` writes the wide left factor
+``[r_1 (Z_i - o_1); ...; r_K (Z_i - o_K)]`` of the block's rows of the scatter, which BLAS
+then multiplies by the columns of ``Z`` up to the block's last. The offsets and the
+weight sums stay out of the products: a column of ones makes both inner (or outer)
+dimensions d + 1, and OpenBLAS ran the products of 17 about a quarter slower than those
+of 16.
 
 Arithmetic inside a tile is in the tiles' dtype (float32 or float64); the centring
 subtraction is float64 and every sum across tiles is float64, as in
@@ -97,16 +100,39 @@ def tile_row_sums(e, m, exp_floor, s):  # pragma: no cover
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def _responsibilities(e, mx, log_s, m, w, use_w, s):  # pragma: no cover
-    """Responsibilities times row weights, in place, from :func:`tile_row_sums`' ``e``
-    and ``s`` and ``log_s = log(s)`` (numpy's vectorised ``log``: a scalar ``log`` per
-    row cost a tenth of the diag kernel); ``mx`` -> each row's
-    ``log p(x_i)``; returns ``sum_i w_i log p(x_i)`` (float64)."""
+def tile_responsibilities(e, mx, log_s, m, w, use_w, s, nk):  # pragma: no cover
+    """Responsibilities times row weights, in place, and their sums added to ``nk``.
+
+    Parameters
+    ----------
+    e : ndarray of shape (K, >= m)
+        From :func:`tile_row_sums` (``exp`` of the clamped ``lp``, less ``exp(floor)``);
+        overwritten with the responsibilities (times the row weights).
+    mx : ndarray of shape (>= m,)
+        Each row's largest weighted log-density; overwritten with each row's
+        ``log p(x_i)`` (kept for the caller's check: fast-math folds an ``isfinite``
+        test away here).
+    log_s : ndarray of shape (>= m,)
+        ``log`` of :func:`tile_row_sums`' ``s`` (numpy's vectorised ``log``: a scalar
+        ``log`` per row cost a tenth of the diag kernel).
+    w : ndarray of shape (>= m,), float64
+        Row weights of the tile (read only when ``use_w``).
+    s : ndarray of shape (>= m,)
+        :func:`tile_row_sums`' ``s``; overwritten.
+    nk : ndarray of shape (K,), float64
+        ``sum r_k`` is added here.
+
+    Returns
+    -------
+    float
+        ``sum_i w_i log p(x_i)`` over the tile (float64); not finite if a row's
+        ``log p(x_i)`` is not (``mx`` then holds every row's, in the tile dtype).
+    """
     n_components = e.shape[0]
+    zero = e.dtype.type(0.0)
     loglik = 0.0
     for i in range(m):
         ln = np.float64(log_s[i]) + np.float64(mx[i])
-        # Kept for the caller's check: fast-math folds an isfinite test away here.
         mx[i] = ln
         if use_w:
             loglik += w[i] * ln
@@ -115,9 +141,25 @@ def _responsibilities(e, mx, log_s, m, w, use_w, s):  # pragma: no cover
             loglik += ln
             s[i] = 1.0 / s[i]
     for k in range(n_components):
+        acc = zero
         for i in range(m):
-            e[k, i] *= s[i]
+            r = e[k, i] * s[i]
+            e[k, i] = r
+            acc += r
+        nk[k] += acc
     return loglik
+
+
+@njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
+def tile_finish_log_prob(lp, m, const, floor, mx):  # pragma: no cover
+    """``lp = const - lp / 2`` (``lp`` the squared distances), then each row's largest
+    into ``mx`` and ``lp = max(lp - mx, floor)`` (see ``_math._EXP_FLOOR``)."""
+    n_components = lp.shape[0]
+    for k in range(n_components):
+        ck = const[k]
+        for i in range(m):
+            lp[k, i] = ck - 0.5 * lp[k, i]
+    _shift_and_clamp(lp, m, floor, mx)
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -167,49 +209,26 @@ def diag_tile_log_prob(x, start, m, center, b, prec, const, floor, xt, lp, mx): 
             for i in range(m):
                 t = xt[j, i] - bj
                 lp[k, i] += pj * t * t
-        ck = const[k]
-        for i in range(m):
-            lp[k, i] = ck - 0.5 * lp[k, i]
-    _shift_and_clamp(lp, m, floor, mx)
+    tile_finish_log_prob(lp, m, const, floor, mx)
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def diag_tile_moments(e, mx, log_s, xt, m, w, use_w, s, nk, s1, s2):  # pragma: no cover
-    """Responsibilities of a tile and their moments, added to ``nk``, ``s1``, ``s2``.
+def diag_tile_moments(e, xt, m, s1, s2):  # pragma: no cover
+    """First and second moments of a tile's responsibilities, added to ``s1``, ``s2``.
 
     Parameters
     ----------
     e : ndarray of shape (K, >= m)
-        From :func:`tile_row_sums` (``exp`` of :func:`diag_tile_log_prob`'s ``lp``,
-        less ``exp(floor)``); overwritten with the responsibilities (times the row
-        weights).
-    mx : from :func:`diag_tile_log_prob`
-        Overwritten with each row's ``log p(x_i)``.
-    log_s : ndarray of shape (>= m,)
-        ``log`` of :func:`tile_row_sums`' ``s``.
-    xt : from :func:`diag_tile_log_prob`
-    w : ndarray of shape (>= m,), float64
-        Row weights of the tile (read only when ``use_w``).
-    s : ndarray of shape (>= m,)
-        :func:`tile_row_sums`' ``s``; overwritten.
-    nk : ndarray of shape (K,), float64
+        Responsibilities (times the row weights), from :func:`tile_responsibilities`.
+    xt : ndarray of shape (d, >= m)
+        Centred rows, feature-major, from :func:`diag_tile_log_prob`.
     s1, s2 : ndarray of shape (K, d), float64
-
-    Returns
-    -------
-    float
-        ``sum_i w_i log p(x_i)`` over the tile (float64); not finite if a row's
-        ``log p(x_i)`` is not (``mx`` then holds every row's, in the tile dtype).
+        ``sum r (x - c)`` and ``sum r (x - c)**2`` are added here.
     """
     n_components = e.shape[0]
     d = xt.shape[0]
     zero = e.dtype.type(0.0)
-    loglik = _responsibilities(e, mx, log_s, m, w, use_w, s)
     for k in range(n_components):
-        acc = zero
-        for i in range(m):
-            acc += e[k, i]
-        nk[k] += acc
         # Two features per sweep: each responsibility is loaded once for both.
         for j in range(0, d - 1, 2):
             a1, a2, c1, c2 = zero, zero, zero, zero
@@ -234,7 +253,6 @@ def diag_tile_moments(e, mx, log_s, xt, m, w, use_w, s, nk, s1, s2):  # pragma: 
                 a2 += u * xt[j, i]
             s1[k, j] += a1
             s2[k, j] += a2
-    return loglik
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
@@ -244,73 +262,60 @@ def full_tile_design(x, start, m, center, zt):  # pragma: no cover
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def full_tile_log_prob(y, m, bias, const, floor, lp, mx):  # pragma: no cover
-    """Shifted, clamped weighted log-densities from whitened rows.
+def full_tile_add_squares(y, m, bias, lp):  # pragma: no cover
+    """Add the squared norms of one feature block's whitened rows to ``lp``.
 
     Parameters
     ----------
-    y : ndarray of shape (K*d, >= m)
-        ``P_k^T (x - c)`` of every component, stacked (one BLAS product).
-    bias : ndarray of shape (K*d,)
-        ``-P_k^T (mu_k - c)``, stacked: ``y + bias`` is ``P_k^T (x - mu_k)``.
-    const, floor, lp, mx : as in :func:`diag_tile_log_prob`.
+    y : ndarray of shape (K*b, >= m)
+        Rows ``(k, j)`` (component-major within the block of b features): component
+        k's whitened feature j of every row, ``(P_k^T (x - c))_j`` (one BLAS product).
+    bias : ndarray of shape (K*b,)
+        ``-(P_k^T (mu_k - c))_j`` in the same order: ``y + bias`` is ``P_k^T (x - mu_k)``.
+    lp : ndarray of shape (K, >= m)
+        ``sum_j (y + bias)**2`` over the block's features is added here.
     """
     n_components = lp.shape[0]
-    d = y.shape[0] // n_components
+    b = y.shape[0] // n_components
     for k in range(n_components):
-        for i in range(m):
-            lp[k, i] = 0.0
-        for j in range(d):
-            row = k * d + j
+        for j in range(b):
+            row = k * b + j
             bj = bias[row]
             for i in range(m):
                 v = y[row, i] + bj
                 lp[k, i] += v * v
-        ck = const[k]
-        for i in range(m):
-            lp[k, i] = ck - 0.5 * lp[k, i]
-    _shift_and_clamp(lp, m, floor, mx)
 
 
 @njit(nogil=True, fastmath=_FASTMATH, error_model="numpy", cache=True)
-def full_tile_weigh(e, mx, log_s, zt, m, w, use_w, offsets, s, wbuf, nk, s1):  # pragma: no cover
-    """Responsibilities, their first moments, and the left factor of the scatter product.
+def full_tile_weigh(e, zt, m, j0, offsets, wbuf, s1):  # pragma: no cover
+    """One feature block's left factor of the scatter product, and its first moments.
 
     Parameters
     ----------
-    e, mx, log_s, m, w, use_w, s : as in :func:`diag_tile_moments`
+    e : ndarray of shape (K, >= m)
+        Responsibilities (times the row weights), from :func:`tile_responsibilities`.
     zt : ndarray of shape (d, >= m)
         From :func:`full_tile_design`.
+    j0 : int
+        The block's first feature.
     offsets : ndarray of shape (K, d)
         Component k's rows are taken about ``c + offsets[k]`` (its current mean).
-    wbuf : ndarray of shape (K*d, >= m)
-        Out: ``r_k (z - o_k)`` of every component, stacked.
-    nk : ndarray of shape (K,), float64
-        ``sum r_k`` is added here.
+    wbuf : ndarray of shape (K*b, >= m)
+        Out: ``r_k (z_j - o_kj)`` for the block's features j, rows ``(k, j)``.
     s1 : ndarray of shape (K, d), float64
-        ``sum r_k (z - o_k)`` is added here.
-
-    Returns
-    -------
-    float
-        As :func:`diag_tile_moments`.
+        ``sum r_k (z_j - o_kj)`` is added here.
     """
     n_components = e.shape[0]
-    d = zt.shape[0]
+    b = wbuf.shape[0] // n_components
     zero = e.dtype.type(0.0)
-    loglik = _responsibilities(e, mx, log_s, m, w, use_w, s)
     for k in range(n_components):
-        acc = zero
-        for i in range(m):
-            acc += e[k, i]
-        nk[k] += acc
-        for j in range(d):
+        for jj in range(b):
+            j = j0 + jj
             o = offsets[k, j]
-            row = k * d + j
+            row = k * b + jj
             acc = zero
             for i in range(m):
                 v = (zt[j, i] - o) * e[k, i]
                 wbuf[row, i] = v
                 acc += v
             s1[k, j] += acc
-    return loglik

@@ -464,7 +464,7 @@ def accumulate_moments(acc, zt, resp, covariance_type, sample_weight=None, buf=N
 
     The fused E-step's full-covariance moments, taken about each component's mean, are
     built by :func:`dask_em.engine._kernels.full_tile_weigh` (and
-    :func:`full_scatter_about_offsets`); this is the plain form about the tile's centre
+    :func:`full_scatter_from_lower`); this is the plain form about the tile's centre
     (initialisation).
     """
     _ACCUMULATE[covariance_type](acc, zt, resp, sample_weight, buf)
@@ -509,14 +509,14 @@ def _symmetric_from_upper(a):
     return np.triu(a) + np.triu(a, 1).T
 
 
-def full_scatter_about_offsets(acc, s1, offsets):
-    """Each component's scatter about its offset, from the fused E-step's sums.
+def full_scatter_from_lower(s2, s1, offsets):
+    """Each component's scatter about its offset, from the fused E-step's sums, in place.
 
     Parameters
     ----------
-    acc : ndarray of shape (K*d, d)
-        ``sum r_k (z - o_k) z^T`` of every component, stacked (see
-        :func:`dask_em.engine._kernels.full_tile_weigh`).
+    s2 : ndarray of shape (K, d, d), float64
+        ``sum r_k (z - o_k) z^T`` on and below the diagonal (see
+        :class:`dask_em.engine._fused._FullTiles`); what lies above it is overwritten.
     s1 : ndarray of shape (K, d)
         ``sum r_k (z - o_k)``.
     offsets : ndarray of shape (K, d)
@@ -525,11 +525,15 @@ def full_scatter_about_offsets(acc, s1, offsets):
     Returns
     -------
     ndarray of shape (K, d, d)
-        ``sum r_k (z - o_k)(z - o_k)^T``, symmetrised.
+        ``s2``, now ``sum r_k (z - o_k)(z - o_k)^T``, symmetric.
     """
-    K, d = s1.shape
-    m = acc.reshape(K, d, d) - s1[:, :, None] * offsets[:, None, :]
-    return 0.5 * (m + m.transpose(0, 2, 1))
+    d = s1.shape[1]
+    upper = np.triu_indices(d, 1)
+    # One component at a time: the temporaries stay d x d however large K is.
+    for k in range(s1.shape[0]):
+        s2[k] -= np.multiply.outer(s1[k], offsets[k])
+        s2[k][upper] = s2[k].T[upper]
+    return s2
 
 
 def finish_moments(acc, covariance_type, n_features):

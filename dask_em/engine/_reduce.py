@@ -1,7 +1,9 @@
 """One pass over a chunked array as a tree reduction, in the manner of dask.array.reduction.
 
 ``chunk``: a function of one block (and small shared arguments) returns a small additive
-value. ``combine``: ``split_every`` of those are added at each inner node of a tree.
+value. ``combine``: ``split_every`` of those are added at each inner node of a tree, into
+one buffer (:func:`add_values`), with the fan-in lowered where a node would not fit a
+worker thread's memory (:mod:`dask_em.engine._memory`).
 The root is a single key, so one ``compute`` brings one small value to the driver.
 
 :func:`compute_pass` is the one way a pass runs: it builds the tree (:func:`tree_reduce`),
@@ -38,6 +40,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.sizeof import sizeof
 
 from dask_em.engine._blas import single_threaded_blas
+from dask_em.engine._memory import fan_in
 from dask_em.engine._scratch import thread_array
 
 # The shared value goes inside every block task while the copies add up to at most this
@@ -109,9 +112,29 @@ def _read_and_call(func, reader, start, stop, n_features, dtype, shared, block_i
     return func(x, shared.value, start, block_index, w)
 
 
+def add_values(values):
+    """The sum of additive values, added into one new buffer as they come.
+
+    A type may define ``sum_of(values)`` (a classmethod, as :class:`SuffStats` does) to
+    add many of its values into one buffer; arrays are added in place into a copy of the
+    first; anything else with ``+``. A combine node then holds its inputs and one
+    output, never a chain of partial sums.
+    """
+    first = values[0]
+    sum_of = getattr(type(first), "sum_of", None)
+    if sum_of is not None:
+        return sum_of(values)
+    if isinstance(first, np.ndarray):
+        out = np.array(first, dtype=np.result_type(*values))
+        for v in values[1:]:
+            out += v
+        return out
+    return sum(values[1:], first)
+
+
 def add_tuples(*parts):
-    """Element-wise sum of equal-length tuples of additive values."""
-    return tuple(sum(group[1:], group[0]) for group in zip(*parts, strict=True))
+    """Element-wise sum of equal-length tuples of additive values (:func:`add_values`)."""
+    return tuple(add_values(group) for group in zip(*parts, strict=True))
 
 
 def default_split_every() -> int:
@@ -121,6 +144,58 @@ def default_split_every() -> int:
 def block_offsets(chunks_rows) -> np.ndarray:
     """Global index of each row block's first row."""
     return np.concatenate([[0], np.cumsum(chunks_rows)[:-1]]).astype(np.int64)
+
+
+def value_nbytes(chunk, x, shared, weights=None) -> int:
+    """Bytes of the value ``chunk`` returns for a block of ``x``: measured on an empty
+    block, whose statistics have the size of any block's (0 where ``chunk`` cannot take
+    an empty block; the fan-in then stays as asked)."""
+    empty = np.empty((0, x.shape[1]), dtype=x.dtype)
+    w = None if weights is None else np.empty(0, dtype=weights.dtype)
+    try:
+        with np.errstate(all="ignore"):
+            return _nbytes(chunk(empty, shared, 0, 0, w))
+    except Exception:  # noqa: BLE001 - a probe only; the pass itself reports errors
+        return 0
+
+
+def _block_tasks(x, chunk, shared, weights, reader, names):
+    """The graph's statistics tasks (and the shared value's key, if it gets one)."""
+    holder = _Shared(shared)
+    if _nbytes(shared) * x.numblocks[0] <= _INLINE_SHARED_BYTES:
+        dsk: dict = {}
+        shared_arg = holder
+    else:
+        dsk = {names["shared"]: holder}
+        shared_arg = names["shared"]
+    offsets = block_offsets(x.chunks[0])
+    for i in range(x.numblocks[0]):
+        start = int(offsets[i])
+        if reader is None:
+            task = (_unwrap_call, chunk, (x.name, i, 0), shared_arg, start, i)
+        else:
+            stop = start + int(x.chunks[0][i])
+            task = (_read_and_call, chunk, reader, start, stop, x.shape[1], x.dtype.str)
+            task = task + (shared_arg, i)
+        if weights is not None:
+            task = task + ((weights.name, i),)
+        dsk[(names["stats"], i)] = task
+    return dsk
+
+
+def _combine_tasks(keys, combine, split_every, names) -> dict:
+    """Tree levels of ``combine`` over ``keys``, ``split_every`` to a node, up to the root."""
+    dsk = {}
+    for level in itertools.count():
+        if len(keys) <= split_every:
+            dsk[names["root"]] = (combine, *keys)
+            return dsk
+        grouped = [keys[j : j + split_every] for j in range(0, len(keys), split_every)]
+        keys = []
+        for j, group in enumerate(grouped):
+            key = (names["combine"], level, j)
+            dsk[key] = (combine, *group)
+            keys.append(key)
 
 
 def tree_reduce(
@@ -142,7 +217,8 @@ def tree_reduce(
         Rows chunked, features in one chunk.
     chunk : callable
         ``chunk(block, shared, row_offset, block_index, weights_block)`` returns a small
-        additive value (a tuple of them when ``combine`` is :func:`add_tuples`).
+        additive value (a tuple of them when ``combine`` is :func:`add_tuples`). It is
+        called once on an empty block to learn the value's size.
     shared : object
         Small value every block needs (parameters): in every task, or once in the graph.
     combine : callable
@@ -150,8 +226,9 @@ def tree_reduce(
     weights : dask.array.Array of shape (n,), optional
         Row weights chunked like ``x``.
     split_every : int, optional
-        Values added per tree node; default from ``dask.config`` ``split_every`` or
-        16 (as ``dask.array``'s reductions): one level for up to 16 blocks.
+        Most values added per tree node; default from ``dask.config`` ``split_every``
+        or 16 (as ``dask.array``'s reductions). Lowered where a node of that fan-in
+        would not fit a worker thread's memory (:func:`dask_em.engine._memory.fan_in`).
     prefix : str
         Task name prefix, so the dashboard shows ``{prefix}-stats`` (``{prefix}-stats-read``
         where blocks are read inside the task) and ``{prefix}-combine`` tasks.
@@ -167,7 +244,9 @@ def tree_reduce(
     """
     if x.numblocks[1] != 1:
         raise ValueError("features must be in one chunk; rechunk with x.rechunk({1: -1})")
-    split_every = max(2, int(split_every or default_split_every()))
+    split_every = fan_in(
+        value_nbytes(chunk, x, shared, weights), split_every or default_split_every()
+    )
     reader = block_reader(x) if fuse_reads else None
     # A fresh token for every pass, not one derived from the inputs: two passes with equal
     # parameters (a fit at a fixed point, k-means centres that stopped moving) would
@@ -175,48 +254,20 @@ def tree_reduce(
     # pass before; the distributed scheduler then logs "Couldn't gather keys" and the
     # client reschedules them, or hands back the old result without a pass.
     token = uuid.uuid4().hex
-    shared_key = f"{prefix}-params-{token}"
-    stats_name = f"{prefix}-stats-{'read-' if reader is not None else ''}{token}"
-    combine_name = f"{prefix}-combine-{token}"
-    root = f"{prefix}-result-{token}"
-    offsets = block_offsets(x.chunks[0])
-
-    holder = _Shared(shared)
-    if _nbytes(shared) * x.numblocks[0] <= _INLINE_SHARED_BYTES:
-        dsk: dict = {}
-        shared_arg = holder
-    else:
-        dsk = {shared_key: holder}
-        shared_arg = shared_key
-    keys = []
-    for i in range(x.numblocks[0]):
-        key = (stats_name, i)
-        start = int(offsets[i])
-        if reader is None:
-            task = (_unwrap_call, chunk, (x.name, i, 0), shared_arg, start, i)
-        else:
-            stop = start + int(x.chunks[0][i])
-            task = (_read_and_call, chunk, reader, start, stop, x.shape[1], x.dtype.str)
-            task = task + (shared_arg, i)
-        if weights is not None:
-            task = task + ((weights.name, i),)
-        dsk[key] = task
-        keys.append(key)
-    for level in itertools.count():
-        if len(keys) <= split_every:
-            dsk[root] = (combine, *keys)
-            break
-        grouped = [keys[j : j + split_every] for j in range(0, len(keys), split_every)]
-        keys = []
-        for j, group in enumerate(grouped):
-            key = (combine_name, level, j)
-            dsk[key] = (combine, *group)
-            keys.append(key)
+    names = {
+        "shared": f"{prefix}-params-{token}",
+        "stats": f"{prefix}-stats-{'read-' if reader is not None else ''}{token}",
+        "combine": f"{prefix}-combine-{token}",
+        "root": f"{prefix}-result-{token}",
+    }
+    dsk = _block_tasks(x, chunk, shared, weights, reader, names)
+    keys = [(names["stats"], i) for i in range(x.numblocks[0])]
+    dsk.update(_combine_tasks(keys, combine, split_every, names))
     deps = [] if reader is not None else [x]
     if weights is not None:
         deps.append(weights)
-    graph = HighLevelGraph.from_collections(root, dsk, dependencies=deps)
-    return Delayed(root, graph)
+    graph = HighLevelGraph.from_collections(names["root"], dsk, dependencies=deps)
+    return Delayed(names["root"], graph)
 
 
 class PassCounter:
@@ -248,21 +299,12 @@ def counting_passes():
         _COUNTERS.reset(token)
 
 
-def compute_pass(
-    x,
-    chunk,
-    shared,
-    *,
-    combine=add_tuples,
-    weights=None,
-    split_every=None,
-    prefix="em",
-    fuse_reads=False,
-):
+def compute_pass(x, chunk, shared, *, weights=None, **options):
     """One pass over the row blocks of ``x``: the combined value of ``chunk``.
 
-    Builds the graph with :func:`tree_reduce` (same parameters) and computes it with
-    BLAS single-threaded, so the Dask threads do not oversubscribe the cores.
+    Builds the graph with :func:`tree_reduce` (same parameters, ``options`` being its
+    keyword arguments) and computes it with BLAS single-threaded, so the Dask threads
+    do not oversubscribe the cores.
 
     Raises
     ------
@@ -277,16 +319,7 @@ def compute_pass(
             "row weights must be chunked like the rows of the data; got "
             f"{len(weights.chunks[0])} weight blocks for {x.numblocks[0]} row blocks"
         )
-    graph = tree_reduce(
-        x,
-        chunk,
-        shared,
-        combine=combine,
-        weights=weights,
-        split_every=split_every,
-        prefix=prefix,
-        fuse_reads=fuse_reads,
-    )
+    graph = tree_reduce(x, chunk, shared, weights=weights, **options)
     with single_threaded_blas():
         (out,) = dask.compute(graph)
     for counter in _COUNTERS.get():

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dask_em.engine import _kernels, _math
+from dask_em.engine import _math
 from dask_em.engine._errors import raise_non_finite
-from dask_em.engine._scratch import thread_array
+from dask_em.engine._fused import TILE_LOOPS, _Tail, component_reference
+
+__all__ = ["SuffStats", "block_statistics", "component_reference", "responsibility_statistics"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,20 +74,29 @@ class SuffStats:
     def __add__(self, other: SuffStats) -> SuffStats:
         if not isinstance(other, SuffStats):
             return NotImplemented
-        if self.covariance_type != other.covariance_type or not np.array_equal(
-            self.reference, other.reference
-        ):
-            raise ValueError("cannot add statistics taken about different references or types")
-        return SuffStats(
-            self.covariance_type,
-            self.reference,
-            self.nk + other.nk,
-            self.s1 + other.s1,
-            self.s2 + other.s2,
-            self.loglik + other.loglik,
-            self.n_rows + other.n_rows,
-            self.weight_total + other.weight_total,
-        )
+        return SuffStats.sum_of((self, other))
+
+    @classmethod
+    def sum_of(cls, values) -> SuffStats:
+        """The sum of several statistics, their arrays added into one new buffer each
+        (a tree node holds its inputs and one sum, not a chain of partial sums)."""
+        first = values[0]
+        for v in values[1:]:
+            if v.covariance_type != first.covariance_type or not np.array_equal(
+                v.reference, first.reference
+            ):
+                raise ValueError("cannot add statistics taken about different references or types")
+        arrays = [np.array(getattr(first, name), dtype=np.float64) for name in _ARRAYS]
+        for v in values[1:]:
+            for acc, name in zip(arrays, _ARRAYS, strict=True):
+                acc += getattr(v, name)
+        scalars = [sum(getattr(v, name) for v in values) for name in _SCALARS]
+        return cls(first.covariance_type, first.reference, *arrays, *scalars)
+
+
+# The fields :meth:`SuffStats.sum_of` adds, in the constructor's order.
+_ARRAYS = ("nk", "s1", "s2")
+_SCALARS = ("loglik", "n_rows", "weight_total")
 
 
 # Rows per tile: the widest per-tile scratch array stays near this many bytes, so a
@@ -150,25 +161,9 @@ def compute_dtype_for(x_dtype, compute_dtype=None) -> np.dtype:
     return dt
 
 
-def component_reference(params):
-    """Points the moments of each component are taken about, shape (K, d)."""
-    if params.covariance_type == "full":
-        return np.array(params.means, dtype=np.float64)
-    return np.broadcast_to(params.center, params.means.shape).copy()
-
-
 def log_prob_block(x, params):
-    """Weighted log-probabilities of one block under one mixture, in float64.
-
-    Parameters
-    ----------
-    x : ndarray of shape (n, d)
-    params : MixtureParams
-
-    Returns
-    -------
-    ndarray of shape (n, K), float64
-    """
+    """Weighted log-probabilities ``log w_k + log p_k(x_i)`` of one block's rows
+    ``x`` (n, d) under one mixture ``params``: shape (n, K), float64."""
     n, d = x.shape
     ct = params.covariance_type
     c = params.center
@@ -218,138 +213,96 @@ def block_statistics(
     NonFiniteError
         If the block holds NaN or infinity.
     """
+    dtype = compute_dtype_for(x.dtype, compute_dtype)
+    where = (sample_weight, row_offset, block_index)
+    return tuple(
+        _BLOCK_STATISTICS[params.covariance_type](x, params, dtype, *where)
+        for params in params_list
+    )
+
+
+def _tied_block_statistics(x, params, dtype, sample_weight, row_offset, block_index):
+    """:func:`block_statistics` of one tied mixture: numpy tiles, always float64.
+
+    The pooled scatter is taken about one point for all components; in single precision
+    it can cancel to a non-positive-definite matrix when the components are far apart
+    relative to their spread. Tied is cheap anyway (one d x d scatter).
+    """
     n, d = x.shape
-    out = []
-    for params in params_list:
-        ct, c, K = params.covariance_type, params.center, params.n_components
-        dtype = compute_dtype_for(x.dtype, compute_dtype)
-        if ct != "tied":
-            out.append(
-                _compiled_block_statistics(
-                    x, params, dtype, sample_weight, row_offset, block_index
-                )
-            )
-            continue
-        # Tied: numpy tiles, always float64. The pooled scatter is taken about one point
-        # for all components; in single precision it can cancel to a non-positive-
-        # definite matrix when the components are far apart relative to their spread.
-        # Tied is cheap anyway.
-        dtype = np.dtype(np.float64)
-        prepared = _math.prepare_log_prob(
-            params.means - c, params.weights, params.precisions_cholesky, ct, dtype
-        )
-        tiles = _Tiles(n, d, K, ct, dtype)
-        acc = _math.new_accumulator(ct, K, d)
-        reference = component_reference(params)
-        loglik = 0.0
-        for a, b, m in tiles.ranges(n):
-            z = _math.fill_design(tiles.design(m), x[a:b], c, ct)
-            w, y, buf = tiles.scratch(ct, m)
-            w = _math.tile_log_prob(z, prepared, ct, w, y)
-            log_norm = _math.normalize_log_prob(w)
-            if not np.all(np.isfinite(log_norm)):
-                bad = np.flatnonzero(~np.isfinite(log_norm)) + a
-                raise_non_finite(x, bad, block_index, row_offset)
-            sw = None
-            if sample_weight is not None:
-                sw = sample_weight[a:b]
-                w *= sw
-                loglik += float(np.dot(sw, log_norm))
-            else:
-                loglik += float(np.sum(log_norm))
-            _math.accumulate_moments(acc, z, w, ct, sw, buf)
-        nk, s1, s2 = _math.finish_moments(acc, ct, d)
-        total = float(n if sample_weight is None else sample_weight.sum())
-        out.append(SuffStats(ct, reference, nk, s1, s2, loglik, n, total))
-    return tuple(out)
+    ct, c, K = params.covariance_type, params.center, params.n_components
+    prepared = _math.prepare_log_prob(
+        params.means - c, params.weights, params.precisions_cholesky, ct
+    )
+    tiles = _Tiles(n, d, K, ct)
+    acc = _math.new_accumulator(ct, K, d)
+    loglik = 0.0
+    for a, b, m in tiles.ranges(n):
+        z = _math.fill_design(tiles.design(m), x[a:b], c, ct)
+        w, y, buf = tiles.scratch(ct, m)
+        w = _math.tile_log_prob(z, prepared, ct, w, y)
+        log_norm = _math.normalize_log_prob(w)
+        if not np.all(np.isfinite(log_norm)):
+            bad = np.flatnonzero(~np.isfinite(log_norm)) + a
+            raise_non_finite(x, bad, block_index, row_offset)
+        sw = None
+        if sample_weight is not None:
+            sw = sample_weight[a:b]
+            w *= sw
+            loglik += float(np.dot(sw, log_norm))
+        else:
+            loglik += float(np.sum(log_norm))
+        _math.accumulate_moments(acc, z, w, ct, sw, buf)
+    nk, s1, s2 = _math.finish_moments(acc, ct, d)
+    return _block_result(params, nk, s1, s2, loglik, n, sample_weight)
 
 
 def _compiled_block_statistics(x, params, dtype, sample_weight, row_offset, block_index):
     """:func:`block_statistics` of one full, diag or spherical mixture, with the compiled
-    kernels of :mod:`dask_em.engine._kernels` (no GIL held outside BLAS and ``exp``)."""
+    tile loops of :mod:`dask_em.engine._fused` (no GIL held outside BLAS and ``exp``)."""
     n, d = x.shape
-    ct, c, K = params.covariance_type, params.center, params.n_components
+    ct, K = params.covariance_type, params.n_components
     const = _math.log_prob_const(params.weights, params.precisions_cholesky, ct, d)
-    const = const.astype(dtype)
-    floor = dtype.type(_math._EXP_FLOOR[dtype.itemsize])
-    exp_floor = dtype.type(np.exp(floor))
     m_max = min(tile_rows(ct, K, d, dtype.itemsize), max(n, 1))
-    center = np.ascontiguousarray(c, dtype=np.float64)
+    center = np.ascontiguousarray(params.center, dtype=np.float64)
     # The tiles' scratch stays with the thread for its next block (see _scratch).
-    lp = thread_array("lp", (K, m_max), dtype)
-    mx = thread_array("mx", m_max, dtype)
-    s = thread_array("s", m_max, dtype)
-    # Each row's log-sum-exp in the tiles' dtype: float32's error there (~1e-7 of log K)
-    # is far below what the float64 sums across rows keep; its SIMD log is twice as fast.
-    log_s = thread_array("log_s", m_max, dtype)
+    tail = _Tail(K, m_max, dtype, const)
+    loop = TILE_LOOPS[ct](x, params, dtype, m_max, center, tail)
     use_w = sample_weight is not None
-    w_all = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else s
-    reference = component_reference(params)
-    if ct == "full":
-        prepared, _ = _math.prepare_log_prob(
-            params.means - c, params.weights, params.precisions_cholesky, ct
-        )
-        # The offset column goes to the log-density kernel as a bias (see _kernels).
-        matrix = np.ascontiguousarray(prepared[:, :d], dtype=dtype)
-        bias = np.ascontiguousarray(prepared[:, d], dtype=dtype)
-        offsets = reference - c
-        off = offsets.astype(dtype)
-        zt = thread_array("zt", (d, m_max), dtype)
-        y = thread_array("y", (K * d, m_max), dtype)
-        wbuf = thread_array("wbuf", (K * d, m_max), dtype)
-        prod = thread_array("prod", (K * d, d), dtype)
-        acc = thread_array("acc", (K * d, d), np.float64)
-        acc.fill(0.0)
-        nk, s1 = np.zeros(K), np.zeros((K, d))
-
-        def tile(a, m, w):
-            _kernels.full_tile_design(x, a, m, center, zt)
-            z = zt[:, :m]
-            np.matmul(matrix, z, out=y[:, :m])
-            _kernels.full_tile_log_prob(y, m, bias, const, floor, lp, mx)
-            np.exp(lp[:, :m], out=lp[:, :m])
-            _kernels.tile_row_sums(lp, m, exp_floor, s)
-            np.log(s[:m], out=log_s[:m])
-            ll = _kernels.full_tile_weigh(lp, mx, log_s, zt, m, w, use_w, off, s, wbuf, nk, s1)
-            np.add(acc, np.matmul(wbuf[:, :m], z.T, out=prod), out=acc)
-            return ll
-
-    else:
-        prec = np.asarray(params.precisions_cholesky, dtype=np.float64) ** 2
-        if ct == "spherical":
-            prec = np.repeat(prec[:, None], d, axis=1)
-        prec = prec.astype(dtype)
-        b = np.ascontiguousarray(params.means - c, dtype=dtype)
-        xt = thread_array("xt", (d, m_max), dtype)
-        nk, s1, s2 = np.zeros(K), np.zeros((K, d)), np.zeros((K, d))
-
-        def tile(a, m, w):
-            _kernels.diag_tile_log_prob(x, a, m, center, b, prec, const, floor, xt, lp, mx)
-            np.exp(lp[:, :m], out=lp[:, :m])
-            _kernels.tile_row_sums(lp, m, exp_floor, s)
-            np.log(s[:m], out=log_s[:m])
-            return _kernels.diag_tile_moments(lp, mx, log_s, xt, m, w, use_w, s, nk, s1, s2)
-
+    w_all = np.ascontiguousarray(sample_weight, dtype=np.float64) if use_w else None
+    nk = np.zeros(K)
     loglik = 0.0
     # Non-finite input turns into NaN/inf in the products; it is reported below.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         for a in range(0, n, m_max):
             m = min(m_max, n - a)
-            ll = tile(a, m, w_all[a : a + m] if use_w else w_all)
+            loop.log_prob(a, m)
+            ll = tail.responsibilities(m, w_all[a : a + m] if use_w else None, use_w, nk)
             if not np.isfinite(ll):
                 # Rare: every bad row of the block for the message (float64 may not
                 # overflow where the tile dtype did; then this tile's rows).
                 rows = np.flatnonzero(~np.isfinite(row_log_likelihood(x, params)))
                 if rows.size == 0:
-                    rows = a + np.flatnonzero(~np.isfinite(mx[:m]))
+                    rows = a + np.flatnonzero(~np.isfinite(tail.mx[:m]))
                 raise_non_finite(x, rows, block_index, row_offset)
+            loop.moments(m)
             loglik += ll
-    if ct == "full":
-        s2 = _math.full_scatter_about_offsets(acc, s1, offsets)
-    elif ct == "spherical":
-        s2 = s2.sum(axis=1)
+    s1, s2 = loop.finish()
+    return _block_result(params, nk, s1, s2, loglik, n, sample_weight)
+
+
+def _block_result(params, nk, s1, s2, loglik, n, sample_weight) -> SuffStats:
     total = float(n if sample_weight is None else sample_weight.sum())
-    return SuffStats(ct, reference, nk, s1, s2, loglik, n, total)
+    reference = component_reference(params)
+    return SuffStats(params.covariance_type, reference, nk, s1, s2, loglik, n, total)
+
+
+# The fused E-step of one mixture, by covariance type.
+_BLOCK_STATISTICS = {
+    "full": _compiled_block_statistics,
+    "diag": _compiled_block_statistics,
+    "spherical": _compiled_block_statistics,
+    "tied": _tied_block_statistics,
+}
 
 
 def row_log_likelihood(x, params):

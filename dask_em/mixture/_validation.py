@@ -10,6 +10,7 @@ from sklearn.utils.validation import validate_data
 
 from dask_em.engine import _math
 from dask_em.engine._errors import NonFiniteError, ParameterValueError
+from dask_em.engine._memory import active_client
 
 # ~12 MB float64 blocks: large enough that BLAS runs at speed and scheduling costs <3%,
 # small enough that a block's temporaries stay in cache-friendly sizes.
@@ -61,18 +62,6 @@ def auto_chunk_rows(
         if n_blocks > 1:
             rows = max(_MIN_BLOCK_ROWS, -(-n_rows // n_blocks))
     return int(rows)
-
-
-def active_client():
-    """The distributed Client that ``dask.compute`` would use now, or None."""
-    import dask
-
-    try:
-        from distributed import Client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    owner = getattr(dask.base.get_scheduler(), "__self__", None)
-    return owner if isinstance(owner, Client) else None
 
 
 def scheduler_threads() -> int:

@@ -1,0 +1,219 @@
+"""The fused E-step's tile loops, one class per covariance type, picked from one table.
+
+:func:`dask_em.engine._stats.block_statistics` walks a block tile by tile; per tile, the
+class of the covariance type writes each row's shifted, clamped weighted log-densities
+into the shared ``lp`` (:meth:`_DiagonalTiles.log_prob`), the shared tail turns them into
+responsibilities (:meth:`_Tail.responsibilities`), and the class adds the tile's moments
+(:meth:`_DiagonalTiles.moments`). :data:`TILE_LOOPS` maps a covariance type to its class.
+
+Full covariances at high dimension: the products dominate (``K d^2`` multiply-adds per
+row each for the E-step and the scatter), and OpenBLAS runs thin shapes far below its
+square-matrix rate. So the features go in blocks of ``b`` (:func:`feature_block`), and
+each product is one wide GEMM over all components of a block:
+
+- E-step: rows ``(k, j)`` of block i of ``P_k^T`` times ``Z^T`` restricted to the columns
+  where some ``P_k^T`` of the block is not zero. ``P_k`` is triangular, so that skips
+  about half of the work for many blocks (``(nb + 1) / (2 nb)`` of it is left for nb
+  blocks), whichever of upper or lower it is (a start from ``precisions_init`` is lower).
+- Scatter: rows ``(k, j)`` of block i of ``r_k (z - o_k)`` times the columns of ``Z`` up to
+  the block's last feature: the lower triangle (and the diagonal blocks) of every
+  component's scatter, mirrored at the end. Also ``(nb + 1) / (2 nb)`` of the work.
+
+From d = 64 on, blocks thinner than 16 features only thinned the products further; below,
+a quarter of d did best; at d <= 4 there is one block (the plain wide product). Per-block
+scratch is ``K b`` rows of the tile, whatever d is; the running sums are the lower block
+triangle, ``K d (d + b) / 2`` float64.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from dask_em.engine import _kernels, _math
+from dask_em.engine._scratch import thread_array
+
+# Features per block of the full-covariance products (see feature_block), measured as
+# benchmarks/highd_limits.kernel_block_times does (table in docs/user_guide/performance.rst):
+# one block's statistics on one thread, float64, thread CPU time, blocks of
+# 4/8/16/32/d features. 16 was best or within noise of it from d = 64 to 256 (d=256 K=8:
+# 16 -> 294-327 ms, 32 -> 301, 64 -> 335, one block -> 554; d=128 K=16: 16 -> 172-197,
+# 128 -> 312-617); below d = 64 a quarter of d was (d=32 K=16: 8 -> 68, 16 -> 80,
+# 32 -> 91; d=16 K=8: 4 -> 31, 8 -> 34, 16 -> 46). At d = 4 one block tied with two.
+_FEATURE_BLOCK = 16
+_SMALLEST_BLOCK = 4
+
+
+def feature_block(n_features: int, n_components: int) -> int:
+    """Features per block of the full-covariance products: a quarter of d between 4 and
+    16 (so one block up to d = 4, 16 from d = 64 on). ``n_components`` did not move the
+    best block size in the range measured (K = 8 to 16)."""
+    return int(min(n_features, max(_SMALLEST_BLOCK, min(_FEATURE_BLOCK, n_features // 4))))
+
+
+class _Tail:
+    """What every type's tile shares: the log-density scratch, ``exp``, each row's
+    log-sum-exp and the responsibilities (times the row weights)."""
+
+    def __init__(self, n_components, m_max, dtype, const):
+        self.lp = thread_array("lp", (n_components, m_max), dtype)
+        self.mx = thread_array("mx", m_max, dtype)
+        self.s = thread_array("s", m_max, dtype)
+        # Each row's log-sum-exp in the tiles' dtype: float32's error there (~1e-7 of
+        # log K) is far below what the float64 sums across rows keep; its SIMD log is
+        # twice as fast.
+        self.log_s = thread_array("log_s", m_max, dtype)
+        self.const = const.astype(dtype)
+        self.floor = dtype.type(_math._EXP_FLOOR[dtype.itemsize])
+        self.exp_floor = dtype.type(np.exp(self.floor))
+
+    def responsibilities(self, m, w, use_w, nk) -> float:
+        """From ``lp`` (shifted and clamped) to responsibilities in ``lp``; their sums
+        go into ``nk``; returns the tile's ``sum_i w_i log p(x_i)``."""
+        lp = self.lp
+        np.exp(lp[:, :m], out=lp[:, :m])
+        _kernels.tile_row_sums(lp, m, self.exp_floor, self.s)
+        np.log(self.s[:m], out=self.log_s[:m])
+        return _kernels.tile_responsibilities(
+            lp, self.mx, self.log_s, m, w if use_w else self.s, use_w, self.s, nk
+        )
+
+
+class _DiagonalTiles:
+    """Diagonal and spherical covariances: everything in the compiled kernels."""
+
+    def __init__(self, x, params, dtype, m_max, center, tail):
+        K, d = params.n_components, params.n_features
+        prec = np.asarray(params.precisions_cholesky, dtype=np.float64) ** 2
+        if params.covariance_type == "spherical":
+            prec = np.repeat(prec[:, None], d, axis=1)
+        self.spherical = params.covariance_type == "spherical"
+        self.prec = prec.astype(dtype)
+        self.b = np.ascontiguousarray(params.means - center, dtype=dtype)
+        self.x, self.center, self.tail = x, center, tail
+        self.xt = thread_array("xt", (d, m_max), dtype)
+        self.s1, self.s2 = np.zeros((K, d)), np.zeros((K, d))
+
+    def log_prob(self, a, m):
+        t = self.tail
+        _kernels.diag_tile_log_prob(
+            self.x, a, m, self.center, self.b, self.prec, t.const, t.floor, self.xt, t.lp, t.mx
+        )
+
+    def moments(self, m):
+        _kernels.diag_tile_moments(self.tail.lp, self.xt, m, self.s1, self.s2)
+
+    def finish(self):
+        """``(s1, s2)`` in the covariance type's shapes."""
+        return self.s1, self.s2.sum(axis=1) if self.spherical else self.s2
+
+
+class _FullTiles:
+    """Full covariances: wide products by feature blocks (see the module docstring)."""
+
+    def __init__(self, x, params, dtype, m_max, center, tail):
+        K, d = params.n_components, params.n_features
+        b = feature_block(d, K)
+        # Built block by block from the factors (the stacked (K*d, d+1) matrix of
+        # _math.prepare_log_prob would be 2 x K d^2 float64 more at once: 150 MB at
+        # K=16, d=768 on a worker of 1 GiB).
+        chol = params.precisions_cholesky
+        bias = -np.einsum("kj,kji->ki", params.means - center, chol)  # (K, d)
+        self.blocks = [_Block.of(chol, bias, j0, min(d, j0 + b), dtype) for j0 in range(0, d, b)]
+        self.offsets = component_offsets(params, center)
+        self.off = self.offsets.astype(dtype)
+        self.x, self.center, self.tail, self.dtype = x, center, tail, dtype
+        self.zt = thread_array("zt", d * m_max, dtype)
+        self.y = thread_array("y", K * b * m_max, dtype)
+        self.wbuf = thread_array("wbuf", K * b * m_max, dtype)
+        # float32 products go through this scratch into the float64 sums.
+        self.prod = thread_array("prod", K * b * d, dtype)
+        # The lower block triangle of every component's scatter, block by block (not
+        # scratch: a fresh block of statistics, K d (d + b) / 2 float64).
+        self.acc = [np.zeros((K * (blk.j1 - blk.j0), blk.j1)) for blk in self.blocks]
+        self.s1 = np.zeros((K, d))
+
+    def _tile_design(self, m):
+        return self.zt[: self.offsets.shape[1] * m].reshape(-1, m)
+
+    def log_prob(self, a, m):
+        t = self.tail
+        zt = self._tile_design(m)
+        _kernels.full_tile_design(self.x, a, m, self.center, zt)
+        t.lp[:, :m] = 0.0
+        for blk in self.blocks:
+            y = self.y[: blk.matrix.shape[0] * m].reshape(-1, m)
+            np.matmul(blk.matrix, zt[blk.lo : blk.hi], out=y)
+            _kernels.full_tile_add_squares(y, m, blk.bias, t.lp)
+        _kernels.tile_finish_log_prob(t.lp, m, t.const, t.floor, t.mx)
+
+    def moments(self, m):
+        zt = self._tile_design(m)
+        for blk, acc in zip(self.blocks, self.acc, strict=True):
+            wbuf = self.wbuf[: acc.shape[0] * m].reshape(-1, m)
+            _kernels.full_tile_weigh(self.tail.lp, zt, m, blk.j0, self.off, wbuf, self.s1)
+            prod = self.prod[: acc.size].reshape(acc.shape)
+            np.add(acc, np.matmul(wbuf, zt[: blk.j1].T, out=prod), out=acc)
+
+    def finish(self):
+        """``(s1, s2)``: each component's scatter about its offset, from the blocks."""
+        K, d = self.s1.shape
+        s2 = np.empty((K, d, d))
+        for blk, acc in zip(self.blocks, self.acc, strict=True):
+            s2[:, blk.j0 : blk.j1, : blk.j1] = acc.reshape(K, blk.j1 - blk.j0, blk.j1)
+        self.acc = None
+        return self.s1, _math.full_scatter_from_lower(s2, self.s1, self.offsets)
+
+
+class _Block(NamedTuple):
+    """One feature block of the E-step product (see :class:`_FullTiles`).
+
+    Attributes
+    ----------
+    j0, j1 : int
+        Its first and one past its last feature.
+    lo, hi : int
+        The columns where some component's ``P_k^T`` row of the block is not zero.
+    matrix : ndarray of shape (K*(j1 - j0), hi - lo)
+        Those rows and columns, rows ``(k, j)``, tile dtype.
+    bias : ndarray of shape (K*(j1 - j0),)
+        The rows' offsets ``-(P_k^T (mu_k - c))_j``, tile dtype.
+    """
+
+    j0: int
+    j1: int
+    lo: int
+    hi: int
+    matrix: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def of(cls, chol, bias, j0, j1, dtype):
+        """Block ``j0:j1`` from the precision factors ``chol`` (K, d, d) and the offsets
+        ``bias`` (K, d) of the whitened rows."""
+        K, d, _ = chol.shape
+        # Rows (k, j) of P_k^T are columns j of P_k.
+        block = chol[:, :, j0:j1].transpose(0, 2, 1).reshape(K * (j1 - j0), d)
+        nonzero = np.flatnonzero(np.any(block != 0.0, axis=0))
+        lo, hi = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, d)
+        matrix = np.ascontiguousarray(block[:, lo:hi], dtype=dtype)
+        return cls(
+            j0, j1, lo, hi, matrix, np.ascontiguousarray(bias[:, j0:j1].reshape(-1), dtype=dtype)
+        )
+
+
+def component_offsets(params, center):
+    """Each component's reference point minus the block's centre, shape (K, d)."""
+    return component_reference(params) - center
+
+
+def component_reference(params):
+    """Points the moments of each component are taken about, shape (K, d)."""
+    if params.covariance_type == "full":
+        return np.array(params.means, dtype=np.float64)
+    return np.broadcast_to(params.center, params.means.shape).copy()
+
+
+# The compiled tile loop of each covariance type (tied runs numpy tiles in _stats).
+TILE_LOOPS = {"full": _FullTiles, "diag": _DiagonalTiles, "spherical": _DiagonalTiles}
