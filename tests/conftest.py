@@ -229,6 +229,24 @@ def run_cli(args, timeout: float = 300, env: dict | None = None):
 # ------------------------------------------------------------------ S3-compatible server
 
 
+@contextlib.contextmanager
+def environ(variables: dict):
+    """This process's ``os.environ`` with ``variables`` set, restored on exit (also on
+    failure)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class S3Server:
     """moto's S3 server on 127.0.0.1 (a free port), for tests that read or write
     ``s3://`` URLs. Nothing is sent anywhere else: the fake credentials are moto's, the
@@ -271,21 +289,9 @@ class S3Server:
         """:attr:`env` less the access key and secret (no other source of them is left)."""
         return {k: v for k, v in self.env.items() if k not in self.CREDENTIALS}
 
-    @contextlib.contextmanager
     def environment(self):
         """This process's ``os.environ`` with :attr:`env` set, restored on exit."""
-        import os
-
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        return environ(self.env)
 
     def filesystem(self):
         """A fresh ``s3fs.S3FileSystem`` on the server, with the fake credentials."""

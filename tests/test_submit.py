@@ -3,7 +3,6 @@ and two `dask worker` processes on 127.0.0.1: the job runs on the cluster withou
 submitting process, ends with the numbers of `dask-em run`, survives the loss of its
 driver's worker, and stops cleanly when cancelled."""
 
-import contextlib
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import run_cli, shutdown_dask_processes, start_dask_processes
+from conftest import environ, run_cli, shutdown_dask_processes, start_dask_processes
 from typer.testing import CliRunner
 
 from dask_em.data.folders import MARKER, read_marker
@@ -77,21 +76,6 @@ def _s3_env(s3) -> dict:
     return {} if s3 is None else {**s3.env, "AWS_ENDPOINT_URL": s3.endpoint_url}
 
 
-@contextlib.contextmanager
-def _environ(variables: dict):
-    """``os.environ`` with ``variables`` set, restored on exit."""
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3):
     """(address, work folder): a `dask scheduler` and two 1-thread `dask worker`s
@@ -101,7 +85,7 @@ def cluster(tmp_path_factory, s3):
 
     work = tmp_path_factory.mktemp("submit-cluster")
     # One restart of a task whose worker died, not three: a driver killed twice is given up.
-    with _environ({ALLOWED_FAILURES: "1", **_s3_env(s3)}):
+    with environ({ALLOWED_FAILURES: "1", **_s3_env(s3)}):
         address, procs = start_dask_processes(work, n_workers=2)
     try:
         with Client(address, timeout=60) as client:
@@ -230,7 +214,7 @@ def test_output_to_s3_is_published_complete_with_the_marker_last(cluster, refere
     job_id = submit_job(load_job(_job(tmp_path), scheduler=address, output=url))
     record = follow_job(address, job_id, on_line=lambda line: None, poll=0.1)
     assert record["state"] == "finished", describe(record)
-    with _environ(_s3_env(s3)):
+    with environ(_s3_env(s3)):
         fs = s3.filesystem()
         marker = json.loads(fs.cat(f"{bucket}/runs/t/{MARKER}"))
         assert marker["complete"] and marker["kind"] == "run"

@@ -136,6 +136,11 @@ def _random_starts(x, requests, reg_covar, eps, weights, split_every, on_error, 
     return out
 
 
+def _per_seed(requests, seeds, start) -> list[list]:
+    """``start(request, seed)`` for every seed of every request, grouped by request."""
+    return [[start(r, s) for s in ss] for r, ss in zip(requests, seeds, strict=True)]
+
+
 def _kmeans_starts(x, requests, reg_covar, eps, weights, split_every, on_error, model):
     seeds = [_seeds(r) for r in requests]
     runs: dict[tuple[int, int], list[str]] = {}
@@ -149,19 +154,12 @@ def _kmeans_starts(x, requests, reg_covar, eps, weights, split_every, on_error, 
         x, [(k, s, tuple(runs[(k, s)])) for k, s in keys], weights=weights, split_every=split_every
     )
     by_key = dict(zip(keys, results, strict=True))
-    return [
-        [
-            _m_step_or_error(
-                by_key[(r.n_components, s)].statistics[r.covariance_type],
-                reg_covar,
-                eps,
-                on_error,
-                model,
-            )
-            for s in ss
-        ]
-        for r, ss in zip(requests, seeds, strict=True)
-    ]
+
+    def start(r, s):
+        stats = by_key[(r.n_components, s)].statistics[r.covariance_type]
+        return _m_step_or_error(stats, reg_covar, eps, on_error, model)
+
+    return _per_seed(requests, seeds, start)
 
 
 def _kmeanspp_starts(x, requests, reg_covar, eps, weights, split_every, on_error, model):
@@ -169,21 +167,12 @@ def _kmeanspp_starts(x, requests, reg_covar, eps, weights, split_every, on_error
     keys = sorted({(r.n_components, s) for r, ss in zip(requests, seeds, strict=True) for s in ss})
     results = _kmeans.kmeans_plusplus(x, keys, weights=weights, split_every=split_every)
     rows = {key: centers for key, (centers, _) in zip(keys, results, strict=True)}
-    return [
-        [
-            _or_error(
-                on_error,
-                _on_rows,
-                rows[(r.n_components, s)],
-                r.covariance_type,
-                reg_covar,
-                eps,
-                model,
-            )
-            for s in ss
-        ]
-        for r, ss in zip(requests, seeds, strict=True)
-    ]
+
+    def start(r, s):
+        centers = rows[(r.n_components, s)]
+        return _or_error(on_error, _on_rows, centers, r.covariance_type, reg_covar, eps, model)
+
+    return _per_seed(requests, seeds, start)
 
 
 def _random_from_data_starts(x, requests, reg_covar, eps, weights, split_every, on_error, model):

@@ -45,6 +45,14 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: key.path=value (repeatable)."),
+]
+Output = Annotated[
+    str | None, typer.Option(help="Run folder or fsspec URL (replaces output.dir).")
+]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing run folder.")]
 
 
 class _StderrHandler(logging.Handler):
@@ -141,15 +149,10 @@ def run(
         str | None,
         typer.Option(help="Follow the submitted job JOB_ID to its end instead (as `wait`)."),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config value: key.path=value (repeatable)."),
-    ] = None,
-    output: Annotated[
-        str | None, typer.Option(help="Run folder or fsspec URL (replaces output.dir).")
-    ] = None,
+    set_: Overrides = None,
+    output: Output = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    overwrite: Overwrite = False,
     debug: Debug = False,
 ) -> None:
     """Run a job: fit the model and write the run folder."""
@@ -355,15 +358,10 @@ def _address(scheduler: str | None) -> str:
 def submit(
     job: Annotated[Path, typer.Argument(help="Job file (YAML).")],
     scheduler: Scheduler = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a config value: key.path=value (repeatable)."),
-    ] = None,
-    output: Annotated[
-        str | None, typer.Option(help="Run folder or fsspec URL (replaces output.dir).")
-    ] = None,
+    set_: Overrides = None,
+    output: Output = None,
     resume: Annotated[bool, typer.Option(help="Continue from the kept checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    overwrite: Overwrite = False,
     debug: Debug = False,
 ) -> None:
     """Start a job on a cluster and return at once; prints the job id."""
