@@ -16,6 +16,20 @@ def make_blobs(n=2000, d=3, k=3, seed=0, spread=6.0, offset=0.0, dtype=np.float6
     return (X + offset).astype(dtype), labels
 
 
+@pytest.fixture(autouse=True)
+def _package_logger_restored():
+    """Each test sees the ``dask_em`` logger as the process started with it: the CLI run
+    in-process (CliRunner) gives it a stderr handler and stops propagation, which would
+    hide every later test's log lines from ``caplog``."""
+    import logging
+
+    logger = logging.getLogger("dask_em")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]
+
+
 @pytest.fixture(scope="session")
 def blobs():
     return make_blobs()

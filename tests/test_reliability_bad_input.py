@@ -18,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dask_em import GaussianMixture
+from dask_em.data.folders import write_marker
 from dask_em.jobs.cli import app
 
 runner = CliRunner()
@@ -254,6 +255,9 @@ def test_model_file_with_object_arrays_is_refused(tmp_path, command, monkeypatch
     monkeypatch.setattr(pickle, "load", no_unpickling)
     monkeypatch.setattr(pickle, "loads", no_unpickling)
     np.save(tmp_path / "new.npy", GOOD)
+    # A run folder is read only when its marker says it is a finished one of ours (an
+    # unmarked folder is refused before any file in it is opened).
+    write_marker(path.parent, "run", complete=True)
     args = {
         "info": ["info", str(path)],
         "predict": [
