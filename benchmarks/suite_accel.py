@@ -1,10 +1,13 @@
 """Suite accel: passes and seconds to converge for em / accelerated / online / incremental.
 
 Every algorithm starts from the same k-means start (drawn with the seed) and runs on the
-threaded scheduler. The reference optimum of a case is plain EM's at tol=1e-9 (at most
-``_REF_MAX_ITER`` passes); "passes to 1e-5" counts EM-loop passes until the mean
-log-likelihood is within 1e-5 of it (the k-means passes, the same for all, left out;
-online counts its online pass). Seconds are wall time of those passes.
+threaded scheduler. The reference optimum of a case is plain EM's at tol=1e-12 (at most
+``_REF_MAX_ITER`` passes): at tol=1e-9 plain EM's parameters on the slow mixtures were
+still ~1e-3 from where they stop moving, too far to tell optima apart at 1e-4. "Passes to
+1e-5" counts EM-loop passes until the mean log-likelihood is within 1e-5 of it (the
+k-means passes, the same for all, left out; online counts its online pass); "param diff"
+compares each algorithm's own tol=1e-12 result with the reference. Seconds are wall time
+of those passes.
 """
 
 from __future__ import annotations
@@ -24,14 +27,32 @@ from dask_em.engine._online import online_pass
 from dask_em.init._starts import StartRequest, make_starts
 
 _EPS = float(np.finfo(np.float64).eps)
-_REF_TOL = 1e-9
+_REF_TOL = 1e-12
 _REF_MAX_ITER = 3000
 ALGORITHMS = ("em", "accelerated", "online", "incremental")
 
 
-def overlapping(n, k, d, seed, spread=2.0):
-    """A seeded mixture whose means are ``spread`` standard deviations apart in each
-    coordinate on average (1-2 sd between neighbours: slow, linear EM)."""
+def overlapping(n, k, d, seed, spacing=1.25):
+    """A seeded mixture of ``k`` unit-variance components whose means lie on a line,
+    neighbours ``spacing`` standard deviations apart (1-2: slow, linear EM), the line
+    turned by a random rotation, weights proportional to ``k, k-1, ..., 1``.
+
+    Measured (K=4, d=2, N=1e5, k-means start): plain EM needs 88-101 passes at tol=1e-6
+    on seeds 0-9; random means (the earlier data) needed >= 80 on 3 of 10 seeds only.
+    """
+    rng = np.random.default_rng(seed)
+    line = np.zeros((k, d))
+    line[:, 0] = spacing * np.arange(k)
+    rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    means = line @ rotation.T
+    sizes = (n * np.arange(k, 0, -1) / (k * (k + 1) / 2)).astype(int)
+    x = np.concatenate([rng.normal(size=(m, d)) + mu for m, mu in zip(sizes, means, strict=True)])
+    return x[rng.permutation(len(x))]
+
+
+def scattered(n, k, d, seed, spread=2.0):
+    """A seeded mixture with normal random means, ``spread`` standard deviations per
+    coordinate (the partial_fit and out-of-core cases; EM's pass count varies by seed)."""
     rng = np.random.default_rng(seed)
     means = rng.normal(size=(k, d)) * spread
     x = np.concatenate([rng.normal(size=(n // k, d)) + m for m in means])
@@ -152,7 +173,7 @@ def _case(s: Settings, name, x, k, ct, seed, chunk):
 def _partial_fit_case(s: Settings):
     """One partial_fit pass over shuffled 1e5-row batches against batch EM."""
     n = s.n(2e6, 2e5)
-    x = overlapping(n, 4, 3, seed=11)
+    x = scattered(n, 4, 3, seed=11)
     batches = np.array_split(x, 20)
     s.say(f"[accel] partial_fit over {len(batches)} batches of {h.fmt_n(n)} rows")
     t0 = time.perf_counter()
@@ -179,7 +200,7 @@ def _ooc_case(s: Settings, folder):
     """Time to converge (tol=1e-6) reading a zarr file every pass (persist=False)."""
     n = s.n(4e6, 4e5)
     path = f"{folder}/accel.zarr"
-    da.from_array(overlapping(n, 4, 3, seed=12), chunks=(250_000, 3)).to_zarr(path)
+    da.from_array(scattered(n, 4, 3, seed=12), chunks=(250_000, 3)).to_zarr(path)
     out = {"rows": n}
     for alg in ("em", "accelerated"):
         s.say(f"[accel] out-of-core {alg}")
@@ -240,7 +261,11 @@ def _targets(cases, pf):
         what = f"{c['case']} seed {c['seed']}: passes to 1e-5, accelerated / em"
         targets.append(target(what, ratio, "<=", 0.25))
     for name in sorted({c["case"] for c in slow}):
-        group = [c for c in slow if c["case"] == name]
+        # Only against a converged reference: "above an unconverged plain EM" says
+        # nothing about the optimum (the overlapping set at 3000 passes).
+        group = [c for c in slow if c["case"] == name and c["ref_converged"]]
+        if not group:
+            continue
         # Within 1e-4 of plain EM's optimum, or on a better one of its own.
         same = sum(
             c["accelerated"]["param_diff"] < 1e-4 or c["accelerated"]["final_gap"] < -1e-6
@@ -264,10 +289,12 @@ def suite_accel(s: Settings) -> dict:
     seeds = range(3 if s.quick else 10)
     cases = []
     for seed in seeds:
-        n = s.n(1e5, 2e4)
-        x = overlapping(n, 3, 2, seed)
+        # Pass counts hardly depend on N (measured 88-101 at 1e5 rows, 86-119 at 2e4);
+        # 2e4 rows keep the thousands of reference passes affordable.
+        n = s.n(2e4, 1e4)
+        x = overlapping(n, 4, 2, seed)
         cases.append(
-            _case(s, f"overlapping N={h.fmt_n(n)} d=2 K=3 full", x, 3, "full", seed, n // 4)
+            _case(s, f"overlapping N={h.fmt_n(n)} d=2 K=4 full", x, 4, "full", seed, n // 4)
         )
     x = real_measurements()
     for seed in seeds:
