@@ -62,15 +62,16 @@ def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
 
-def test_array_api_check_passes_where_scipy_allows_it():
+@pytest.mark.parametrize("estimator", ["GaussianMixture", "BayesianGaussianMixture"])
+def test_array_api_check_passes_where_scipy_allows_it(estimator):
     """scikit-learn skips ``check_array_api_input`` unless SCIPY_ARRAY_API=1 was set before
     scipy was imported: run every check in a fresh process that sets it."""
     script = (
         "import json, warnings\n"
         "from sklearn.utils.estimator_checks import check_estimator\n"
-        "from dask_em import GaussianMixture\n"
+        f"from dask_em import {estimator}\n"
         "warnings.simplefilter('ignore')\n"
-        "res = check_estimator(GaussianMixture(), on_fail=None)\n"
+        f"res = check_estimator({estimator}(), on_fail=None)\n"
         "print(json.dumps([[r['check_name'], r['status']] for r in res]))\n"
     )
     env = {**os.environ, "SCIPY_ARRAY_API": "1"}
