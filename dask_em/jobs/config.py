@@ -650,14 +650,21 @@ def _format_errors(
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
-            # the validator's own words, without pydantic's "Value error, " in front
-            msg = str(err["ctx"]["error"])
+            msg = validator_message(err)
         elif "input" in err and err["type"] not in ("model_type",):
             msg = f"{msg} (got {err['input']!r})"
         if loc and isinstance(loc[0], str) and loc[0] in origins:
             msg += f" [from preset {origins[loc[0]]}]"
         problems.append(JobError(msg, file=job_file, key=key))
     return problems
+
+
+def validator_message(err: dict) -> str:
+    """The message of one pydantic error (an item of ``ValidationError.errors()``): a
+    validator's own words, without pydantic's "Value error, " in front."""
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])
+    return err["msg"]
 
 
 def load_job(

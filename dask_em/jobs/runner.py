@@ -67,6 +67,7 @@ from dask_em.jobs.config import (
     JobError,
     job_fingerprint,
     load_job,
+    validator_message,
 )
 
 __all__ = [
@@ -424,7 +425,7 @@ def data_config_for(
     except ValidationError as exc:
         first = untag_error(exc.errors(include_url=False)[0])
         key = ".".join(str(p) for p in ("data", *first["loc"]))
-        raise JobError(first["msg"].removeprefix("Value error, "), key=key) from None
+        raise JobError(validator_message(first), key=key) from None
 
 
 def predict_job(

@@ -29,7 +29,7 @@ from dask_em.data.remote import RemoteRunFolder, check_url_output
 from dask_em.jobs._driver import one_line, probe, run_driver
 from dask_em.jobs._jobstate import FINAL, ROOT, JobState, driver_key, new_job_id, now
 from dask_em.jobs.cluster import _open_client, connect
-from dask_em.jobs.config import ClusterConfig, JobConfig, JobError
+from dask_em.jobs.config import ClusterConfig, JobConfig, JobError, validator_message
 
 __all__ = [
     "cancel_job",
@@ -206,7 +206,7 @@ def scheduler_client(address: str, *, timeout: float = 10.0) -> Iterator:
     try:
         cfg = ClusterConfig(address=address, timeout=timeout, wait_for_workers=0)
     except ValidationError as exc:
-        message = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        message = validator_message(exc.errors(include_url=False)[0])
         raise JobError(message, key="--scheduler") from None
     client = _open_client(cfg, None)
     try:
