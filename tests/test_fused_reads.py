@@ -214,3 +214,49 @@ def test_prefetch_hints_skip_chunks_never_written_and_the_end(tmp_path, X):
     out = np.empty((500, X.shape[1]))
     np.testing.assert_array_equal(raw.read(1000, 1500, out), X[1000:1500])
     np.testing.assert_array_equal(raw.read(1500, 2000, out), 0.0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_blocks_with_large_values_are_read_several_to_a_task(tmp_path, X, monkeypatch, weighted):
+    # Large values (over _GROUPED_VALUE_BYTES, lowered here to fit the test's data) make
+    # at most two tasks per thread, each adding its blocks' statistics as it reads them:
+    # the values that wait for the tree no longer grow with the number of blocks.
+    from dask_em.engine import _memory
+
+    path = _zarr(tmp_path / "x.zarr", X, 100)
+    x = load_data(DataConfig(source="zarr", path=str(path), chunk_rows=100))
+    assert x.numblocks[0] == 23
+    params = GaussianMixture(3, random_state=0).fit(X[:500])._params()
+    w = np.random.default_rng(2).uniform(0.5, 2.0, X.shape[0]) if weighted else None
+    dw = None if w is None else da.from_array(w, chunks=(x.chunks[0],))
+    with dask.config.set(scheduler="threads", num_workers=2):
+        ungrouped = em_pass(x, [params], weights=dw)
+        monkeypatch.setattr(_memory, "_GROUPED_VALUE_BYTES", 1)
+        graph = tree_reduce(
+            x, lambda b, s, r, i, w=None: (np.array([b.sum()]),), None, fuse_reads=True
+        )
+        assert sum(1 for k in dict(graph.dask) if "stats-read" in str(k)) == 4
+        grouped = em_pass(x, [params], weights=dw)
+    ref = em_pass(da.from_array(X, chunks=(100, -1)), [params], weights=dw)
+    for got in (grouped[0], ungrouped[0]):
+        assert got.n_rows == X.shape[0]
+        np.testing.assert_allclose(got.weight_total, ref[0].weight_total, rtol=1e-14)
+        np.testing.assert_allclose(got.nk, ref[0].nk, rtol=1e-12)
+        np.testing.assert_allclose(got.s2, ref[0].s2, rtol=1e-12)
+        np.testing.assert_allclose(got.loglik, ref[0].loglik, rtol=1e-13)
+
+
+def test_a_bad_row_in_a_grouped_task_names_its_own_block(tmp_path, X, monkeypatch):
+    from dask_em.engine import _memory
+    from dask_em.engine._errors import NonFiniteError
+
+    bad = X.copy()
+    bad[1234, 1] = np.nan
+    path = _zarr(tmp_path / "x.zarr", bad, 100)
+    x = load_data(DataConfig(source="zarr", path=str(path), chunk_rows=100))
+    params = GaussianMixture(3, random_state=0).fit(X[:500])._params()
+    monkeypatch.setattr(_memory, "_GROUPED_VALUE_BYTES", 1)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        with pytest.raises(NonFiniteError, match="1234") as err:
+            em_pass(x, [params])
+    assert "12" in str(err.value)  # block 12 holds row 1234

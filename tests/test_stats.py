@@ -189,3 +189,27 @@ def test_compiled_kernels_report_overflow_of_finite_rows(ct):
     X[4321] = 1e200  # finite, but its squared distance is not
     with pytest.raises(NonFiniteError, match=r"Numerical overflow.*row 4321"):
         block_statistics(X, [p])
+
+
+def test_packed_full_statistics_add_and_unpack_exactly():
+    # What travels through a tree reduction: full scatters as lower triangles only.
+    rng = np.random.default_rng(3)
+    k, d = 4, 7
+
+    def stats():
+        a = rng.normal(size=(k, 20, d))
+        s2 = np.einsum("kni,knj->kij", a, a)
+        s2 = np.tril(s2) + np.tril(s2, -1).transpose(0, 2, 1)  # exactly symmetric
+        return SuffStats("full", rng.normal(size=(k, d)), rng.uniform(1, 2, k),
+                         rng.normal(size=(k, d)), s2, -3.5, 20, 20.0)  # fmt: skip
+
+    a, b = stats(), stats()
+    b = SuffStats("full", a.reference, b.nk, b.s1, b.s2, b.loglik, b.n_rows, b.weight_total)
+    packed = a.packed() + b.packed()
+    assert packed.s2.shape == (k, d * (d + 1) // 2)
+    np.testing.assert_array_equal(packed.unpacked().s2, (a + b).s2)
+    np.testing.assert_array_equal(packed.nk, (a + b).nk)
+    unpacked = packed.unpacked()
+    assert unpacked.unpacked() is unpacked and unpacked.packed().s2.shape == packed.s2.shape
+    diag = SuffStats.zero("diag", a.reference)
+    assert diag.packed() is diag and diag.unpacked() is diag

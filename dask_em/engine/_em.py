@@ -201,10 +201,13 @@ def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):
     -------
     tuple of SuffStats
     """
+    # No kernel reads the covariances (the E-step works from the precisions' factors):
+    # not shipping them halves what every worker holds at high d (K d^2 float64 each).
+    shipped = tuple(replace(p, covariances=None) for p in params_list)
     return compute_pass(
         x,
         kernel or _em_chunk,
-        tuple(params_list),
+        shipped,
         weights=weights,
         split_every=split_every,
         prefix="em",

@@ -159,10 +159,14 @@ class _FullTiles:
     def finish(self):
         """``(s1, s2)``: each component's scatter about its offset, from the blocks."""
         K, d = self.s1.shape
+        # The E-step factors (K d (d + b) / 2 in the tile dtype) are done with, and each
+        # block's sums go as they are copied: at K=16, d=768 the peak is the scatter
+        # plus one block, not the scatter plus two lower triangles (~77 MB less).
+        bounds = [(blk.j0, blk.j1) for blk in self.blocks]
+        self.blocks = None
         s2 = np.empty((K, d, d))
-        for blk, acc in zip(self.blocks, self.acc, strict=True):
-            s2[:, blk.j0 : blk.j1, : blk.j1] = acc.reshape(K, blk.j1 - blk.j0, blk.j1)
-        self.acc = None
+        for j0, j1 in bounds:
+            s2[:, j0:j1, :j1] = self.acc.pop(0).reshape(K, j1 - j0, j1)
         return self.s1, _math.full_scatter_from_lower(s2, self.s1, self.offsets)
 
 

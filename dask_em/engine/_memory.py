@@ -19,6 +19,13 @@ import dask
 # arriving; dask pauses a worker at 80% of its limit.
 COMBINE_MEMORY_FRACTION = 0.25
 
+# Blocks whose value is at least this large are read several to a task (read_tasks):
+# K=16, d=768 full statistics are 38 MB packed; d=256, K=8 ones 2 MB.
+_GROUPED_VALUE_BYTES = 8 * 2**20
+# Tasks per worker thread when blocks are grouped: two keep every thread busy while
+# the tree adds, however the blocks' costs differ.
+_TASKS_PER_THREAD = 2
+
 # Nodes smaller than this are not checked against the workers' memory (which asks the
 # scheduler): any worker thread is assumed to have 4x this to spare.
 _UNCHECKED_NODE_BYTES = 16 * 2**20
@@ -52,6 +59,42 @@ def memory_per_thread() -> float:
     total = psutil.virtual_memory().total
     per_thread = [(w.get("memory_limit") or total) / max(1, w.get("nthreads", 1)) for w in workers]
     return float(min(per_thread, default=total))
+
+
+def total_threads() -> int:
+    """Threads that run tasks under the current scheduler (all workers' on a cluster)."""
+    from dask.system import CPU_COUNT
+
+    client = active_client()
+    if client is None:
+        return int(dask.config.get("num_workers", None) or CPU_COUNT)
+    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+
+
+def read_tasks(value_nbytes: int, n_blocks: int) -> int:
+    """Statistics tasks of a pass whose tasks read their own blocks.
+
+    One per block while a block's value is under 8 MiB; beyond, at most two per thread
+    of the scheduler, each reading its consecutive blocks one after another and adding
+    their values into one sum as they come. Every finished task's value waits in memory
+    for its tree node, so this bounds what a worker holds by its threads, not by the
+    number of blocks (at K=16, d=768 and 20 blocks on 2 workers of 1 GiB, one a block
+    paused the workers).
+
+    Parameters
+    ----------
+    value_nbytes : int
+        Bytes of one block's value.
+    n_blocks : int
+
+    Returns
+    -------
+    int
+    """
+    if value_nbytes < _GROUPED_VALUE_BYTES:
+        return n_blocks
+    return max(1, min(n_blocks, _TASKS_PER_THREAD * total_threads()))
 
 
 def fan_in(value_nbytes: int, most: int, memory: float | None = None) -> int:

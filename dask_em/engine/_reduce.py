@@ -40,7 +40,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.sizeof import sizeof
 
 from dask_em.engine._blas import single_threaded_blas
-from dask_em.engine._memory import fan_in
+from dask_em.engine._memory import fan_in, read_tasks
 from dask_em.engine._scratch import thread_array
 
 # The shared value goes inside every block task while the copies add up to at most this
@@ -73,8 +73,26 @@ class _Shared:
     value: Any
 
 
+def packed(value):
+    """``value`` as it travels through the tree: values with a ``packed()`` method (full
+    covariance :class:`~dask_em.engine._stats.SuffStats`: lower triangles only) packed,
+    through plain tuples."""
+    if type(value) is tuple:
+        return tuple(packed(v) for v in value)
+    pack = getattr(value, "packed", None)
+    return pack() if callable(pack) else value
+
+
+def unpacked(value):
+    """The inverse of :func:`packed`, applied to the root's value on the driver."""
+    if type(value) is tuple:
+        return tuple(unpacked(v) for v in value)
+    unpack = getattr(value, "unpacked", None)
+    return unpack() if callable(unpack) else value
+
+
 def _unwrap_call(func, x, shared, row_offset, block_index, w=None):
-    return func(x, shared.value, row_offset, block_index, w)
+    return packed(func(x, shared.value, row_offset, block_index, w))
 
 
 # id(array) -> (weak reference to the array, reader); an entry goes with its array.
@@ -106,10 +124,17 @@ def block_reader(x):
     return entry[1]
 
 
-def _read_and_call(func, reader, start, stop, n_features, dtype, shared, block_index, w=None):
-    x = reader.read_rows(start, stop, thread_array("block", (stop - start, n_features), dtype))
-    # ``func`` returns new arrays only (statistics), so the buffer is free again after it.
-    return func(x, shared.value, start, block_index, w)
+def _read_and_call(func, combine, reader, blocks, n_features, dtype, shared, w=None):
+    """``func`` on each block ``(index, start, stop)`` of ``blocks`` in turn, read into
+    the thread's buffer, and the ``combine`` of their (packed) values as they come;
+    ``w`` holds the blocks' weights, or is None."""
+    total = None
+    for j, (block_index, start, stop) in enumerate(blocks):
+        x = reader.read_rows(start, stop, thread_array("block", (stop - start, n_features), dtype))
+        # ``func`` returns new arrays only (statistics), so the buffer is free again after it.
+        value = packed(func(x, shared.value, start, block_index, None if w is None else w[j]))
+        total = value if total is None else combine(total, value)
+    return total
 
 
 def add_values(values):
@@ -154,13 +179,14 @@ def value_nbytes(chunk, x, shared, weights=None) -> int:
     w = None if weights is None else np.empty(0, dtype=weights.dtype)
     try:
         with np.errstate(all="ignore"):
-            return _nbytes(chunk(empty, shared, 0, 0, w))
+            return _nbytes(packed(chunk(empty, shared, 0, 0, w)))
     except Exception:  # noqa: BLE001 - a probe only; the pass itself reports errors
         return 0
 
 
-def _block_tasks(x, chunk, shared, weights, reader, names):
-    """The graph's statistics tasks (and the shared value's key, if it gets one)."""
+def _block_tasks(x, chunk, combine, shared, weights, reader, names, n_tasks):
+    """The graph's statistics tasks (and the shared value's key, if it gets one): one a
+    block, or with a ``reader`` ``n_tasks`` tasks of consecutive blocks."""
     holder = _Shared(shared)
     if _nbytes(shared) * x.numblocks[0] <= _INLINE_SHARED_BYTES:
         dsk: dict = {}
@@ -169,17 +195,20 @@ def _block_tasks(x, chunk, shared, weights, reader, names):
         dsk = {names["shared"]: holder}
         shared_arg = names["shared"]
     offsets = block_offsets(x.chunks[0])
-    for i in range(x.numblocks[0]):
-        start = int(offsets[i])
-        if reader is None:
-            task = (_unwrap_call, chunk, (x.name, i, 0), shared_arg, start, i)
-        else:
-            stop = start + int(x.chunks[0][i])
-            task = (_read_and_call, chunk, reader, start, stop, x.shape[1], x.dtype.str)
-            task = task + (shared_arg, i)
+    if reader is None:
+        for i in range(x.numblocks[0]):
+            task = (_unwrap_call, chunk, (x.name, i, 0), shared_arg, int(offsets[i]), i)
+            if weights is not None:
+                task = task + ((weights.name, i),)
+            dsk[(names["stats"], i)] = task
+        return dsk
+    for t, group in enumerate(np.array_split(np.arange(x.numblocks[0]), n_tasks)):
+        blocks = [(int(i), int(offsets[i]), int(offsets[i] + x.chunks[0][i])) for i in group]
+        task = (_read_and_call, chunk, combine, reader, blocks, x.shape[1], x.dtype.str)
+        task = task + (shared_arg,)
         if weights is not None:
-            task = task + ((weights.name, i),)
-        dsk[(names["stats"], i)] = task
+            task = task + ([(weights.name, int(i)) for i in group],)
+        dsk[(names["stats"], t)] = task
     return dsk
 
 
@@ -235,7 +264,10 @@ def tree_reduce(
     fuse_reads : bool
         Read each block inside its statistics task when ``x`` has a registered reader
         (:func:`register_block_reader`). Only for a ``chunk`` whose result holds no view
-        of the block: the block's memory is reused by the thread's next block.
+        of the block: the block's memory is reused by the thread's next block. Where a
+        block's value is large (:func:`dask_em.engine._memory.read_tasks`), a task reads
+        several consecutive blocks and adds their values as they come, so the values
+        waiting in the tree do not grow with the number of blocks.
 
     Returns
     -------
@@ -244,10 +276,10 @@ def tree_reduce(
     """
     if x.numblocks[1] != 1:
         raise ValueError("features must be in one chunk; rechunk with x.rechunk({1: -1})")
-    split_every = fan_in(
-        value_nbytes(chunk, x, shared, weights), split_every or default_split_every()
-    )
+    value = value_nbytes(chunk, x, shared, weights)
+    split_every = fan_in(value, split_every or default_split_every())
     reader = block_reader(x) if fuse_reads else None
+    n_tasks = x.numblocks[0] if reader is None else read_tasks(value, x.numblocks[0])
     # A fresh token for every pass, not one derived from the inputs: two passes with equal
     # parameters (a fit at a fixed point, k-means centres that stopped moving) would
     # otherwise submit the keys whose futures the client is still releasing from the
@@ -260,8 +292,8 @@ def tree_reduce(
         "combine": f"{prefix}-combine-{token}",
         "root": f"{prefix}-result-{token}",
     }
-    dsk = _block_tasks(x, chunk, shared, weights, reader, names)
-    keys = [(names["stats"], i) for i in range(x.numblocks[0])]
+    dsk = _block_tasks(x, chunk, combine, shared, weights, reader, names, n_tasks)
+    keys = [(names["stats"], i) for i in range(n_tasks)]
     dsk.update(_combine_tasks(keys, combine, split_every, names))
     deps = [] if reader is not None else [x]
     if weights is not None:
@@ -324,7 +356,7 @@ def compute_pass(x, chunk, shared, *, weights=None, **options):
         (out,) = dask.compute(graph)
     for counter in _COUNTERS.get():
         counter.n += 1
-    return out
+    return unpacked(out)
 
 
 def compute(*collections):

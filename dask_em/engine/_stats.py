@@ -7,6 +7,8 @@ ever moves these small values, never the rows or the N x K responsibilities.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,12 @@ from dask_em.engine._errors import raise_non_finite
 from dask_em.engine._fused import TILE_LOOPS, _Tail, component_reference
 
 __all__ = ["SuffStats", "block_statistics", "component_reference", "responsibility_statistics"]
+
+
+@functools.lru_cache(maxsize=8)
+def _tril(d: int):
+    """Row and column indices of the lower triangle of a d x d matrix, row by row."""
+    return np.tril_indices(d)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +78,28 @@ class SuffStats:
             0,
             0.0,
         )
+
+    def packed(self) -> SuffStats:
+        """These statistics with a full type's scatter as its lower triangles, shape
+        (K, d (d + 1) / 2): half the bytes of every copy a tree reduction holds and
+        sends (75 MB -> 38 MB at K=16, d=768). Other types, and packed ones, as they are.
+        Packed statistics add like unpacked ones; :meth:`unpacked` undoes it exactly.
+        """
+        if self.covariance_type != "full" or self.s2.ndim != 3:
+            return self
+        rows, cols = _tril(self.s2.shape[-1])
+        return dataclasses.replace(self, s2=self.s2[:, rows, cols])
+
+    def unpacked(self) -> SuffStats:
+        """The inverse of :meth:`packed` (the upper triangles mirror the lower)."""
+        if self.covariance_type != "full" or self.s2.ndim != 2:
+            return self
+        d = self.reference.shape[1]
+        rows, cols = _tril(d)
+        s2 = np.empty((self.s2.shape[0], d, d))
+        s2[:, rows, cols] = self.s2
+        s2[:, cols, rows] = self.s2
+        return dataclasses.replace(self, s2=s2)
 
     def __add__(self, other: SuffStats) -> SuffStats:
         if not isinstance(other, SuffStats):

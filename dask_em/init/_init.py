@@ -111,6 +111,7 @@ def random_resp(
         weights=weights,
         split_every=split_every,
         prefix="init-random",
+        fuse_reads=True,  # statistics only, never a view of the block
     )
     return [params_from_stats(s, reg_covar, eps) for s in stats]
 

@@ -132,6 +132,8 @@ class _Context:
             weights=self.weights,
             split_every=self.split_every,
             prefix=self.prefix,
+            # Every task's value is sums and copied rows, never a view of the block.
+            fuse_reads=True,
         )
         self.n_passes += 1
         return out

@@ -125,7 +125,13 @@ def _random_starts(x, requests, reg_covar, eps, weights, split_every, on_error, 
     center = _kmeans.reference_point(x)
     groups = tuple((tuple(_seeds(r)), r.n_components, center, r.covariance_type) for r in requests)
     stats = compute_pass(
-        x, _random_chunk, groups, weights=weights, split_every=split_every, prefix="init-random"
+        x,
+        _random_chunk,
+        groups,
+        weights=weights,
+        split_every=split_every,
+        prefix="init-random",
+        fuse_reads=True,  # statistics only, never a view of the block
     )
     out, i = [], 0
     for r in requests:
