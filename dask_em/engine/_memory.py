@@ -7,6 +7,12 @@ A Dask task receives all its inputs at once, so a combine node of fan-in ``f`` h
 more than a worker of 1 GiB has. :func:`fan_in` picks the largest fan-in up to the one
 asked for whose node fits in :data:`COMBINE_MEMORY_FRACTION` of the memory of one worker
 thread (never below 2).
+
+Every finished statistics task's value also waits in memory for its node. Where tasks
+read their own blocks (fused reads), :func:`read_tasks` bounds how many there are by the
+scheduler's threads once a value is large, so what waits does not grow with the number
+of blocks. Full-covariance statistics travel packed (lower triangles,
+:meth:`dask_em.engine._stats.SuffStats.packed`), which halves every such value.
 """
 
 from __future__ import annotations
@@ -51,11 +57,10 @@ def memory_per_thread() -> float:
     import psutil
     from dask.system import CPU_COUNT
 
-    client = active_client()
-    if client is None:
+    workers = _workers()
+    if workers is None:
         threads = int(dask.config.get("num_workers", None) or CPU_COUNT)
         return psutil.virtual_memory().available / max(1, threads)
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
     total = psutil.virtual_memory().total
     per_thread = [(w.get("memory_limit") or total) / max(1, w.get("nthreads", 1)) for w in workers]
     return float(min(per_thread, default=total))
@@ -65,11 +70,19 @@ def total_threads() -> int:
     """Threads that run tasks under the current scheduler (all workers' on a cluster)."""
     from dask.system import CPU_COUNT
 
+    workers = _workers()
+    if workers is None:
+        return int(dask.config.get("num_workers", None) or CPU_COUNT)
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+
+
+def _workers():
+    """The cluster's workers' info dicts (``memory_limit``, ``nthreads``), or None on
+    the local schedulers."""
     client = active_client()
     if client is None:
-        return int(dask.config.get("num_workers", None) or CPU_COUNT)
-    workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+        return None
+    return list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
 
 
 def read_tasks(value_nbytes: int, n_blocks: int) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 
 from dask_em.engine import _math
 from dask_em.engine._errors import raise_non_finite
-from dask_em.engine._fused import TILE_LOOPS, _Tail, component_reference
+from dask_em.engine._fused import TILE_LOOPS, _Tail, component_reference, feature_block
 
 __all__ = ["SuffStats", "block_statistics", "component_reference", "responsibility_statistics"]
 
@@ -134,8 +134,23 @@ _SCALARS = ("loglik", "n_rows", "weight_total")
 _TILE_BYTES = 2**20
 
 
+# Full covariances from d = 64 on (features in blocks of 16, see _fused.feature_block):
+# the widest scratch is one feature block's rows of every component (K * 16 rows) or the
+# tile's design (d rows), and tiles of ~2 MiB of those in float64 did best: one block's
+# statistics on one thread (thread CPU time, benchmarks' start), rows per tile
+# 256 / 512 / 1024 / 2048: d=128 K=16 0.378 / 0.351 / 0.351 / 0.384 s (2e4 rows);
+# d=256 K=8 0.337 / 0.314 / 0.282 / 0.292 s (1e4 rows); d=512 K=8 flat within 5%;
+# float32 at d=128 K=16 flat (0.149-0.160 s). Below d = 64 the 1 MiB rule above stays
+# best (d=16 K=8: 963 rows 0.050 s, 512 0.058, 2048 0.058; d=32 K=16: 256 rows 0.141 s,
+# 1024 0.157). At most 1024 rows: d=64 K=8 was within noise from 256 to 2048 rows.
+_FULL_HIGH_D_TILE_BYTES = 2**21
+
+
 def tile_rows(covariance_type: str, n_components: int, n_features: int, itemsize: int = 8) -> int:
     """Rows per tile for a mixture's shape and the compute dtype's item size."""
+    if covariance_type == "full" and feature_block(n_features, n_components) >= 16:
+        widest = max(n_components * feature_block(n_features, n_components), n_features)
+        return int(min(1024, max(256, _FULL_HIGH_D_TILE_BYTES // (8 * widest))))
     q = _math.design_width(covariance_type, n_features)
     widest = {
         "full": n_components * max(q, n_features),
