@@ -368,9 +368,10 @@ def run_em(
         A start whose M-step fails (or gives non-finite parameters) raises
         :class:`StartError`, or is stopped with the error in its ``error`` and the
         others go on (their numbers are those of a run without it).
-    algorithm : {'em', 'accelerated'}
-        The step rule (:mod:`dask_em.engine._accel`): plain EM, or SQUAREM to a fixed
-        point of the same EM map in fewer passes.
+    algorithm : {'em', 'accelerated', 'daarem'}
+        The step rule (:mod:`dask_em.engine._accel`): plain EM, or SQUAREM
+        ('accelerated') or DAAREM (benchmarked, not offered by the estimators) to a
+        fixed point of the same EM map in fewer passes.
     init_passes : int
         Passes made before this run (initialisation), kept in :attr:`EMProgress.n_passes`.
     model : GaussianEM or alike, default maximum-likelihood Gaussian
