@@ -57,14 +57,17 @@ def slow_data():
     return x, da.from_array(x, chunks=(2000, 2))
 
 
-@pytest.mark.parametrize("ct", COV_TYPES)
-def test_accelerated_reaches_plain_ems_optimum(slow_data, ct):
+@pytest.mark.parametrize(
+    "ct, rule",
+    [(ct, "accelerated") for ct in COV_TYPES] + [("full", "daarem"), ("spherical", "daarem")],
+)
+def test_accelerated_reaches_plain_ems_optimum(slow_data, ct, rule):
     """The result is a fixed point of scikit-learn's EM (one of its iterations from
     there moves nothing), and the optimum plain EM approaches from the same start, in
     fewer passes."""
     x, dx = slow_data
     start = start_of(dx, 3, ct)
-    acc = fit(dx, start, "accelerated", tol=1e-9)
+    acc = fit(dx, start, rule, tol=1e-9)
     plain = fit(dx, start, "em", tol=1e-9)
     assert acc.converged and plain.converged
     assert len(acc.lower_bounds) < len(plain.lower_bounds)
@@ -88,12 +91,13 @@ def test_accelerated_reaches_plain_ems_optimum(slow_data, ct):
     np.testing.assert_allclose(sorted_means(p), sorted_means(plain.params), atol=1e-3)
 
 
-def test_accelerated_needs_fewer_passes_than_plain_em(slow_data):
+@pytest.mark.parametrize("rule", ["accelerated", "daarem"])
+def test_accelerated_needs_fewer_passes_than_plain_em(slow_data, rule):
     _, dx = slow_data
     start = start_of(dx, 3, "full")
     plain = fit(dx, start, "em", tol=1e-9)
-    acc = fit(dx, start, "accelerated", tol=1e-6)
-    tight = fit(dx, start, "accelerated", tol=1e-9)
+    acc = fit(dx, start, rule, tol=1e-6)
+    tight = fit(dx, start, rule, tol=1e-9)
     assert plain.converged and acc.converged and tight.converged
     assert plain.n_iter >= 60  # slow data, or the comparison says nothing
     assert tight.n_iter <= plain.n_iter / 2
@@ -139,6 +143,67 @@ def test_safeguard_keeps_accepted_points_monotone(slow_data, monkeypatch):
     assert final.lower_bound >= reference.lower_bound - 1e-6
 
 
+def test_daarem_rejects_points_below_the_last_accepted_one(slow_data, monkeypatch):
+    """Undamped Anderson steps stretched 5x overshoot: each rejected proposal is
+    followed by the EM image of the last accepted point (compared with that point's
+    log-likelihood, so it may stop the fit), accepted points never decrease (epsilon 0),
+    and the fit still ends at plain EM's optimum."""
+    _, dx = slow_data
+    start = start_of(dx, 3, "full")
+    monkeypatch.setattr(_accel, "DAAREM_KAPPA", -200.0)
+    proposal = _accel._anderson_proposal
+
+    def stretched(image_vec, *args):
+        return image_vec + 5.0 * (proposal(image_vec, *args) - image_vec)
+
+    monkeypatch.setattr(_accel, "_anderson_proposal", stretched)
+    seen: list = []
+    final = fit(dx, start, "daarem", tol=1e-9, callback=_watch(seen))
+    assert final.converged
+    rejected, accepted = 0, []
+    for before, after in zip(seen, seen[1:], strict=False):
+        if not np.isnan(before.parent_lower_bound):
+            accepted.append(after.lower_bounds[-1])  # an EM image: always accepted
+            continue
+        last = float(before.step_state["lower_bound"])
+        if after.lower_bounds[-1] < last:
+            rejected += 1
+            assert after.parent_lower_bound == last
+            np.testing.assert_array_equal(after.params.means, before.step_state["image_means"])
+        else:
+            accepted.append(after.lower_bounds[-1])
+        p = after.params
+        assert np.all(p.weights > 0) and abs(p.weights.sum() - 1) < 1e-12
+        assert np.all(np.linalg.eigvalsh(p.covariances) > 0)
+    assert rejected >= 1
+    assert np.all(np.diff(accepted) >= -1e-12)
+    reference = fit(dx, start, "em", tol=1e-9)
+    assert abs(final.lower_bound - reference.lower_bound) < 1e-6
+
+
+def test_anderson_step_solves_an_affine_fixed_point():
+    """Undamped, with as many differences as dimensions, Anderson acceleration of
+    ``G(x) = A x + b`` lands on the fixed point (a GMRES equivalence); damping scales
+    the coefficients' squared norm by exactly ``delta``."""
+    rng = np.random.default_rng(0)
+    p = 6
+    q, _ = np.linalg.qr(rng.normal(size=(p, p)))
+    a = q @ np.diag(np.linspace(0.5, 0.99, p)) @ q.T
+    b = rng.normal(size=p)
+    fixed = np.linalg.solve(np.eye(p) - a, b)
+    xs = [np.zeros(p), b]
+    for _ in range(p):
+        res = [a @ x + b - x for x in xs]
+        dx = np.column_stack(np.diff(xs, axis=0))
+        df = np.column_stack(np.diff(res, axis=0))
+        xs.append(_accel._anderson_proposal(a @ xs[-1] + b, res[-1], dx, df, 1.0))
+    np.testing.assert_allclose(xs[-1], fixed, rtol=0, atol=1e-8)
+    d, uf = np.array([3.0, 1.0, 0.1]), np.array([1.0, -2.0, 0.5])
+    lam = _accel._damped_ridge(d, uf, 0.3)
+    norm = [np.sum((d * uf / (d * d + v)) ** 2) for v in (lam, 0.0)]
+    assert lam > 0 and abs(norm[0] / norm[1] - 0.3) < 1e-10
+
+
 @pytest.mark.parametrize("ct", COV_TYPES)
 def test_unconstrained_coordinates_give_mixtures(ct):
     rng = np.random.default_rng(1)
@@ -160,10 +225,11 @@ def test_unconstrained_coordinates_give_mixtures(ct):
             assert np.all(cov > 0)
 
 
-def test_resume_repeats_the_uninterrupted_run(slow_data, tmp_path):
+@pytest.mark.parametrize("rule", ["accelerated", "daarem"])
+def test_resume_repeats_the_uninterrupted_run(slow_data, tmp_path, rule):
     _, dx = slow_data
     start = start_of(dx, 3, "diag")
-    whole = fit(dx, start, "accelerated", tol=1e-8)
+    whole = fit(dx, start, rule, tol=1e-8)
     saved = {}
 
     class Stop(Exception):
@@ -175,11 +241,11 @@ def test_resume_repeats_the_uninterrupted_run(slow_data, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        fit(dx, start, "accelerated", tol=1e-8, callback=stop_at_7)
+        fit(dx, start, rule, tol=1e-8, callback=stop_at_7)
     with np.load(tmp_path / "state.npz") as f:
         saved = EMProgress.from_arrays(dict(f))
-    assert saved.candidates[0].step_state  # SQUAREM's state was saved
-    resumed = fit(dx, None, "accelerated", tol=1e-8, resume=saved)
+    assert saved.candidates[0].step_state  # the rule's state was saved
+    resumed = fit(dx, None, rule, tol=1e-8, resume=saved)
     assert resumed.n_iter == whole.n_iter
     np.testing.assert_allclose(resumed.lower_bounds, whole.lower_bounds, rtol=0, atol=1e-12)
     np.testing.assert_allclose(resumed.params.means, whole.params.means, rtol=0, atol=1e-12)
