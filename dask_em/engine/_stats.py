@@ -101,6 +101,26 @@ class SuffStats:
         s2[:, cols, rows] = self.s2
         return dataclasses.replace(self, s2=s2)
 
+    def add_into(self, other: SuffStats) -> SuffStats:
+        """``self + other``, with ``other``'s second moments added into ``self.s2``
+        itself (the caller owns that buffer: a running sum) and the small arrays anew.
+        A running sum of K=16, d=768 full statistics then holds two scatters, not three.
+        """
+        if other.covariance_type != self.covariance_type or not np.array_equal(
+            other.reference, self.reference
+        ):
+            raise ValueError("cannot add statistics taken about different references or types")
+        return SuffStats(
+            self.covariance_type,
+            self.reference,
+            self.nk + other.nk,
+            self.s1 + other.s1,
+            np.add(self.s2, other.s2, out=self.s2),
+            self.loglik + other.loglik,
+            self.n_rows + other.n_rows,
+            self.weight_total + other.weight_total,
+        )
+
     def __add__(self, other: SuffStats) -> SuffStats:
         if not isinstance(other, SuffStats):
             return NotImplemented

@@ -355,5 +355,11 @@ def block_chunk(x, spec, row_offset, block_index, w=None):
             raise_non_finite(x, bad, block_index, row_offset)
         for i, task in enumerate(tasks):
             part = task.tile(t)
-            acc[i] = part if acc[i] is None else acc[i] + part
+            if acc[i] is None:
+                acc[i] = part
+            else:
+                # Tiles' statistics parts add into the block's first one (its own
+                # buffers; K d^2 each at full covariances), the other parts with +.
+                add_into = getattr(acc[i], "add_into", None)
+                acc[i] = add_into(part) if add_into is not None else acc[i] + part
     return tuple(task.zero(d) if v is None else v for task, v in zip(tasks, acc, strict=True))

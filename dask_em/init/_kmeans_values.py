@@ -126,6 +126,21 @@ class StatsPart:
             tuple(a + b for a, b in zip(self.stats, other.stats, strict=True)),
         )
 
+    def add_into(self, other):
+        """``self + other`` adding the scatters into this part's own (a block's running
+        sum, see :func:`dask_em.init._kmeans_tasks.block_chunk`)."""
+        return StatsPart(
+            self.lloyd + other.lloyd,
+            tuple(a.add_into(b) for a, b in zip(self.stats, other.stats, strict=True)),
+        )
+
+    def packed(self):
+        """With full scatters packed for the tree (:meth:`SuffStats.packed`)."""
+        return StatsPart(self.lloyd, tuple(s.packed() for s in self.stats))
+
+    def unpacked(self):
+        return StatsPart(self.lloyd, tuple(s.unpacked() for s in self.stats))
+
 
 @dataclass(frozen=True, eq=False)
 class PlusPlusPart:
