@@ -117,6 +117,8 @@ def test_auto_blocks_suit_the_scheduler():
     assert auto_chunk_rows(10000, 16, 8, n_threads=4, cluster=True) == 5000  # not 4 short ones
     assert auto_chunk_rows(6000, 4, 8, n_threads=2) == 6000
     assert auto_chunk_rows(0, 4, 8, n_threads=2) == 4096
+    # Rows for 12.2 blocks of the minimum on 2 threads: 12 equal ones, not 12 and a stub.
+    assert auto_chunk_rows(50000, 512, 8, n_threads=2, cluster=False) == 4167
 
 
 def test_numpy_input_on_a_cluster_gets_the_clusters_block_size(client):

@@ -119,7 +119,9 @@ class _FullTiles:
         # _math.prepare_log_prob would be 2 x K d^2 float64 more at once: 150 MB at
         # K=16, d=768 on a worker of 1 GiB).
         chol = params.precisions_cholesky
-        bias = -np.einsum("kj,kji->ki", params.means - center, chol)  # (K, d)
+        # Batched products, not einsum: einsum's loop took 88 ms of every block task at
+        # d=512, K=8 (a tenth of a pass).
+        bias = -np.matmul((params.means - center)[:, None, :], chol)[:, 0, :]  # (K, d)
         self.blocks = [_Block.of(chol, bias, j0, min(d, j0 + b), dtype) for j0 in range(0, d, b)]
         self.offsets = component_offsets(params, center)
         self.off = self.offsets.astype(dtype)

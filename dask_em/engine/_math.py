@@ -156,7 +156,7 @@ def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.
 
 
 _PRECISIONS = {
-    "full": lambda p: np.einsum("kij,klj->kil", p, p),
+    "full": lambda p: np.matmul(p, p.transpose(0, 2, 1)),
     "tied": lambda p: p @ p.T,
     "diag": lambda p: p**2,
     "spherical": lambda p: p**2,
@@ -297,7 +297,7 @@ def _log_prob_matrix_full(b, prec_chol, dtype):
     K, d = b.shape
     m = np.empty((K, d, d + 1))
     m[:, :, :d] = prec_chol.transpose(0, 2, 1)
-    m[:, :, d] = -np.einsum("kj,kji->ki", b, prec_chol)
+    m[:, :, d] = -np.matmul(b[:, None, :], prec_chol)[:, 0, :]
     return m.reshape(K * d, d + 1).astype(dtype)
 
 

@@ -222,7 +222,7 @@ class _DenseModel:
         return cls(
             means,
             (means - params.center)[:, :, None],
-            np.einsum("kij,klj->kil", P, P),
+            np.matmul(P, P.transpose(0, 2, 1)),
             np.ascontiguousarray(np.swapaxes(P, 1, 2)),
             const - 0.5 * d * LOG_2PI,
         )
