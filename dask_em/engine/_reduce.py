@@ -272,7 +272,8 @@ def tree_reduce(
     Returns
     -------
     dask.delayed.Delayed
-        Computes to the combined value.
+        Computes to the combined value, packed (:func:`packed`: full scatters as lower
+        triangles); :func:`compute_pass` unpacks it.
     """
     if x.numblocks[1] != 1:
         raise ValueError("features must be in one chunk; rechunk with x.rechunk({1: -1})")
