@@ -101,15 +101,18 @@ class SuffStats:
         s2[:, cols, rows] = self.s2
         return dataclasses.replace(self, s2=s2)
 
+    def _check_addable(self, other: SuffStats) -> None:
+        if other.covariance_type != self.covariance_type or not np.array_equal(
+            other.reference, self.reference
+        ):
+            raise ValueError("cannot add statistics taken about different references or types")
+
     def add_into(self, other: SuffStats) -> SuffStats:
         """``self + other``, with ``other``'s second moments added into ``self.s2``
         itself (the caller owns that buffer: a running sum) and the small arrays anew.
         A running sum of K=16, d=768 full statistics then holds two scatters, not three.
         """
-        if other.covariance_type != self.covariance_type or not np.array_equal(
-            other.reference, self.reference
-        ):
-            raise ValueError("cannot add statistics taken about different references or types")
+        self._check_addable(other)
         return SuffStats(
             self.covariance_type,
             self.reference,
@@ -132,10 +135,7 @@ class SuffStats:
         (a tree node holds its inputs and one sum, not a chain of partial sums)."""
         first = values[0]
         for v in values[1:]:
-            if v.covariance_type != first.covariance_type or not np.array_equal(
-                v.reference, first.reference
-            ):
-                raise ValueError("cannot add statistics taken about different references or types")
+            first._check_addable(v)
         arrays = [np.array(getattr(first, name), dtype=np.float64) for name in _ARRAYS]
         for v in values[1:]:
             for acc, name in zip(arrays, _ARRAYS, strict=True):
@@ -168,8 +168,9 @@ _FULL_HIGH_D_TILE_BYTES = 2**21
 
 def tile_rows(covariance_type: str, n_components: int, n_features: int, itemsize: int = 8) -> int:
     """Rows per tile for a mixture's shape and the compute dtype's item size."""
-    if covariance_type == "full" and feature_block(n_features, n_components) >= 16:
-        widest = max(n_components * feature_block(n_features, n_components), n_features)
+    b = feature_block(n_features, n_components)
+    if covariance_type == "full" and b >= 16:
+        widest = max(n_components * b, n_features)
         return int(min(1024, max(256, _FULL_HIGH_D_TILE_BYTES // (8 * widest))))
     q = _math.design_width(covariance_type, n_features)
     widest = {
