@@ -1,6 +1,7 @@
 """High-dimensional data: the feature-blocked full-covariance kernel against independent
 references, scikit-learn parity at d = 128 and 256, and combine nodes bounded in memory."""
 
+import gc
 import warnings
 
 import dask
@@ -52,20 +53,27 @@ def _reference_statistics(x, params, w):
     return r.sum(axis=0), s1, s2, float(w @ norm)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["square", "packed"])
 @pytest.mark.parametrize("lower", [False, True], ids=["upper", "lower"])
 @pytest.mark.parametrize("d", [150, 4])
-def test_full_statistics_by_feature_blocks_equal_row_by_row(d, lower):
+def test_full_statistics_by_feature_blocks_equal_row_by_row(d, lower, packed):
     # d = 150: blocks of 16, the last of 6 features; d = 4: one block (the small-d path).
     params = _full_params(d, 3, seed=d, lower=lower)
     rng = np.random.default_rng(1)
     x = params.means[rng.integers(0, 3, 900)] + rng.normal(size=(900, d))
     w = rng.uniform(0.5, 2.0, 900)
-    (got,) = block_statistics(x, [params], sample_weight=w)
+    (got,) = block_statistics(x, [params], sample_weight=w, packed=packed)
     nk, s1, s2, loglik = _reference_statistics(x, params, w)
     np.testing.assert_allclose(got.nk, nk, rtol=1e-10)
     np.testing.assert_allclose(got.s1, s1, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(got.s2, s2, rtol=1e-9, atol=1e-8)
     np.testing.assert_allclose(got.loglik, loglik, rtol=1e-12)
+    if packed:
+        # The lower triangles, row by row (numpy.tril_indices' order).
+        assert got.s2.shape == (3, d * (d + 1) // 2)
+        rows, cols = np.tril_indices(d)
+        np.testing.assert_allclose(got.s2, s2[:, rows, cols], rtol=1e-9, atol=1e-8)
+        return
+    np.testing.assert_allclose(got.s2, s2, rtol=1e-9, atol=1e-8)
     assert np.array_equal(got.s2, got.s2.transpose(0, 2, 1))
 
 
@@ -147,3 +155,18 @@ def test_sums_are_added_into_one_buffer_and_equal_pairwise_sums():
     out = _reduce.add_values([a, a, a])
     assert out is not a and np.array_equal(out, 3 * a) and np.array_equal(a, np.arange(3.0))
     assert _reduce.add_tuples((1, a), (2, a))[0] == 3
+
+
+def test_factor_blocks_are_built_once_per_parameters_and_dtype():
+    params = _full_params(40, 3, seed=5, lower=False)
+    first = _fused.factor_blocks(params, params.center, np.dtype(np.float64))
+    assert _fused.factor_blocks(params, params.center, np.dtype(np.float64)) is first
+    single = _fused.factor_blocks(params, params.center, np.dtype(np.float32))
+    assert single is not first and single[0].matrix.dtype == np.float32
+    # Equal values in another object are another entry, and entries go with their object.
+    twin = _full_params(40, 3, seed=5, lower=False)
+    assert _fused.factor_blocks(twin, twin.center, np.dtype(np.float64)) is not first
+    n = len(_fused._FACTORS)
+    del params, twin
+    gc.collect()
+    assert len(_fused._FACTORS) == n - 2

@@ -165,7 +165,7 @@ class EMProgress:
 
 
 def _em_chunk(x, params_list, row_offset, block_index, w=None):
-    return block_statistics(x, params_list, row_offset, block_index, w)
+    return block_statistics(x, params_list, row_offset, block_index, w, packed=True)
 
 
 def em_kernel(missing: bool, x_dtype, compute_dtype="auto"):
@@ -185,7 +185,10 @@ def em_kernel(missing: bool, x_dtype, compute_dtype="auto"):
     from dask_em.engine._missing import missing_block_statistics
 
     dtype = compute_dtype_for(x_dtype, compute_dtype).name
-    return partial(missing_block_statistics if missing else block_statistics, compute_dtype=dtype)
+    if missing:
+        return partial(missing_block_statistics, compute_dtype=dtype)
+    # Packed as the pass sends them (see block_statistics).
+    return partial(block_statistics, compute_dtype=dtype, packed=True)
 
 
 def em_pass(x, params_list, *, weights=None, split_every=None, kernel=None):

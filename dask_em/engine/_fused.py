@@ -27,6 +27,8 @@ triangle, ``K d (d + b) / 2`` float64.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -115,14 +117,7 @@ class _FullTiles:
     def __init__(self, x, params, dtype, m_max, center, tail):
         K, d = params.n_components, params.n_features
         b = feature_block(d, K)
-        # Built block by block from the factors (the stacked (K*d, d+1) matrix of
-        # _math.prepare_log_prob would be 2 x K d^2 float64 more at once: 150 MB at
-        # K=16, d=768 on a worker of 1 GiB).
-        chol = params.precisions_cholesky
-        # Batched products, not einsum: einsum's loop took 88 ms of every block task at
-        # d=512, K=8 (a tenth of a pass).
-        bias = -np.matmul((params.means - center)[:, None, :], chol)[:, 0, :]  # (K, d)
-        self.blocks = [_Block.of(chol, bias, j0, min(d, j0 + b), dtype) for j0 in range(0, d, b)]
+        self.blocks = factor_blocks(params, center, dtype)
         self.offsets = component_offsets(params, center)
         self.off = self.offsets.astype(dtype)
         self.x, self.center, self.tail, self.dtype = x, center, tail, dtype
@@ -159,17 +154,53 @@ class _FullTiles:
             np.add(acc, np.matmul(wbuf, zt[: blk.j1].T, out=prod), out=acc)
 
     def finish(self):
-        """``(s1, s2)``: each component's scatter about its offset, from the blocks."""
+        """``(s1, s2)``: each component's scatter about its offset, packed (its lower
+        triangle, shape (K, d (d + 1) / 2), :meth:`~dask_em.engine._stats.SuffStats.packed`'s
+        layout) straight from the blocks: the d x d scatters are never built in the task
+        (75 MB at K=16, d=768; mirroring and packing them took 23 ms of every block task
+        at d=512, K=8, a tenth of a float32 one)."""
         K, d = self.s1.shape
-        # The E-step factors (K d (d + b) / 2 in the tile dtype) are done with, and each
-        # block's sums go as they are copied: at K=16, d=768 the peak is the scatter
-        # plus one block, not the scatter plus two lower triangles (~77 MB less).
-        bounds = [(blk.j0, blk.j1) for blk in self.blocks]
+        # Each block's sums go as they are packed.
+        starts = [blk.j0 for blk in self.blocks]
         self.blocks = None
-        s2 = np.empty((K, d, d))
-        for j0, j1 in bounds:
-            s2[:, j0:j1, :j1] = self.acc.pop(0).reshape(K, j1 - j0, j1)
-        return self.s1, _math.full_scatter_from_lower(s2, self.s1, self.offsets)
+        s2 = np.empty((K, d * (d + 1) // 2))
+        for j0 in starts:
+            _kernels.full_pack_block(self.acc.pop(0), j0, self.s1, self.offsets, s2)
+        return self.s1, s2
+
+
+# E-step factor blocks by mixture and tile dtype. Every block task of a pass gets the
+# same parameters object (one per worker on a cluster, where they travel once under their
+# own key), and building the blocks took 12 ms of each block task at d=512, K=8 (a
+# twentieth of a float32 one). An entry goes with its parameters object.
+_FACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FACTORS_LOCK = threading.Lock()
+
+
+def factor_blocks(params, center, dtype) -> list:
+    """The :class:`_Block` list of a full mixture's E-step for tiles of ``dtype``,
+    centred on ``center`` (``params.center``), built once per parameters object."""
+    key = np.dtype(dtype).str
+    with _FACTORS_LOCK:
+        cached = _FACTORS.get(params, {}).get(key)
+    if cached is None:
+        cached = _build_factor_blocks(params, center, dtype)
+        with _FACTORS_LOCK:
+            _FACTORS.setdefault(params, {})[key] = cached
+    return cached
+
+
+def _build_factor_blocks(params, center, dtype) -> list:
+    d = params.n_features
+    b = feature_block(d, params.n_components)
+    # Built block by block from the factors (the stacked (K*d, d+1) matrix of
+    # _math.prepare_log_prob would be 2 x K d^2 float64 more at once: 150 MB at
+    # K=16, d=768 on a worker of 1 GiB).
+    chol = params.precisions_cholesky
+    # Batched products, not einsum: einsum's loop took 88 ms of every block task at
+    # d=512, K=8 (a tenth of a pass).
+    bias = -np.matmul((params.means - center)[:, None, :], chol)[:, 0, :]  # (K, d)
+    return [_Block.of(chol, bias, j0, min(d, j0 + b), dtype) for j0 in range(0, d, b)]
 
 
 class _Block(NamedTuple):

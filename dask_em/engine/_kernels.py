@@ -319,3 +319,37 @@ def full_tile_weigh(e, zt, m, j0, offsets, wbuf, s1):  # pragma: no cover
                 wbuf[row, i] = v
                 acc += v
             s1[k, j] += acc
+
+
+# No fastmath: each entry is ``sum - s1_j o_c`` rounded as numpy's outer product and
+# subtraction round it (no fused multiply-add), so packing here equals
+# ``full_scatter_from_lower`` followed by ``SuffStats.packed`` bit for bit.
+@njit(nogil=True, error_model="numpy", cache=True)
+def full_pack_block(acc, j0, s1, offsets, out):  # pragma: no cover
+    """One feature block's rows of every component's scatter, packed and centred.
+
+    Parameters
+    ----------
+    acc : ndarray of shape (K*b, >= j0 + b), float64
+        Rows ``(k, jj)``: ``sum r_k (z_j - o_kj) z^T`` for the block's features
+        ``j = j0 + jj`` (see :func:`full_tile_weigh`); only columns ``<= j`` are read.
+    j0 : int
+        The block's first feature.
+    s1 : ndarray of shape (K, d), float64
+        ``sum r_k (z - o_k)``.
+    offsets : ndarray of shape (K, d), float64
+        The ``o_k``.
+    out : ndarray of shape (K, d (d + 1) / 2), float64
+        Rows ``j`` of the lower triangles (row-major, ``numpy.tril_indices`` order) are
+        written: ``sum r_k (z_j - o_kj)(z_c - o_kc)`` for ``c <= j``.
+    """
+    n_components = s1.shape[0]
+    b = acc.shape[0] // n_components
+    for k in range(n_components):
+        for jj in range(b):
+            j = j0 + jj
+            row = k * b + jj
+            start = j * (j + 1) // 2
+            sj = s1[k, j]
+            for c in range(j + 1):
+                out[k, start + c] = acc[row, c] - sj * offsets[k, c]

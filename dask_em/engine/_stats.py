@@ -246,7 +246,13 @@ def log_prob_block(x, params):
 
 
 def block_statistics(
-    x, params_list, row_offset=0, block_index=0, sample_weight=None, compute_dtype=None
+    x,
+    params_list,
+    row_offset=0,
+    block_index=0,
+    sample_weight=None,
+    compute_dtype=None,
+    packed=False,
 ):
     """The fused E-step of one block for one or more candidate mixtures.
 
@@ -269,6 +275,9 @@ def block_statistics(
         Arithmetic of the tiles (see :func:`compute_dtype_for`; tied covariances always
         use float64); sums across tiles, the log-likelihood and the returned
         statistics are float64 either way.
+    packed : bool
+        Return full covariances' scatters packed (:meth:`SuffStats.packed`), as a pass
+        sends them: the kernel builds them so, and unpacking costs a copy.
 
     Returns
     -------
@@ -281,10 +290,11 @@ def block_statistics(
     """
     dtype = compute_dtype_for(x.dtype, compute_dtype)
     where = (sample_weight, row_offset, block_index)
-    return tuple(
+    stats = (
         _BLOCK_STATISTICS[params.covariance_type](x, params, dtype, *where)
         for params in params_list
     )
+    return tuple(s.packed() if packed else s.unpacked() for s in stats)
 
 
 def _tied_block_statistics(x, params, dtype, sample_weight, row_offset, block_index):
