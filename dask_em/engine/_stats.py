@@ -162,7 +162,7 @@ _TILE_BYTES = 2**20
 # d=256 K=8 0.337 / 0.314 / 0.282 / 0.292 s (1e4 rows); d=512 K=8 flat within 5%;
 # float32 at d=128 K=16 flat (0.149-0.160 s). Below d = 64 the 1 MiB rule above stays
 # best (d=16 K=8: 963 rows 0.050 s, 512 0.058, 2048 0.058; d=32 K=16: 256 rows 0.141 s,
-# 1024 0.157). At most 1024 rows: d=64 K=8 was within noise from 256 to 2048 rows.
+# 1024 0.157). At most 1024 float64 rows: d=64 K=8 was within noise from 256 to 2048.
 _FULL_HIGH_D_TILE_BYTES = 2**21
 
 
