@@ -162,7 +162,7 @@ _TILE_BYTES = 2**20
 # d=256 K=8 0.337 / 0.314 / 0.282 / 0.292 s (1e4 rows); d=512 K=8 flat within 5%;
 # float32 at d=128 K=16 flat (0.149-0.160 s). Below d = 64 the 1 MiB rule above stays
 # best (d=16 K=8: 963 rows 0.050 s, 512 0.058, 2048 0.058; d=32 K=16: 256 rows 0.141 s,
-# 1024 0.157). At most 1024 rows: d=64 K=8 was within noise from 256 to 2048 rows.
+# 1024 0.157). At most 1024 float64 rows: d=64 K=8 was within noise from 256 to 2048.
 _FULL_HIGH_D_TILE_BYTES = 2**21
 
 
@@ -171,7 +171,13 @@ def tile_rows(covariance_type: str, n_components: int, n_features: int, itemsize
     b = feature_block(n_features, n_components)
     if covariance_type == "full" and b >= 16:
         widest = max(n_components * b, n_features)
-        return int(min(1024, max(256, _FULL_HIGH_D_TILE_BYTES // (8 * widest))))
+        # Bytes, not rows: float32 tiles get twice float64's rows. One block on one
+        # thread could not tell them apart, but whole iterations on 2 threads (N=2e5,
+        # d=128, K=16) took 0.806-0.876 s at 2048 rows against 0.887-0.913 at 1024, and
+        # 0.896 against 1.034 s in two runs of the benchmark; at d=256 and 512 within
+        # noise (0.87-0.93 s against 0.85-1.00; 1.63-1.70 against 1.63-1.75).
+        rows = _FULL_HIGH_D_TILE_BYTES // (itemsize * widest)
+        return int(min(8192 // itemsize, max(2048 // itemsize, rows)))
     q = _math.design_width(covariance_type, n_features)
     widest = {
         "full": n_components * max(q, n_features),
