@@ -321,9 +321,9 @@ def full_tile_weigh(e, zt, m, j0, offsets, wbuf, s1):  # pragma: no cover
             s1[k, j] += acc
 
 
-# No fastmath: each entry is ``sum - s1_j o_c`` rounded as numpy's outer product and
-# subtraction round it (no fused multiply-add), so packing here equals
-# ``full_scatter_from_lower`` followed by ``SuffStats.packed`` bit for bit.
+# No fastmath: each entry is ``sum - s1_j o_c`` with the product rounded before the
+# subtraction (no fused multiply-add), as numpy's ``s2 - outer(s1, o)`` on the square
+# scatters rounded it before this kernel packed them directly.
 @njit(nogil=True, error_model="numpy", cache=True)
 def full_pack_block(acc, j0, s1, offsets, out):  # pragma: no cover
     """One feature block's rows of every component's scatter, packed and centred.
