@@ -85,17 +85,16 @@ _SCALED_IDENTITY = {
 
 
 def _chol_full(cov: np.ndarray, component: int | None) -> np.ndarray:
+    where = "" if component is None else f" (component {component})"
     try:
         cov_chol = linalg.cholesky(cov, lower=True)
     except linalg.LinAlgError:
-        where = "" if component is None else f" (component {component})"
         raise ValueError(_ILL_DEFINED + where) from None
     # The inverse of the triangular factor, as scikit-learn's
     # ``solve_triangular(cov_chol, eye)`` (to ~1e-16) in half its work: LAPACK's trtri
     # took 2.8 ms against 7 ms at d=512 (one thread), per component and M-step.
     inv, info = linalg.lapack.get_lapack_funcs("trtri", (cov_chol,))(cov_chol, lower=1)
     if info != 0:
-        where = "" if component is None else f" (component {component})"
         raise ValueError(_ILL_DEFINED + where)
     return inv.T
 
