@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dask_em.engine import _math
+from dask_em.engine import _math, _mstep_kernels
 from dask_em.engine._errors import raise_non_finite
 from dask_em.engine._fused import TILE_LOOPS, _Tail, component_reference, feature_block
 
@@ -95,10 +95,8 @@ class SuffStats:
         if self.covariance_type != "full" or self.s2.ndim != 2:
             return self
         d = self.reference.shape[1]
-        rows, cols = _tril(d)
         s2 = np.empty((self.s2.shape[0], d, d))
-        s2[:, rows, cols] = self.s2
-        s2[:, cols, rows] = self.s2
+        _mstep_kernels.unpack_lower(np.ascontiguousarray(self.s2), s2)
         return dataclasses.replace(self, s2=s2)
 
     def _check_addable(self, other: SuffStats) -> None:
