@@ -132,7 +132,8 @@ def blas_limit(x, params, repeats: int) -> dict:
 
 def kernel_block_times(x, params, blocks, repeats: int = 3) -> dict:
     """Thread CPU seconds of one block's statistics on one thread (BLAS at 1 thread)
-    for each feature block size (``d`` itself: one block, the plain wide products)."""
+    for each feature block size (``d`` itself: one block, the plain wide products), in
+    ``x``'s dtype."""
     from threadpoolctl import threadpool_limits
 
     from dask_em.engine import _fused
@@ -144,7 +145,10 @@ def kernel_block_times(x, params, blocks, repeats: int = 3) -> dict:
         with threadpool_limits(1, "blas"):
             for _ in range(repeats):
                 for b in blocks:
-                    _fused.feature_block = lambda d, k, b=b: min(b, d)
+                    _fused.feature_block = lambda d, k, itemsize=8, b=b: min(b, d)
+                    # The factor blocks are cached per parameters object: built anew
+                    # for each size, or every size after the first reuses its blocks.
+                    _fused._FACTORS.pop(params, None)
                     block_statistics(x[:256], [params])
                     t0 = time.thread_time()
                     block_statistics(x, [params])
@@ -152,4 +156,5 @@ def kernel_block_times(x, params, blocks, repeats: int = 3) -> dict:
                     out[b] = min(out.get(b, np.inf), t)
     finally:
         _fused.feature_block = saved
+        _fused._FACTORS.pop(params, None)
     return out

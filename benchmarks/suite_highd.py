@@ -27,6 +27,8 @@ OTHER_TYPES = ("diag", "spherical", "tied")
 # 10,000 rows, statistics of K d^2), only the time; 2e5 rows as issue #23 asks.
 CLUSTER_CASE = (768, 16, 2e5, 2e4)
 KERNEL_DS = ((16, 8, 100_000), (32, 16, 40_000), (64, 8, 40_000), (128, 16, 10_000))
+# float32 tiles: where blocks of 32 features start to pay (see _fused.feature_block).
+KERNEL_DS_FLOAT32 = ((128, 16, 10_000), (256, 8, 10_000), (512, 8, 5_000))
 
 
 def _start(x, k, ct):
@@ -114,16 +116,20 @@ def _kernel_rows(s: Settings):
     from dask_em.engine import _fused
 
     rows = []
-    for d, k, n in KERNEL_DS[:2] if s.quick else KERNEL_DS:
+    cases = [(d, k, n, "float64") for d, k, n in (KERNEL_DS[:2] if s.quick else KERNEL_DS)]
+    cases += [] if s.quick else [(d, k, n, "float32") for d, k, n in KERNEL_DS_FLOAT32]
+    for d, k, n, dtype in cases:
         x = h.make_data(n // 10 if s.quick else n, d, k)
         params = measure.daskem_fit(x, _start(x, k, "full"), 2)["model"]._params()
-        blocks = sorted({4, 8, 16, 32, d} & set(range(1, d + 1)))
-        times = lim.kernel_block_times(x, params, blocks)
-        chosen = _fused.feature_block(d, k)
+        sizes = {4, 8, 16, 32, d} if dtype == "float64" else {16, 32, 64}
+        blocks = sorted(sizes & set(range(1, d + 1)))
+        times = lim.kernel_block_times(x.astype(dtype), params, blocks)
+        chosen = _fused.feature_block(d, k, np.dtype(dtype).itemsize)
+        case = f"kernel, one thread, {dtype}, N={h.fmt_n(len(x))} d={d} K={k}"
         for b, t in times.items():
             tool = f"block of {b} features" + (" (chosen)" if b == chosen else "")
             tool += " (one block)" if b == d else ""
-            rows.append(row(f"kernel, one thread, N={h.fmt_n(len(x))} d={d} K={k}", tool, [t]))
+            rows.append(row(case, tool, [t]))
     _say_rows(s, rows)
     return rows
 

@@ -77,10 +77,12 @@ def test_full_statistics_by_feature_blocks_equal_row_by_row(d, lower, packed):
     assert np.array_equal(got.s2, got.s2.transpose(0, 2, 1))
 
 
-def test_float32_feature_blocks_stay_close_to_float64():
-    params = _full_params(160, 4, seed=3, lower=False)
+@pytest.mark.parametrize("d", [160, 520])
+def test_float32_feature_blocks_stay_close_to_float64(d):
+    # d = 520: float32's blocks of 32 features, the last of 8.
+    params = _full_params(d, 4, seed=3, lower=False)
     rng = np.random.default_rng(2)
-    x = params.means[rng.integers(0, 4, 3000)] + rng.normal(size=(3000, 160))
+    x = params.means[rng.integers(0, 4, 3000)] + rng.normal(size=(3000, d))
     (f64,) = block_statistics(x, [params])
     (f32,) = block_statistics(x.astype(np.float32), [params])
     assert f32.s2.dtype == np.float64
@@ -90,6 +92,9 @@ def test_float32_feature_blocks_stay_close_to_float64():
 
 def test_feature_blocks_from_d():
     assert [_fused.feature_block(d, 8) for d in (3, 4, 16, 40, 64, 768)] == [3, 4, 4, 10, 16, 16]
+    # float32 tiles take blocks of 32 from d = 512 (measured in benchmarks/suite_highd).
+    f32 = [_fused.feature_block(d, 8, itemsize=4) for d in (16, 64, 256, 511, 512, 768)]
+    assert f32 == [4, 16, 16, 16, 32, 32]
 
 
 @pytest.mark.parametrize("d", [128, 256])

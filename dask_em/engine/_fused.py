@@ -45,13 +45,23 @@ from dask_em.engine._scratch import thread_array
 # 32 -> 91; d=16 K=8: 4 -> 31, 8 -> 34, 16 -> 46). At d = 4 one block tied with two.
 _FEATURE_BLOCK = 16
 _SMALLEST_BLOCK = 4
+# float32 tiles from d = 512 on take blocks of 32: two block tasks at once on 2 threads
+# (2 x 25000 rows, BLAS 1 thread each, seconds per pair) d=512 K=8 16 -> 0.87-0.96,
+# 32 -> 0.79-0.88; K=16 (12000 rows) 0.84-0.85 -> 0.80-0.83; d=768 K=8 (12000 rows)
+# 1.00-1.14 -> 0.89-0.95. Below, 32 was no better (d=256 K=8 and d=384 K=8 within 3%)
+# or worse (d=128 K=16: 0.55-0.57 -> 0.58-0.60); float64 did not gain at d=512 or 768.
+_WIDE_FLOAT32_FROM = 512
 
 
-def feature_block(n_features: int, n_components: int) -> int:
+def feature_block(n_features: int, n_components: int, itemsize: int = 8) -> int:
     """Features per block of the full-covariance products: a quarter of d between 4 and
-    16 (so one block up to d = 4, 16 from d = 64 on). ``n_components`` did not move the
-    best block size in the range measured (K = 8 to 16)."""
-    return int(min(n_features, max(_SMALLEST_BLOCK, min(_FEATURE_BLOCK, n_features // 4))))
+    16 (so one block up to d = 4, 16 from d = 64 on), and 32 for float32 tiles (an
+    ``itemsize`` of 4) from d = 512 on. ``n_components`` did not move the best block size
+    in the range measured (K = 8 to 16)."""
+    widest = _FEATURE_BLOCK
+    if itemsize == 4 and n_features >= _WIDE_FLOAT32_FROM:
+        widest = 2 * _FEATURE_BLOCK
+    return int(min(n_features, max(_SMALLEST_BLOCK, min(widest, n_features // 4))))
 
 
 class _Tail:
@@ -116,7 +126,7 @@ class _FullTiles:
 
     def __init__(self, x, params, dtype, m_max, center, tail):
         K, d = params.n_components, params.n_features
-        b = feature_block(d, K)
+        b = feature_block(d, K, np.dtype(dtype).itemsize)
         self.blocks = factor_blocks(params, center, dtype)
         self.offsets = component_offsets(params, center)
         self.off = self.offsets.astype(dtype)
@@ -192,7 +202,7 @@ def factor_blocks(params, center, dtype) -> list:
 
 def _build_factor_blocks(params, center, dtype) -> list:
     d = params.n_features
-    b = feature_block(d, params.n_components)
+    b = feature_block(d, params.n_components, np.dtype(dtype).itemsize)
     # Built block by block from the factors (the stacked (K*d, d+1) matrix of
     # _math.prepare_log_prob would be 2 x K d^2 float64 more at once: 150 MB at
     # K=16, d=768 on a worker of 1 GiB).

@@ -166,7 +166,7 @@ _FULL_HIGH_D_TILE_BYTES = 2**21
 
 def tile_rows(covariance_type: str, n_components: int, n_features: int, itemsize: int = 8) -> int:
     """Rows per tile for a mixture's shape and the compute dtype's item size."""
-    b = feature_block(n_features, n_components)
+    b = feature_block(n_features, n_components, itemsize)
     if covariance_type == "full" and b >= 16:
         widest = max(n_components * b, n_features)
         # Bytes, not rows: float32 tiles get twice float64's rows. One block on one
