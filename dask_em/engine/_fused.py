@@ -20,7 +20,8 @@ each product is one wide GEMM over all components of a block:
   component's scatter, mirrored at the end. Also ``(nb + 1) / (2 nb)`` of the work.
 
 From d = 64 on, blocks thinner than 16 features only thinned the products further; below,
-a quarter of d did best; at d <= 4 there is one block (the plain wide product). Per-block
+a quarter of d did best; at d <= 4 there is one block (the plain wide product). float32
+tiles take blocks of 32 from d = 512. Per-block
 scratch is ``K b`` rows of the tile, whatever d is; the running sums are the lower block
 triangle, ``K d (d + b) / 2`` float64.
 """
