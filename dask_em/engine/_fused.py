@@ -127,8 +127,9 @@ class _FullTiles:
 
     def __init__(self, x, params, dtype, m_max, center, tail):
         K, d = params.n_components, params.n_features
-        b = feature_block(d, K, np.dtype(dtype).itemsize)
         self.blocks = factor_blocks(params, center, dtype)
+        # The scratch follows the blocks' own width (the first block is the widest).
+        b = self.blocks[0].j1 - self.blocks[0].j0
         self.offsets = component_offsets(params, center)
         self.off = self.offsets.astype(dtype)
         self.x, self.center, self.tail, self.dtype = x, center, tail, dtype
