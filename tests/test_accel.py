@@ -371,3 +371,71 @@ def test_incremental_em_with_one_wave_is_plain_em_and_converges_with_many(slow_d
     after = fit(dx, many, "em", tol=1e-9)
     reference = fit(dx, start, "em", tol=1e-9)
     assert abs(after.lower_bound - reference.lower_bound) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def slow_waves(slow_data):
+    x, _ = slow_data
+    return da.from_array(x, chunks=(250, 2))  # 16 blocks, one wave each
+
+
+def _isq(dx, start, **kw):
+    from dask_em.engine._incremental import incremental_squarem_passes
+
+    seen = []
+    params, passes = incremental_squarem_passes(
+        dx,
+        start,
+        n_waves=16,
+        reg_covar=1e-6,
+        eps=EPS,
+        callback=lambda p, params: seen.append((p, params)),
+        **kw,
+    )
+    return params, passes, seen
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_squarem_over_incremental_sweeps_reaches_plain_ems_optimum(slow_waves, ct):
+    """Its fixed points are EM's: from where it stops, plain EM moves the mean
+    log-likelihood by less than 1e-8 a pass and ends at plain EM's own optimum; where
+    plain EM is slow (full: ~100 passes), in fewer passes."""
+    start = start_of(slow_waves, 3, ct)
+    params, passes, seen = _isq(slow_waves, start, n_passes=400, tol=1e-10)
+    assert [p for p, _ in seen] == list(range(2, passes + 1))  # pass 1 is the E-step
+    after = run_em(slow_waves, [params], tol=0.0, max_iter=2, reg_covar=1e-6, eps=EPS)
+    lbs = after.candidates[0].lower_bounds
+    assert abs(lbs[1] - lbs[0]) < 1e-8
+    plain = fit(slow_waves, start, "em", tol=1e-10)
+    assert plain.converged
+    if ct == "full":
+        assert len(plain.lower_bounds) >= 60 and passes < len(plain.lower_bounds) / 2
+    assert abs(lbs[0] - plain.lower_bound) < 1e-7
+    np.testing.assert_allclose(sorted_means(params), sorted_means(plain.params), atol=1e-3)
+
+
+def test_squarem_over_incremental_sweeps_rejects_overshooting_steps(slow_waves, monkeypatch):
+    """A step bound that grows a millionfold overshoots into non-mixtures and lower
+    likelihoods: those sweeps are rejected, the parameters stay finite, and the run
+    still ends at plain EM's optimum."""
+    from dask_em.engine import _incremental
+
+    monkeypatch.setattr(_incremental, "_STEP_GROWTH", 1e6)
+    start = start_of(slow_waves, 3, "full")
+    params, passes, seen = _isq(slow_waves, start, n_passes=600, tol=1e-10)
+    assert all(p.is_finite() for _, p in seen)
+    plain = fit(slow_waves, start, "em", tol=1e-10)
+    after = fit(slow_waves, params, "em", tol=1e-10)
+    assert abs(after.lower_bound - plain.lower_bound) < 1e-7
+
+
+def test_wave_statistics_round_trip_through_one_vector(slow_waves):
+    from dask_em.engine._incremental import _as_vector, _from_vector, _Sweeper
+
+    start = start_of(slow_waves, 3, "full")
+    waves = _Sweeper(slow_waves, 4, None, 1e-6, EPS, None, None).first(start)
+    back = _from_vector(_as_vector(waves), waves)
+    for a, b in zip(waves, back, strict=True):
+        for f in ("nk", "s1", "s2"):
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+        assert b.loglik == a.loglik and np.array_equal(b.reference, a.reference)

@@ -249,6 +249,21 @@ def squarem_step(point, lower_bound, image, parent_lower_bound, tol, state) -> S
     return StepResult(image, lower_bound, False, state)
 
 
+def step_length(r: np.ndarray, v: np.ndarray, step_max: float) -> float:
+    """SQUAREM's step S3, ``|r| / |v|``, clipped to ``[1, step_max]`` (1 is an EM step).
+
+    Parameters
+    ----------
+    r, v : ndarray of shape (p,)
+        First and second differences of two EM steps, ``x1 - x0`` and
+        ``x2 - 2 x1 + x0``.
+    step_max : float
+    """
+    norm_v = np.linalg.norm(v)
+    alpha = np.linalg.norm(r) / norm_v if norm_v > 0 else step_max
+    return float(min(max(alpha, 1.0), step_max))
+
+
 def _extrapolate(theta1_params, lower_bound, image, state) -> StepResult:
     """Phase 1: from theta0, theta1 and EM(theta1), the point theta' to evaluate next."""
     theta0 = state.pop("theta0")
@@ -257,9 +272,7 @@ def _extrapolate(theta1_params, lower_bound, image, state) -> StepResult:
     r = theta1 - theta0
     v = theta2 - 2.0 * theta1 + theta0
     step_max = float(state["step_max"])
-    norm_v = np.linalg.norm(v)
-    alpha = np.linalg.norm(r) / norm_v if norm_v > 0 else step_max
-    alpha = float(min(max(alpha, 1.0), step_max))
+    alpha = step_length(r, v, step_max)
     state["phase"] = np.asarray(2)
     if alpha == 1.0:
         # theta' = theta2 exactly: evaluate the M-step's own parameters.
