@@ -425,6 +425,28 @@ class OutputConfig(_Model):
     checkpoint: StrictBool = True
 
 
+class StreamConfig(_Model):
+    """Fit from files that keep arriving (``partial_fit``, online EM; optional).
+
+    With this section the job does not read ``data.path`` as one data set: every file the
+    glob matches is one batch, fitted by :meth:`dask_em.GaussianMixture.partial_fit` in
+    the order the files settle (by name among files settling together), and the folder
+    is watched for new matches until none arrives for ``idle_seconds`` or ``max_files``
+    files are fitted. Writers should create a file under a name the glob does not match
+    and rename it when complete; a file is also taken once its size and modification
+    time have not changed for ``settle_seconds``.
+    """
+
+    poll_seconds: PosFloat = 1.0
+    """How often the glob is listed."""
+    settle_seconds: NonNegFloat = 2.0
+    """A file is taken once unchanged (size, modification time) this long."""
+    idle_seconds: NonNegFloat = 60.0
+    """Stop after this long without a new file (0: fit the files there now, then stop)."""
+    max_files: PosInt | None = None
+    """Stop after fitting this many files."""
+
+
 # ------------------------------------------------------------------------------------- job
 
 
@@ -438,6 +460,7 @@ class JobConfig(_Model):
     model: ModelConfig = Field(default_factory=ModelConfig)
     selection: SelectionConfig | None = None
     output: OutputConfig = Field(default_factory=OutputConfig)
+    stream: StreamConfig | None = None
 
     _source: Path | None = PrivateAttr(default=None)
 
@@ -453,6 +476,10 @@ class JobConfig(_Model):
                 f"model selection varies n_components, so model.{given[0]} cannot be used "
                 "with a 'selection' section"
             )
+        if self.stream is not None:
+            from dask_em.jobs._stream import check_stream_job
+
+            check_stream_job(self)
         if self.selection is not None and self.model.kind == "bayesian":
             raise ValueError(
                 "model selection ranks Gaussian mixtures by BIC/AIC; a Bayesian mixture "

@@ -9,6 +9,8 @@ folder atomically. :func:`predict_job`, :func:`plot_run`, :func:`model_info` and
 
 from __future__ import annotations
 
+import glob
+import itertools
 import json
 import logging
 import math
@@ -170,11 +172,33 @@ def _run_folder(config: JobConfig, *, resume: bool, overwrite: bool) -> RunFolde
     where writing it could replace or delete an input or other files of the user's."""
     folder = RunFolder(config.output_dir, kind="run", overwrite=overwrite, resume=resume)
     inputs = [*config.data.input_files(), ("job file", config.source)]
+    if config.stream is not None:
+        _check_stream_output(config.data.path, folder.path)
     if resume:
         inputs.append(("checkpoint being resumed", folder.staging))
     check_output_location(folder.path, key="output.dir", inputs=inputs)
     folder.check()
     return folder
+
+
+def _check_stream_output(pattern: str, out: Path) -> None:
+    """Refuse a run folder where the stream's glob looks: files arriving later are inputs
+    too, and the run folder (or its staging sibling) must never be listed as one."""
+    parts = Path(pattern).expanduser().parts
+    fixed = list(itertools.takewhile(lambda p: not glob.has_magic(p), parts))
+    if len(fixed) == len(parts):
+        return  # one named file, already checked as an input
+    root = Path(*fixed).resolve() if fixed else Path.cwd()
+    out = out.expanduser().resolve()
+    depth = len(parts) - len(fixed)  # levels below ``root`` the glob can reach
+    if out.is_relative_to(root):
+        below = len(out.relative_to(root).parts)
+        if "**" in parts or below <= depth:
+            raise JobError(
+                f"the run folder {out} is where the stream's glob {pattern} looks for new "
+                "files; choose an output.dir outside it",
+                key="output.dir",
+            )
 
 
 @dataclass
@@ -243,13 +267,15 @@ def _load(config: JobConfig, client):
 def _write_outputs(config: JobConfig, staging: Path, fitted: _Fitted, x, summary) -> None:
     """model.npz/model.json and, if asked for, the pictures (metrics.json comes last)."""
     metrics = fitted.metrics
-    log.info(
-        "Fitted: %d iteration(s), converged=%s, lower bound %.10g, BIC %.6g",
-        metrics["n_iter"],
-        metrics["converged"],
-        metrics["lower_bound"] or math.nan,
-        metrics["bic"] if metrics["bic"] is not None else math.nan,
-    )
+    if metrics.get("stream"):
+        log.info(
+            "Fitted: %d file(s), %d rows; the last file's mean log-likelihood %.10g",
+            metrics["n_files"],
+            metrics["n_rows"],
+            metrics["lower_bound"],
+        )
+    else:
+        _log_fitted(metrics)
     _write_model(staging, fitted.gm, config, summary, fitted.extra)
     if config.output.plots:
         sample = _sample_rows(x, config.output.plot_sample)
@@ -258,9 +284,25 @@ def _write_outputs(config: JobConfig, staging: Path, fitted: _Fitted, x, summary
         _draw_plots(staging, fitted.gm, metrics, sample, config.model.tol, fitted.selection, crit)
 
 
+def _log_fitted(metrics: dict) -> None:
+    log.info(
+        "Fitted: %d iteration(s), converged=%s, lower bound %.10g, BIC %.6g",
+        metrics["n_iter"],
+        metrics["converged"],
+        metrics["lower_bound"] or math.nan,
+        metrics["bic"] if metrics["bic"] is not None else math.nan,
+    )
+
+
 def _run_job(
     config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None, client
 ) -> RunResult:
+    if config.stream is not None and resume:
+        raise JobError(
+            "a stream run cannot be resumed (its files may be gone): run it again without "
+            "--resume",
+            key="--resume",
+        )
     folder = _run_folder(config, resume=resume, overwrite=overwrite)
     staging = folder.prepare()
     fit = _fit_grid if config.selection is not None else _fit_single
@@ -268,34 +310,58 @@ def _run_job(
     t_start = time.perf_counter()
     try:
         log.info("Job %s -> %s", config.job_name, folder.path)
-        if config.cluster.kind == "local":
+        if config.cluster.kind == "local" and config.stream is None:
             # Fail on a missing file or column before starting a cluster. Not for remote
             # clusters: their workers may see paths this machine does not.
             check_data(config.data)
         cluster = connect(config.cluster) if client is None else use_client(client)
         with cluster as client:
-            data, x, w = _load(config, client)
-            summary = data_summary(data, x)
-            fitted = fit(
-                config,
-                x,
-                w,
-                folder,
-                resume=resume,
-                fingerprint=job_fingerprint(config),
-                hook=on_iteration,
-            )
+            if config.stream is not None:
+                fitted, x, summary = _fit_stream(config, client)
+            else:
+                data, x, w = _load(config, client)
+                summary = data_summary(data, x)
+                fitted = fit(
+                    config,
+                    x,
+                    w,
+                    folder,
+                    resume=resume,
+                    fingerprint=job_fingerprint(config),
+                    hook=on_iteration,
+                )
             _write_outputs(config, staging, fitted, x, summary)
-        metrics = fitted.metrics
-        metrics["total_seconds"] = round(time.perf_counter() - t_start, 6)
-        atomic_write_json(staging / "metrics.json", metrics)
-        path = folder.commit()
+        result = _finish(config, folder, fitted, t_start)
         ok = True
-        log.info("Wrote %s", path)
-        return RunResult(path, fitted.gm, metrics, fitted.selection)
+        return result
     finally:
         if not ok:
             _keep_or_clean(folder)
+
+
+def _finish(config: JobConfig, folder: RunFolder, fitted: _Fitted, t_start: float) -> RunResult:
+    """metrics.json last, then the staging folder renamed into place."""
+    metrics = fitted.metrics
+    metrics["total_seconds"] = round(time.perf_counter() - t_start, 6)
+    atomic_write_json(folder.staging / "metrics.json", metrics)
+    path = folder.commit()
+    log.info("Wrote %s", path)
+    return RunResult(path, fitted.gm, metrics, fitted.selection)
+
+
+def _fit_stream(config: JobConfig, client):
+    """``partial_fit`` over the files as they arrive: ``(fitted, last file's rows, the
+    data summary)``."""
+    from dask_em.jobs._stream import fit_stream
+
+    sf = fit_stream(config, client)
+    summary = {
+        "source": config.data.source,
+        "path": config.data.path,
+        "stream": {"files": sf.files, "n_rows": sf.metrics["n_rows"]},
+        "n_features": int(sf.gm.n_features_in_),
+    }
+    return _Fitted(sf.gm, sf.metrics), sf.last_rows, summary
 
 
 def _keep_or_clean(folder: RunFolder) -> None:
