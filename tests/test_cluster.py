@@ -37,3 +37,18 @@ def test_worker_environment_restores_this_process(monkeypatch):
         os.environ["DASK_EM_TEST_VAR"] = "written by a nanny"
     assert os.environ["DASK_EM_TEST_VAR"] == "kept"
     assert "DASK_EM_TEST_OTHER" not in os.environ
+
+
+def test_a_threads_only_cluster_logs_a_dashboard_link_that_answers(caplog):
+    """Its scheduler is in-process (inproc://), so dask names the machine in the link;
+    the dashboard listens on 127.0.0.1, and the logged link must point there."""
+    import logging
+    import re
+    import urllib.request
+
+    with caplog.at_level(logging.INFO, logger="dask_em"):
+        with connect(_local(processes=False, dashboard_address="127.0.0.1:0")):
+            (link,) = re.findall(r"Dashboard: (\S+)", caplog.text)
+            assert link.startswith("http://127.0.0.1:")
+            with urllib.request.urlopen(link, timeout=10) as page:
+                assert page.status == 200

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dask
 
@@ -97,8 +98,8 @@ def _serves(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _dashboard(client) -> None:
-    link = dashboard_link(client)
+def _dashboard(client, link: str | None = None) -> None:
+    link = link or dashboard_link(client)
     if link:
         log.info("Dashboard: %s", link)
     else:
@@ -151,6 +152,18 @@ def worker_environment(variables: dict) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def _bound_link(link: str | None, address: str) -> str | None:
+    """``link`` with the host the dashboard was bound to. dask builds a threads-only
+    cluster's link from the machine's name (its scheduler is ``inproc://``), where a
+    dashboard bound to ``127.0.0.1`` does not answer."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if not link or host in ("", "0.0.0.0", "::"):
+        return link
+    parts = urlsplit(link)
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
+
+
 @contextlib.contextmanager
 def _local(cfg: ClusterConfig) -> Iterator:
     from distributed import Client, LocalCluster
@@ -182,7 +195,7 @@ def _local(cfg: ClusterConfig) -> Iterator:
         with Client(cluster, set_as_default=False) as client:
             log.info("Local cluster: %d worker(s) on 127.0.0.1", len(cluster.workers))
             if lc.dashboard_address is not None:
-                _dashboard(client)
+                _dashboard(client, _bound_link(cluster.dashboard_link, lc.dashboard_address))
             yield client
 
 
