@@ -439,3 +439,28 @@ def test_wave_statistics_round_trip_through_one_vector(slow_waves):
         for f in ("nk", "s1", "s2"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
         assert b.loglik == a.loglik and np.array_equal(b.reference, a.reference)
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_partial_fit_state_saved_as_arrays_continues_exactly(ct):
+    """A stream job's checkpoint: the online state as plain arrays, restored into a new
+    estimator, gives the same next updates as the estimator that was saved."""
+    from dask_em.mixture._partial import online_arrays, restore_online
+
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=(300, 3)) + rng.integers(0, 3, size=(300, 1)) * 3 for _ in range(4)]
+    whole = GaussianMixture(3, covariance_type=ct, random_state=0)
+    first = GaussianMixture(3, covariance_type=ct, random_state=0)
+    for x in xs:
+        whole.partial_fit(x)
+    for x in xs[:2]:
+        first.partial_fit(x)
+    arrays = online_arrays(first)
+    assert all(v.dtype != object for v in arrays.values())
+    again = GaussianMixture(3, covariance_type=ct, random_state=0)
+    restore_online(again, arrays)
+    for x in xs[2:]:
+        again.partial_fit(x)
+    np.testing.assert_array_equal(again.means_, whole.means_)
+    np.testing.assert_array_equal(again.covariances_, whole.covariances_)
+    assert again.n_passes_ == whole.n_passes_ and again.n_iter_ == whole.n_iter_

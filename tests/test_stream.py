@@ -142,16 +142,19 @@ def test_stream_job_stops_after_max_files(tmp_path):
     assert result.metrics["n_files"] == 2
 
 
-def test_a_bad_file_names_itself_and_leaves_no_run_folder(tmp_path):
+def test_a_bad_file_names_itself_and_the_run_resumes_once_it_is_fixed(tmp_path):
     incoming = tmp_path / "in"
     incoming.mkdir()
-    put(incoming, "0.npy", batches(1)[0])
+    xs = batches(2)
+    put(incoming, "0.npy", xs[0])
     put(incoming, "1.npy", np.full((50, 3), 1.0))  # three columns, not two
     config = stream_job(tmp_path, incoming)
     with pytest.raises(JobError, match=r"1\.npy"):
         run_job(config)
-    runs = tmp_path / "runs"
-    assert not runs.exists() or list(runs.iterdir()) == []  # no run, no staging folder
+    assert not (tmp_path / "runs" / "stream").exists()  # no half-written run
+    put(incoming, "1.npy", xs[1])  # the producer writes it again
+    result = run_job(config, resume=True)
+    assert [r["file"] for r in result.metrics["iterations"]] == ["0.npy", "1.npy"]
 
 
 def test_no_file_at_all_is_an_error_naming_the_glob(tmp_path):
@@ -197,8 +200,46 @@ def test_the_run_folder_may_not_be_where_the_glob_looks(tmp_path):
     assert sorted(p.name for p in incoming.iterdir()) == ["0.npy"]
 
 
-def test_a_stream_run_cannot_be_resumed(tmp_path):
+class Stop(Exception):
+    pass
+
+
+def test_a_stopped_stream_resumes_after_its_last_file(tmp_path):
+    """Stopped after two of four files, ``--resume`` skips those two (even if they are
+    gone by then) and ends with the model of the uninterrupted run, bit for bit."""
     incoming = tmp_path / "in"
     incoming.mkdir()
-    with pytest.raises(JobError, match="cannot be resumed"):
-        run_job(stream_job(tmp_path, incoming), resume=True)
+    xs = batches()
+    for i, x in enumerate(xs):
+        put(incoming, f"{i}.npy", x)
+    full = run_job(stream_job(tmp_path, incoming, name="full"))
+
+    def stop_after_two(gm):
+        if gm.n_iter_ == 2:
+            raise Stop
+
+    config = stream_job(tmp_path, incoming, name="parts")
+    with pytest.raises(Stop):
+        run_job(config, on_iteration=stop_after_two)
+    assert not (tmp_path / "runs" / "parts").exists()  # only the staging folder is kept
+    (incoming / "0.npy").unlink()  # a consumer may clear what was fitted
+    resumed = run_job(config, resume=True)
+    np.testing.assert_array_equal(resumed.model.means_, full.model.means_)
+    np.testing.assert_array_equal(resumed.model.covariances_, full.model.covariances_)
+    assert resumed.model.n_passes_ == full.model.n_passes_
+    assert [r["file"] for r in resumed.metrics["iterations"]] == [f"{i}.npy" for i in range(4)]
+    assert resumed.metrics["iterations"][1]["lower_bound"] == pytest.approx(
+        full.metrics["iterations"][1]["lower_bound"], abs=0
+    )
+
+
+def test_a_resumed_stream_with_nothing_new_writes_the_run(tmp_path):
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    put(incoming, "0.npy", batches(1)[0])
+    config = stream_job(tmp_path, incoming)
+    with pytest.raises(Stop):
+        run_job(config, on_iteration=lambda gm: (_ for _ in ()).throw(Stop()))
+    result = run_job(config, resume=True)
+    assert result.metrics["n_files"] == 1
+    assert (result.path / "plots" / "density.png").is_file()

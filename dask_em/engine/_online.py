@@ -98,6 +98,29 @@ class OnlineState:
     n_steps: int = 0
     last_lower_bound: float = -np.inf
 
+    def to_arrays(self) -> dict:
+        """Plain arrays for ``np.savez`` (no pickles); :meth:`from_arrays` undoes it."""
+        out = {f"params_{f}": np.asarray(getattr(self.params, f)) for f in _PARAMS}
+        out.update(n_steps=np.asarray(self.n_steps), last=np.asarray(self.last_lower_bound))
+        if self.stats is not None:  # as kept (a full scatter may be packed)
+            out.update({f"stats_{f}": np.asarray(getattr(self.stats, f)) for f in _STATS})
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, covariance_type: str) -> OnlineState:
+        params = MixtureParams(*(arrays[f"params_{f}"] for f in _PARAMS), covariance_type)
+        stats = None
+        if "stats_nk" in arrays:
+            values = [arrays[f"stats_{f}"] for f in _STATS]
+            values[-2] = int(values[-2])  # n_rows
+            values[-3], values[-1] = float(values[-3]), float(values[-1])
+            stats = SuffStats(covariance_type, *values)
+        return cls(params, stats, int(arrays["n_steps"]), float(arrays["last"]))
+
+
+_PARAMS = ("weights", "means", "covariances", "precisions_cholesky")
+_STATS = ("reference", "nk", "s1", "s2", "loglik", "n_rows", "weight_total")
+
 
 def online_update(
     state: OnlineState,

@@ -13,16 +13,20 @@ import glob
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from dask_em.data.base import is_url
 from dask_em.data.sources import load_weighted
 from dask_em.errors import JobError
 from dask_em.jobs._blocks import sized_for_cluster
+from dask_em.jobs._checkpoints import _load_checkpoint, _write_checkpoint
 from dask_em.jobs._fit import _estimator, _job_error
 from dask_em.jobs.config import JobConfig, StreamConfig
+from dask_em.mixture._partial import online_arrays, restore_online
 
 log = logging.getLogger("dask_em.jobs.runner")
 
@@ -64,6 +68,7 @@ def arrivals(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     wall: Callable[[], float] = time.time,
+    skip: Iterable[str] = (),
 ) -> Iterator[Path]:
     """Files matching ``pattern``, each once, as they settle.
 
@@ -80,10 +85,13 @@ def arrivals(
     clock, sleep, wall : callable
         Monotonic time, sleeping, and the time file modification times are in (tests
         pass fakes).
+    skip : iterable of str
+        Files already taken (as this function yields them), e.g. before a resume; they
+        count towards ``max_files``.
     """
     pattern = os.path.expanduser(pattern)
     seen: dict[str, tuple[tuple[int, int], float]] = {}  # path -> (signature, since)
-    taken: set[str] = set()
+    taken: set[str] = set(skip)
     last = clock()
     while True:
         now = clock()
@@ -134,7 +142,15 @@ class StreamFit:
     files: list
 
 
-def fit_stream(config: JobConfig, client, *, on_file: Callable | None = None) -> StreamFit:
+def fit_stream(
+    config: JobConfig,
+    client,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+    on_file: Callable | None = None,
+) -> StreamFit:
     """Fit ``partial_fit`` on every file of ``config.data.path`` as it arrives.
 
     Parameters
@@ -142,8 +158,14 @@ def fit_stream(config: JobConfig, client, *, on_file: Callable | None = None) ->
     config : JobConfig
         A job with a ``stream`` section.
     client : distributed.Client
+    checkpoint : Path, optional
+        Written after every file: the online state and the files fitted.
+    resume : bool
+        Go on from ``checkpoint`` (if it exists), skipping the files it lists.
+    fingerprint : str
+        The job's, stored in and checked against the checkpoint.
     on_file : callable, optional
-        ``on_file(path, gm)`` after each file's update (tests write the next file here).
+        ``on_file(path, gm)`` after each file's update and checkpoint.
 
     Raises
     ------
@@ -151,8 +173,12 @@ def fit_stream(config: JobConfig, client, *, on_file: Callable | None = None) ->
         A file that cannot be read or fitted (named), or no file at all.
     """
     gm = _estimator(config.model.estimator_params())
-    rows, x, chunk_rows, t0 = [], None, None, time.perf_counter()
-    for path in arrivals(config.data.path, config.stream):
+    rows, chunk_rows = [], None
+    if resume and checkpoint is not None and checkpoint.is_file():
+        rows, chunk_rows = _restore(gm, checkpoint, fingerprint)
+        log.info("Stream: resuming after %d file(s)", len(rows))
+    x, t0 = None, time.perf_counter()
+    for path in arrivals(config.data.path, config.stream, skip=[r["path"] for r in rows]):
         t = time.perf_counter()
         data = config.data.model_copy(update={"path": str(path)})
         try:
@@ -175,6 +201,8 @@ def fit_stream(config: JobConfig, client, *, on_file: Callable | None = None) ->
             x.shape[0],
             gm.lower_bound_,
         )
+        if checkpoint is not None:
+            _save(checkpoint, gm, rows, chunk_rows, fingerprint)
         if on_file is not None:
             on_file(path, gm)
     if not rows:
@@ -183,14 +211,43 @@ def fit_stream(config: JobConfig, client, *, on_file: Callable | None = None) ->
             f"({config.stream.idle_seconds:g} s)",
             key="data.path",
         )
-    return StreamFit(
-        gm, _metrics(gm, rows, time.perf_counter() - t0), x, [r["file"] for r in rows]
-    )
+    if x is None:  # resumed after the last file: the pictures sample that file
+        x = _last_rows(config, rows[-1]["path"], chunk_rows)
+    metrics = _metrics(gm, rows, time.perf_counter() - t0)
+    return StreamFit(gm, metrics, x, [r["file"] for r in rows])
+
+
+_ROW_KEYS = ("path", "file", "rows", "lower_bound", "seconds")
+
+
+def _save(path: Path, gm, rows: list[dict], chunk_rows: int, fingerprint: str) -> None:
+    arrays = online_arrays(gm)
+    for key in _ROW_KEYS:
+        arrays[f"stream_{key}"] = np.asarray([r[key] for r in rows])
+    arrays["stream_chunk_rows"] = np.asarray(chunk_rows)
+    _write_checkpoint(path, arrays, fingerprint, {})
+
+
+def _restore(gm, path: Path, fingerprint: str) -> tuple[list[dict], int]:
+    arrays = _load_checkpoint(path, fingerprint)
+    restore_online(gm, arrays)
+    columns = [arrays[f"stream_{key}"].tolist() for key in _ROW_KEYS]
+    rows = [
+        {"iteration": i, **dict(zip(_ROW_KEYS, values, strict=True))}
+        for i, values in enumerate(zip(*columns, strict=True), start=1)
+    ]
+    return rows, int(arrays["stream_chunk_rows"])
+
+
+def _last_rows(config: JobConfig, path: str, chunk_rows: int):
+    data = config.data.model_copy(update={"path": path, "chunk_rows": chunk_rows})
+    return load_weighted(data)[0]
 
 
 def _file_row(i: int, path: Path, n: int, gm, seconds: float) -> dict:
     return {
         "iteration": i,
+        "path": str(path),
         "file": path.name,
         "rows": int(n),
         "lower_bound": float(gm.lower_bound_),

@@ -140,8 +140,9 @@ def run_job(
     on_iteration : callable, optional
         Called with the estimator's ``EMProgress`` after each iteration's checkpoint is
         written (with a ``selection`` section: the ``EMProgress`` of the whole grid, whose
-        candidates advance together); an exception it raises stops the run (the
-        checkpoint stays resumable).
+        candidates advance together; with a ``stream`` section: the estimator, after
+        each file); an exception it raises stops the run (the checkpoint stays
+        resumable).
     client : distributed.Client, optional
         Run on this connected client instead of the cluster ``config.cluster`` describes
         (the driver of a submitted job runs on its worker's client).
@@ -297,12 +298,6 @@ def _log_fitted(metrics: dict) -> None:
 def _run_job(
     config: JobConfig, *, resume: bool, overwrite: bool, on_iteration: Callable | None, client
 ) -> RunResult:
-    if config.stream is not None and resume:
-        raise JobError(
-            "a stream run cannot be resumed (its files may be gone): run it again without "
-            "--resume",
-            key="--resume",
-        )
     folder = _run_folder(config, resume=resume, overwrite=overwrite)
     staging = folder.prepare()
     fit = _fit_grid if config.selection is not None else _fit_single
@@ -317,7 +312,7 @@ def _run_job(
         cluster = connect(config.cluster) if client is None else use_client(client)
         with cluster as client:
             if config.stream is not None:
-                fitted, x, summary = _fit_stream(config, client)
+                fitted, x, summary = _fit_stream(config, client, folder, resume, on_iteration)
             else:
                 data, x, w = _load(config, client)
                 summary = data_summary(data, x)
@@ -349,12 +344,19 @@ def _finish(config: JobConfig, folder: RunFolder, fitted: _Fitted, t_start: floa
     return RunResult(path, fitted.gm, metrics, fitted.selection)
 
 
-def _fit_stream(config: JobConfig, client):
+def _fit_stream(config: JobConfig, client, folder: RunFolder, resume: bool, hook):
     """``partial_fit`` over the files as they arrive: ``(fitted, last file's rows, the
     data summary)``."""
     from dask_em.jobs._stream import fit_stream
 
-    sf = fit_stream(config, client)
+    sf = fit_stream(
+        config,
+        client,
+        checkpoint=folder.checkpoint if config.output.checkpoint else None,
+        resume=resume,
+        fingerprint=job_fingerprint(config),
+        on_file=None if hook is None else (lambda path, gm: hook(gm)),
+    )
     summary = {
         "source": config.data.source,
         "path": config.data.path,

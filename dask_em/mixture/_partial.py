@@ -116,3 +116,30 @@ def online_fit_starts(gm, X, starts, eps, weights, kernel) -> list:
         split_every=gm.split_every,
         kernel=kernel,
     )
+
+
+def online_arrays(gm) -> dict:
+    """What ``gm``'s ``partial_fit`` has learnt, as plain arrays (no pickles) for a
+    checkpoint; :func:`restore_online` puts it back into a new estimator."""
+    out = {f"online_{k}": v for k, v in gm._online_state.to_arrays().items()}
+    out["online_n_features"] = np.asarray(gm.n_features_in_)
+    out["online_n_passes"] = np.asarray(gm.n_passes_)
+    return out
+
+
+def restore_online(gm, arrays) -> None:
+    """Continue ``gm`` (unfitted, the same parameters) from :func:`online_arrays`: its
+    next ``partial_fit`` equals the next call of the estimator that was saved."""
+    state = OnlineState.from_arrays(
+        {k[len("online_") :]: v for k, v in arrays.items() if k.startswith("online_")},
+        gm.covariance_type,
+    )
+    gm._online_state = state
+    gm._set_fitted(state.params)
+    gm.n_features_in_ = int(arrays["online_n_features"])
+    gm.converged_ = False
+    gm.n_iter_ = state.n_steps
+    gm.lower_bound_ = state.last_lower_bound
+    gm.lower_bounds_ = [state.last_lower_bound]
+    gm.n_rows_skipped_ = 0
+    gm.n_passes_ = int(arrays["online_n_passes"])
