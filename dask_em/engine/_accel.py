@@ -47,7 +47,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_em.engine import _math
-from dask_em.engine._params import MixtureParams
+from dask_em.engine._params import (
+    PARAM_FIELDS,
+    MixtureParams,
+    params_from_arrays,
+    params_to_arrays,
+)
 
 ALGORITHMS = ("em", "accelerated")
 
@@ -201,17 +206,6 @@ def from_vector(vec: np.ndarray, like: MixtureParams) -> MixtureParams:
 # --------------------------------------------------------------------------------------
 # state["phase"]: 0 evaluates theta0 (and checks the last extrapolation), 1 evaluates
 # theta1 = EM(theta0) and extrapolates, 2 evaluates the extrapolated theta'.
-_PARAM_FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
-
-
-def _saved(params: MixtureParams, prefix: str) -> dict:
-    return {prefix + f: np.asarray(getattr(params, f)) for f in _PARAM_FIELDS}
-
-
-def _restored(state: dict, prefix: str, covariance_type: str) -> MixtureParams:
-    return MixtureParams(*(np.asarray(state[prefix + f]) for f in _PARAM_FIELDS), covariance_type)
-
-
 def _initial_squarem_state() -> dict:
     return {"phase": np.asarray(0), "step_max": np.asarray(_INITIAL_STEP_MAX)}
 
@@ -227,8 +221,8 @@ def squarem_step(point, lower_bound, image, parent_lower_bound, tol, state) -> S
         # The pass evaluated EM(theta'): accept the cycle, or undo it.
         guard = float(state.pop("guard"))
         at_max = bool(state.pop("at_max"))
-        fallback = _restored(state, "fallback_", point.covariance_type)
-        for f in _PARAM_FIELDS:
+        fallback = params_from_arrays(state, "fallback_", point.covariance_type)
+        for f in PARAM_FIELDS:
             del state["fallback_" + f]
         step_max = float(state["step_max"])
         if lower_bound < guard:
@@ -287,7 +281,7 @@ def _extrapolate(theta1_params, lower_bound, image, state) -> StepResult:
         else:
             parent = float("nan")
     state.update(guard=np.asarray(lower_bound), at_max=np.asarray(alpha == step_max))
-    state.update(_saved(image, "fallback_"))
+    state.update(params_to_arrays(image, "fallback_"))
     return StepResult(candidate, parent, False, state)
 
 
@@ -373,7 +367,7 @@ def _accept_point(state, x_vec, lower_bound, image, extrapolated) -> None:
     if extrapolated:
         state["s"] = np.asarray(float(state["s"]) + 1.0)
     state.update(x=x_vec, f=f, lower_bound=np.asarray(lower_bound))
-    state.update(_saved(image, "image_"))
+    state.update(params_to_arrays(image, "image_"))
     order = int(state["order"])
     if int(state["count"]) >= _RESTART_ORDERS * order:
         # Restart: drop the history; a cycle that ended lower than it began (possible
@@ -408,7 +402,7 @@ def daarem_step(point, lower_bound, image, parent_lower_bound, tol, state) -> St
         # Rejected: the next point is the EM image of the last accepted point (kept),
         # and the history restarts.
         _restart(state)
-        fallback = _restored(state, "image_", point.covariance_type)
+        fallback = params_from_arrays(state, "image_", point.covariance_type)
         return StepResult(fallback, float(state["lower_bound"]), False, state)
     previous = float(state["lower_bound"]) if "lower_bound" in state else -np.inf
     _accept_point(state, x_vec, lower_bound, image, extrapolated)

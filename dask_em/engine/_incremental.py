@@ -36,6 +36,19 @@ def _waves(n_blocks: int, n_waves: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
+def _wave_stats(x, weights, wave, params, split_every, kernel) -> SuffStats:
+    """E-step statistics of the blocks ``wave = (first, end)`` under ``params``."""
+    a, b = wave
+    (st,) = em_pass(
+        x.blocks[a:b],
+        [params],
+        weights=None if weights is None else weights.blocks[a:b],
+        split_every=split_every,
+        kernel=kernel,
+    )
+    return st
+
+
 def incremental_passes(
     x,
     start: MixtureParams,
@@ -81,11 +94,8 @@ def incremental_passes(
     stored: dict = {}
     previous = -np.inf
     for p in range(n_passes):
-        for g, (a, b) in enumerate(_waves(x.numblocks[0], n_waves)):
-            wave_w = None if weights is None else weights.blocks[a:b]
-            (st,) = em_pass(
-                x.blocks[a:b], [params], weights=wave_w, split_every=split_every, kernel=kernel
-            )
+        for g, wave in enumerate(_waves(x.numblocks[0], n_waves)):
+            st = _wave_stats(x, weights, wave, params, split_every, kernel)
             stored[g] = st
             total = None
             for s in stored.values():
@@ -140,16 +150,9 @@ class _Sweeper:
         self.passes = 0
 
     def wave_stats(self, g: int, params: MixtureParams) -> SuffStats:
-        a, b = self.waves[g]
-        wave_w = None if self.weights is None else self.weights.blocks[a:b]
-        (st,) = em_pass(
-            self.x.blocks[a:b],
-            [params],
-            weights=wave_w,
-            split_every=self.split_every,
-            kernel=self.kernel,
-        )
-        st = st.unpacked()
+        st = _wave_stats(
+            self.x, self.weights, self.waves[g], params, self.split_every, self.kernel
+        ).unpacked()
         if self.reference is None:
             self.reference = st.reference
         return shift_reference(st, self.reference)

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from dask_em.engine._em import _checked_m_step, em_pass
-from dask_em.engine._params import GAUSSIAN, MixtureParams
+from dask_em.engine._params import (
+    GAUSSIAN,
+    MixtureParams,
+    params_from_arrays,
+    params_to_arrays,
+)
 from dask_em.engine._stats import SuffStats
 
 
@@ -100,7 +105,7 @@ class OnlineState:
 
     def to_arrays(self) -> dict:
         """Plain arrays for ``np.savez`` (no pickles); :meth:`from_arrays` undoes it."""
-        out = {f"params_{f}": np.asarray(getattr(self.params, f)) for f in _PARAMS}
+        out = params_to_arrays(self.params, "params_")
         out.update(n_steps=np.asarray(self.n_steps), last=np.asarray(self.last_lower_bound))
         if self.stats is not None:  # as kept (a full scatter may be packed)
             out.update({f"stats_{f}": np.asarray(getattr(self.stats, f)) for f in _STATS})
@@ -108,17 +113,23 @@ class OnlineState:
 
     @classmethod
     def from_arrays(cls, arrays, covariance_type: str) -> OnlineState:
-        params = MixtureParams(*(arrays[f"params_{f}"] for f in _PARAMS), covariance_type)
+        params = params_from_arrays(arrays, "params_", covariance_type)
         stats = None
         if "stats_nk" in arrays:
-            values = [arrays[f"stats_{f}"] for f in _STATS]
-            values[-2] = int(values[-2])  # n_rows
-            values[-3], values[-1] = float(values[-3]), float(values[-1])
-            stats = SuffStats(covariance_type, *values)
+            st = {f: arrays[f"stats_{f}"] for f in _STATS}
+            stats = SuffStats(
+                covariance_type,
+                st["reference"],
+                st["nk"],
+                st["s1"],
+                st["s2"],
+                float(st["loglik"]),
+                int(st["n_rows"]),
+                float(st["weight_total"]),
+            )
         return cls(params, stats, int(arrays["n_steps"]), float(arrays["last"]))
 
 
-_PARAMS = ("weights", "means", "covariances", "precisions_cholesky")
 _STATS = ("reference", "nk", "s1", "s2", "loglik", "n_rows", "weight_total")
 
 

@@ -22,6 +22,20 @@ class ComponentShape:
         return self.means.shape[1]
 
 
+#: A Gaussian mixture's arrays, in :class:`MixtureParams`' constructor order.
+PARAM_FIELDS = ("weights", "means", "covariances", "precisions_cholesky")
+
+
+def params_to_arrays(params: MixtureParams, prefix: str) -> dict:
+    """``params``' arrays keyed ``prefix + field`` (for ``np.savez``, no pickles)."""
+    return {prefix + f: np.asarray(getattr(params, f)) for f in PARAM_FIELDS}
+
+
+def params_from_arrays(arrays, prefix: str, covariance_type: str) -> MixtureParams:
+    """The inverse of :func:`params_to_arrays`."""
+    return MixtureParams(*(np.asarray(arrays[prefix + f]) for f in PARAM_FIELDS), covariance_type)
+
+
 @dataclass(frozen=True, eq=False)
 class MixtureParams(ComponentShape):
     """Parameters of one Gaussian mixture.

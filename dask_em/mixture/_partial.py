@@ -58,6 +58,12 @@ def partial_fit_batch(gm, X, sample_weight):
             reg_covar=gm.reg_covar,
             eps=eps,
         )
+    _set_online(gm, state, (0 if first else gm.n_passes_) + passes.n)
+    return gm
+
+
+def _set_online(gm, state: OnlineState, n_passes: int) -> None:
+    """``gm``'s fitted attributes from where online EM has got to."""
     gm._online_state = state
     gm._set_fitted(state.params)
     gm.converged_ = False
@@ -65,8 +71,7 @@ def partial_fit_batch(gm, X, sample_weight):
     gm.lower_bound_ = state.last_lower_bound
     gm.lower_bounds_ = [state.last_lower_bound]
     gm.n_rows_skipped_ = 0
-    gm.n_passes_ = (0 if first else gm.n_passes_) + passes.n
-    return gm
+    gm.n_passes_ = n_passes
 
 
 def _first_start(gm, X, weights, eps) -> MixtureParams:
@@ -134,12 +139,5 @@ def restore_online(gm, arrays) -> None:
         {k[len("online_") :]: v for k, v in arrays.items() if k.startswith("online_")},
         gm.covariance_type,
     )
-    gm._online_state = state
-    gm._set_fitted(state.params)
     gm.n_features_in_ = int(arrays["online_n_features"])
-    gm.converged_ = False
-    gm.n_iter_ = state.n_steps
-    gm.lower_bound_ = state.last_lower_bound
-    gm.lower_bounds_ = [state.last_lower_bound]
-    gm.n_rows_skipped_ = 0
-    gm.n_passes_ = int(arrays["online_n_passes"])
+    _set_online(gm, state, int(arrays["online_n_passes"]))
