@@ -59,7 +59,8 @@ def slow_data():
 
 @pytest.mark.parametrize(
     "ct, rule",
-    [(ct, "accelerated") for ct in COV_TYPES] + [("full", "daarem"), ("spherical", "daarem")],
+    [(ct, "accelerated") for ct in COV_TYPES]
+    + [(ct, rule) for ct in ("full", "spherical") for rule in ("squarem", "daarem")],
 )
 def test_accelerated_reaches_plain_ems_optimum(slow_data, ct, rule):
     """The result is a fixed point of scikit-learn's EM (one of its iterations from
@@ -91,7 +92,7 @@ def test_accelerated_reaches_plain_ems_optimum(slow_data, ct, rule):
     np.testing.assert_allclose(sorted_means(p), sorted_means(plain.params), atol=1e-3)
 
 
-@pytest.mark.parametrize("rule", ["accelerated", "daarem"])
+@pytest.mark.parametrize("rule", ["accelerated", "squarem", "daarem"])
 def test_accelerated_needs_fewer_passes_than_plain_em(slow_data, rule):
     _, dx = slow_data
     start = start_of(dx, 3, "full")
@@ -124,7 +125,7 @@ def test_safeguard_keeps_accepted_points_monotone(slow_data, monkeypatch):
     start = start_of(dx, 3, "full")
     monkeypatch.setattr(_accel, "_STEP_GROWTH", 1e6)
     seen: list = []
-    final = fit(dx, start, "accelerated", tol=1e-9, callback=_watch(seen))
+    final = fit(dx, start, "squarem", tol=1e-9, callback=_watch(seen))
     assert final.converged
     accepted, rejected = [], 0
     before = {}
@@ -225,7 +226,7 @@ def test_unconstrained_coordinates_give_mixtures(ct):
             assert np.all(cov > 0)
 
 
-@pytest.mark.parametrize("rule", ["accelerated", "daarem"])
+@pytest.mark.parametrize("rule", ["accelerated", "squarem", "daarem"])
 def test_resume_repeats_the_uninterrupted_run(slow_data, tmp_path, rule):
     _, dx = slow_data
     start = start_of(dx, 3, "diag")

@@ -28,8 +28,10 @@ restart every ``2 m`` accepted points and after a rejection. When an accepted
 proposal changed the log-likelihood by less than ``tol``, the next pass evaluates its EM
 image instead, so that a stop is plain EM's test. Measured on the accel
 benchmark (breast cancer and the overlapping set, 10 seeds each) it needed more passes
-than SQUAREM on every seed, so ``"accelerated"`` stays SQUAREM and the estimators do not
-offer ``"daarem"``; :func:`dask_em.engine._em.run_em` and the benchmark do.
+than SQUAREM on every seed, so the estimators do not offer ``"daarem"``;
+:func:`dask_em.engine._em.run_em` and the benchmark do. Newton's rule, which needs more
+than a point and its image from each pass, is :mod:`dask_em.engine._newton`;
+``"accelerated"`` is it or SQUAREM (:func:`dask_em.engine._em.step_rule_name`).
 
 Stopping means what it means for plain EM: only a pass at a point that is the EM image of
 the point evaluated just before it can stop the fit, when the change of the mean
@@ -192,7 +194,7 @@ def from_vector(vec: np.ndarray, like: MixtureParams) -> MixtureParams:
     w = np.exp(log_w - log_w.max())
     weights = w / w.sum()
     means = vec[k : k + k * d].reshape(k, d).copy()
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below
         cov = _cov_from_vector(vec[k + k * d :], like.covariance_type, k, d)
     prec_chol = _math.precision_cholesky(cov, like.covariance_type)
     params = MixtureParams(weights, means, cov, prec_chol, like.covariance_type)
@@ -420,4 +422,4 @@ def daarem_step(point, lower_bound, image, parent_lower_bound, tol, state) -> St
     return StepResult(candidate, float("nan"), False, state)
 
 
-STEP_RULES = {"em": plain_step, "accelerated": squarem_step, "daarem": daarem_step}
+STEP_RULES = {"em": plain_step, "squarem": squarem_step, "daarem": daarem_step}

@@ -11,12 +11,20 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 
 from dask_em.engine._accel import STEP_RULES
 from dask_em.engine._blas import single_threaded_blas
 from dask_em.engine._errors import StartError
+from dask_em.engine._newton import (
+    NEWTON_MAX_PARAMS,
+    NEWTON_MAX_ROWS,
+    n_params,
+    newton_probes,
+    newton_step,
+)
 from dask_em.engine._params import GAUSSIAN, GaussianEM, MixtureParams
 from dask_em.engine._reduce import compute_pass
 from dask_em.engine._stats import block_statistics, compute_dtype_for
@@ -180,7 +188,6 @@ def em_kernel(missing: bool, x_dtype, compute_dtype="auto"):
     compute_dtype : {'auto', 'float32', 'float64'}
         Arithmetic of the tiles; 'auto' is float32 for float32 data, else float64.
     """
-    from functools import partial
 
     from dask_em.engine._missing import missing_block_statistics
 
@@ -270,9 +277,40 @@ def _start_state(starts, resume, max_iter, initial_lower_bounds, init_passes) ->
     return EMProgress(0, 0.0, cands, init_passes=init_passes)
 
 
-def _advance(c: CandidateState, st, step, model, *, tol, reg_covar, eps, iteration, last, drop):
+# Step rules that also need the EM images of probe points evaluated in the same pass.
+_PROBES = {"newton": newton_probes}
+_RULES = {**STEP_RULES, "newton": newton_step}
+
+
+def step_rule_name(algorithm: str, params, n_rows: float) -> str:
+    """The rule ``algorithm`` runs for a candidate on ``n_rows`` rows: 'accelerated' is
+    Newton (:mod:`dask_em.engine._newton`), whose Jacobian costs ``p`` more E-steps per
+    row and pass, for at most ``NEWTON_MAX_PARAMS`` parameters and ``NEWTON_MAX_ROWS``
+    rows, else SQUAREM."""
+    if algorithm == "accelerated":
+        small = n_params(params) <= NEWTON_MAX_PARAMS and n_rows <= NEWTON_MAX_ROWS
+        return "newton" if small else "squarem"
+    return algorithm
+
+
+def _probe_images(model, probe_stats, reg_covar, eps):
+    """M-steps of the probes' statistics (None where one fails or is not finite)."""
+    images = []
+    with single_threaded_blas():
+        for st in probe_stats:
+            try:
+                image = model.m_step(st, reg_covar, eps)
+            except ValueError:
+                image = None
+            images.append(image if image is not None and image.is_finite() else None)
+    return images
+
+
+def _advance(
+    c: CandidateState, st, step, model, *, tol, reg_covar, eps, iteration, last, drop, probes=None
+):
     """A candidate after the pass that gave it statistics ``st`` (the model's M-step and
-    lower bound, then the step rule)."""
+    lower bound, then the step rule; ``probes``: statistics of the rule's probe points)."""
     try:
         image = _checked_m_step(model, st, reg_covar, eps, c.index, iteration)
     except StartError as exc:
@@ -283,8 +321,11 @@ def _advance(c: CandidateState, st, step, model, *, tol, reg_covar, eps, iterati
     lower_bound = model.lower_bound(st, c.params, image)
     # The rules' tiny factorisations under threaded BLAS cost ~20 ms each (measured:
     # SQUAREM's from_vector on 3x3 covariances, breast cancer benchmark), as the M-step.
+    extra = {}
+    if probes is not None:
+        extra = {"probe_images": _probe_images(model, probes, reg_covar, eps), "eps": eps}
     with single_threaded_blas():
-        out = step(c.params, lower_bound, image, c.parent_lower_bound, tol, c.step_state)
+        out = step(c.params, lower_bound, image, c.parent_lower_bound, tol, c.step_state, **extra)
     # Stopped by max_iter: end on an EM image (never on an extrapolated point).
     params = out.params if out.converged or not last else image
     return replace(
@@ -296,6 +337,21 @@ def _advance(c: CandidateState, st, step, model, *, tol, reg_covar, eps, iterati
         parent_lower_bound=out.parent_lower_bound,
         step_state=out.state,
     )
+
+
+def _pass_points(cands, live, rules, model, eps):
+    """Every point a pass evaluates: each live candidate's, then its rule's probes.
+
+    Returns the points and, per candidate, the ``(first, stop)`` span of its own.
+    """
+    points, spans = [], {}
+    for i in live:
+        own = [cands[i].params]
+        if rules[i] in _PROBES:
+            own += _PROBES[rules[i]](cands[i].params, eps)
+        spans[i] = (len(points), len(points) + len(own))
+        points += [model.e_step_params(p) for p in own]
+    return points, spans
 
 
 def _log_iteration(log_level, state: EMProgress, live) -> None:
@@ -318,8 +374,9 @@ def _log_iteration(log_level, state: EMProgress, live) -> None:
 def _check_run_options(on_start_error: str, algorithm: str, model) -> None:
     if on_start_error not in ("raise", "drop"):
         raise ValueError(f"on_start_error must be 'raise' or 'drop', got {on_start_error!r}")
-    if algorithm not in STEP_RULES:
-        raise ValueError(f"algorithm must be one of {sorted(STEP_RULES)}, got {algorithm!r}")
+    if algorithm not in (*_RULES, "accelerated"):
+        names = sorted((*_RULES, "accelerated"))
+        raise ValueError(f"algorithm must be one of {names}, got {algorithm!r}")
     if algorithm != "em" and model is not GAUSSIAN:
         raise ValueError(f"algorithm={algorithm!r} extrapolates Gaussian parameters only")
 
@@ -377,10 +434,12 @@ def run_em(
         A start whose M-step fails (or gives non-finite parameters) raises
         :class:`StartError`, or is stopped with the error in its ``error`` and the
         others go on (their numbers are those of a run without it).
-    algorithm : {'em', 'accelerated', 'daarem'}
-        The step rule (:mod:`dask_em.engine._accel`): plain EM, or SQUAREM
-        ('accelerated') or DAAREM (benchmarked, not offered by the estimators) to a
-        fixed point of the same EM map in fewer passes.
+    algorithm : {'em', 'accelerated', 'squarem', 'newton', 'daarem'}
+        The step rule: plain EM, or a rule that reaches a fixed point of the same EM map
+        in fewer passes: SQUAREM (:mod:`dask_em.engine._accel`), Newton on the
+        fixed-point equation (:mod:`dask_em.engine._newton`), or DAAREM (benchmarked,
+        not offered by the estimators). 'accelerated' is Newton or SQUAREM per
+        candidate (:func:`step_rule_name`).
     init_passes : int
         Passes made before this run (initialisation), kept in :attr:`EMProgress.n_passes`.
     model : GaussianEM or alike, default maximum-likelihood Gaussian
@@ -396,17 +455,22 @@ def run_em(
     _check_run_options(on_start_error, algorithm, model)
     state = _start_state(starts, resume, max_iter, initial_lower_bounds, init_passes)
     cands, iteration = list(state.candidates), state.iteration
+    n_rows = float(np.sum(x.chunks[0]))  # NaN for unknown chunk sizes: not Newton
     while iteration < max_iter and any(c.active for c in cands):
         iteration += 1
         live = [i for i, c in enumerate(cands) if c.active]
         t0 = time.perf_counter()
-        points = [model.e_step_params(cands[i].params) for i in live]
+        rules = {i: step_rule_name(algorithm, cands[i].params, n_rows) for i in live}
+        points, spans = _pass_points(cands, live, rules, model, eps)
         stats = em_pass(x, points, weights=weights, split_every=split_every, kernel=kernel)
-        for i, st in zip(live, stats, strict=True):
-            step = (STEP_RULES[algorithm], model)
-            cands[i] = _advance(cands[i], st, *step, tol=tol, reg_covar=reg_covar, eps=eps,
-                                iteration=iteration, last=iteration >= max_iter,
-                                drop=on_start_error == "drop")  # fmt: skip
+        for i in live:
+            first, stop = spans[i]
+            # The point's own statistics first: the probes' differences are against it.
+            probes = stats[first:stop] if rules[i] in _PROBES else None
+            step = (_RULES[rules[i]], model)
+            cands[i] = _advance(cands[i], stats[first], *step, tol=tol, reg_covar=reg_covar,
+                                eps=eps, iteration=iteration, last=iteration >= max_iter,
+                                drop=on_start_error == "drop", probes=probes)  # fmt: skip
         seconds = time.perf_counter() - t0
         state = EMProgress(iteration, seconds, tuple(cands), init_passes=state.init_passes)
         if iteration % log_interval == 0 or not any(c.active for c in cands):

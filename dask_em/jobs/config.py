@@ -347,7 +347,8 @@ class ModelConfig(_Model):
     compute_dtype: Literal["auto", "float32", "float64"] = "auto"
     """E-step arithmetic: 'auto' is float32 for float32 data (``data.dtype``)."""
     algorithm: Literal["em", "accelerated", "online"] = "em"
-    """'accelerated': the same optimum as 'em' in fewer passes (SQUAREM); 'online': one
+    """'accelerated': the same optimum as 'em' in fewer passes (Newton on small data,
+    else SQUAREM); 'online': one
     online-EM pass over the blocks, then 'accelerated'. ``max_iter`` counts passes."""
     learning_decay: Annotated[float, Field(gt=0.5, le=1.0)] = 0.7
     """Online EM's step-size decay ``kappa`` ('online')."""

@@ -107,13 +107,16 @@ class GaussianMixture(BaseMixture):
         Tied covariances always use float64 (their pooled scatter, taken about one
         point, would lose too many digits in single precision).
     algorithm : {'em', 'accelerated', 'online'}, default='em'
-        'em': scikit-learn's iterations, one pass each. 'accelerated': SQUAREM
-        (Varadhan & Roland, 2008) in unconstrained coordinates with a monotonicity
-        safeguard: it converges to a fixed point of the same EM map, usually in a
-        fraction of the passes on overlapping components, and stops by the same rule
-        (one more plain EM iteration would change the mean log-likelihood by less
-        than ``tol``). 'online': one pass of online EM over the row blocks in a
-        ``random_state``-seeded order (see :meth:`partial_fit`) after initialisation,
+        'em': scikit-learn's iterations, one pass each. 'accelerated': converges to a
+        fixed point of the same EM map, usually in a fraction of the passes on
+        overlapping components, and stops by the same rule (one more plain EM
+        iteration would change the mean log-likelihood by less than ``tol``). On at
+        most 50,000 rows and 64 parameters it takes capped Newton steps on the
+        fixed-point equation, with the EM map's Jacobian from the same pass (each
+        pass computes ``p + 1`` E-steps); otherwise SQUAREM (Varadhan & Roland, 2008),
+        one E-step a pass. Both work in unconstrained coordinates with a safeguard.
+        'online': one pass of online EM over the row blocks in a ``random_state``-seeded
+        order (see :meth:`partial_fit`) after initialisation,
         then 'accelerated' passes to convergence. ``max_iter`` counts passes.
     learning_decay : float in (0.5, 1], default=0.7
         Online EM's ``kappa``: the ``t``-th batch is blended into the running statistics
