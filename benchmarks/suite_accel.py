@@ -379,11 +379,12 @@ def suite_accel(s: Settings) -> dict:
     x = real_measurements()
     for seed in seeds:
         cases.append(_case(s, "breast cancer 569x3 K=5 full", x, 5, "full", seed, 569))
-    for seed in seeds[:3]:
-        n = s.n(2e5, 2e4)
-        x = separated(n, 3, 2, seed)
-        name = f"separated N={h.fmt_n(n)} d=2 K=3 full"
-        cases.append(_case(s, name, x, 3, "full", seed, n // 4, settle=False))
+    # "accelerated" is Newton on the first size, SQUAREM on the second (NEWTON_MAX_ROWS).
+    for n in sorted({s.n(4e4, 2e4), s.n(2e5, 2e4)}):
+        for seed in seeds[:3]:
+            x = separated(n, 3, 2, seed)
+            name = f"separated N={h.fmt_n(n)} d=2 K=3 full"
+            cases.append(_case(s, name, x, 3, "full", seed, n // 4, settle=False))
     pf = _partial_fit_case(s)
     with tempfile.TemporaryDirectory(dir=s.data_dir) as folder:
         ooc = _ooc_case(s, folder)
