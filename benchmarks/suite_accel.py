@@ -346,11 +346,7 @@ def _targets(cases, pf):
         group = [c for c in slow if c["case"] == name and c["ref_converged"]]
         if not group:
             continue
-        # Within 1e-4 of plain EM's optimum, or on a better one of its own.
-        same = sum(
-            c["accelerated"]["param_diff"] < 1e-4 or c["accelerated"]["final_gap"] < -1e-6
-            for c in group
-        )
+        same = sum(c["accelerated"]["param_diff"] < 1e-4 for c in group)
         targets.append(
             target(f"{name}: seeds at the same optimum (1e-4)", same, ">=", 0.9 * len(group))
         )
@@ -360,6 +356,21 @@ def _targets(cases, pf):
             targets.append(target(f"{c['case']} seed {c['seed']}: extra passes", extra, "<=", 2))
     targets.append(target("partial_fit one pass: nats/row below batch EM", pf["gap"], "<=", 0.01))
     return targets
+
+
+def _other_optima(cases) -> list[str]:
+    """A note per seed where accelerated stopped at another EM fixed point than plain
+    EM's: not a failure of the stop test, but not "the same optimum" either."""
+    notes = []
+    for c in cases:
+        r = c["accelerated"]
+        if c["ref_converged"] and r["param_diff"] is not None and r["param_diff"] >= 1e-4:
+            side = "higher" if r["final_gap"] < 0 else "lower"
+            notes.append(
+                f"{c['case']} seed {c['seed']}: accelerated stopped at another optimum, "
+                f"{abs(r['final_gap']):.1e} nats/row {side} than plain EM's."
+            )
+    return notes
 
 
 def suite_accel(s: Settings) -> dict:
@@ -397,7 +408,8 @@ def suite_accel(s: Settings) -> dict:
         "notes": [
             "Same k-means start per seed for every algorithm; reference optimum: plain "
             f"EM at tol={_REF_TOL:g}; passes exclude the k-means passes; online counts "
-            "its online pass. Threaded scheduler."
+            "its online pass. Threaded scheduler.",
+            *_other_optima(cases),
         ],
         "markdown": _markdown(cases, pf, ooc),
     }
