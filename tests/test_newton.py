@@ -95,6 +95,29 @@ def test_probe_jacobian_matches_central_differences_of_sklearn(slow_data, ct):
     np.testing.assert_allclose(jac, ref, rtol=0, atol=2e-5 * max(1.0, np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_each_probe_moves_one_coordinate(slow_data, ct):
+    """Probe j is the point moved by h_j along coordinate j of to_vector, and a valid
+    mixture (its precision factors are those of its covariances)."""
+    _, dx = slow_data
+    point = start_of(dx, 3, ct)
+    v = to_vector(point)
+    steps = _newton._probe_steps(v, EPS)
+    for j, probe in enumerate(_newton.newton_probes(point, EPS)):
+        error = to_vector(probe) - v
+        error[j] -= steps[j]
+        # Log-weights are defined up to a constant (the weights are their softmax).
+        k = len(point.weights)
+        error[:k] -= error[:k].mean()
+        np.testing.assert_allclose(error, 0.0, rtol=0, atol=1e-4 * steps[j])
+        np.testing.assert_allclose(
+            probe.precisions_cholesky,
+            _math.precision_cholesky(probe.covariances, ct),
+            rtol=1e-12,
+        )
+        assert np.isclose(probe.weights.sum(), 1.0, rtol=0, atol=1e-15)
+
+
 def test_newton_needs_fewer_passes_than_squarem(slow_data):
     _, dx = slow_data
     start = start_of(dx, 3, "full")

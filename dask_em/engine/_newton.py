@@ -42,9 +42,18 @@ image, and only such a pass can stop the fit.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from dask_em.engine._accel import StepResult, _converged, from_vector, to_vector
+from dask_em.engine._accel import (
+    StepResult,
+    _converged,
+    _cov_from_vector,
+    from_vector,
+    to_vector,
+)
+from dask_em.engine._math import precision_cholesky
 from dask_em.engine._params import PARAM_FIELDS, params_from_arrays, params_to_arrays
 
 # Measured on the accel benchmark's breast cancer data (10 k-means starts): growing the
@@ -87,13 +96,45 @@ def newton_probes(point, eps: float) -> list:
     x = to_vector(point)
     probes = []
     for j, h in enumerate(_probe_steps(x, eps)):
-        shifted = x.copy()
-        shifted[j] += h
         try:
-            probes.append(from_vector(shifted, point))
+            probes.append(_probe(point, x, j, h))
         except ValueError:
             return []
     return probes
+
+
+def _probe(point, x: np.ndarray, j: int, h: float):
+    """``from_vector(x + h e_j)``, sharing every array the coordinate leaves alone.
+
+    A weight's coordinate moves the weights only, a mean's or a full covariance's one
+    component: the rest keeps the point's own arrays (no round trip through the
+    coordinates, whose ~1e-16 error the difference would divide by ``h``), and no
+    precision factor is recomputed but the moved one's; the round trips were a third of
+    the driver's time per pass at K=5, d=3.
+    """
+    k, d = point.means.shape
+    shifted = x.copy()
+    shifted[j] += h
+    full = point.covariance_type == "full" and point.covariances is not None
+    if j < k:
+        w = np.exp(shifted[:k] - shifted[:k].max())
+        return replace(point, weights=w / w.sum())
+    if j < k + k * d:
+        means = point.means.copy()
+        means.flat[j - k] = shifted[j]
+        return replace(point, means=means)
+    if not full:
+        return from_vector(shifted, point)
+    per_component = d * (d + 1) // 2
+    c, start = divmod(j - k - k * d, per_component)
+    start = j - start
+    with np.errstate(over="ignore", invalid="ignore"):  # checked by the factorisation
+        cov = _cov_from_vector(shifted[start : start + per_component], "full", 1, d)
+    covariances = point.covariances.copy()
+    covariances[c] = cov[0]
+    prec_chol = point.precisions_cholesky.copy()
+    prec_chol[c] = precision_cholesky(cov, "full")[0]
+    return replace(point, covariances=covariances, precisions_cholesky=prec_chol)
 
 
 def _jacobian(point, probe_images, eps):

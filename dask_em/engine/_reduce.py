@@ -246,8 +246,9 @@ def tree_reduce(
         Rows chunked, features in one chunk.
     chunk : callable
         ``chunk(block, shared, row_offset, block_index, weights_block)`` returns a small
-        additive value (a tuple of them when ``combine`` is :func:`add_tuples`). It is
-        called once on an empty block to learn the value's size.
+        additive value (a tuple of them when ``combine`` is :func:`add_tuples`). Where
+        ``x`` has several blocks it is called once on an empty block to learn the
+        value's size.
     shared : object
         Small value every block needs (parameters): in every task, or once in the graph.
     combine : callable
@@ -277,7 +278,9 @@ def tree_reduce(
     """
     if x.numblocks[1] != 1:
         raise ValueError("features must be in one chunk; rechunk with x.rechunk({1: -1})")
-    value = value_nbytes(chunk, x, shared, weights)
+    # One block has no tree to size and one task to read it: the measuring call would
+    # cost a set-up of ``chunk`` per candidate and probe for nothing.
+    value = value_nbytes(chunk, x, shared, weights) if x.numblocks[0] > 1 else 0
     split_every = fan_in(value, split_every or default_split_every())
     reader = block_reader(x) if fuse_reads else None
     n_tasks = x.numblocks[0] if reader is None else read_tasks(value, x.numblocks[0])
