@@ -175,6 +175,12 @@ def to_vector(params: MixtureParams) -> np.ndarray:
     )
 
 
+def weights_from_logs(log_w: np.ndarray) -> np.ndarray:
+    """The softmax of log-weights (K,): on the simplex whatever the vector."""
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum()
+
+
 def from_vector(vec: np.ndarray, like: MixtureParams) -> MixtureParams:
     """Parameters from :func:`to_vector` coordinates, shaped like ``like``.
 
@@ -191,8 +197,7 @@ def from_vector(vec: np.ndarray, like: MixtureParams) -> MixtureParams:
     log_w = vec[:k]
     if not np.all(np.isfinite(vec)):
         raise ValueError("extrapolated parameters are not finite")
-    w = np.exp(log_w - log_w.max())
-    weights = w / w.sum()
+    weights = weights_from_logs(log_w)
     means = vec[k : k + k * d].reshape(k, d).copy()
     with np.errstate(over="ignore", invalid="ignore"):  # checked below
         cov = _cov_from_vector(vec[k + k * d :], like.covariance_type, k, d)

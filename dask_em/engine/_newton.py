@@ -52,6 +52,7 @@ from dask_em.engine._accel import (
     _cov_from_vector,
     from_vector,
     to_vector,
+    weights_from_logs,
 )
 from dask_em.engine._math import precision_cholesky
 from dask_em.engine._params import PARAM_FIELDS, params_from_arrays, params_to_arrays
@@ -115,19 +116,20 @@ def _probe(point, x: np.ndarray, j: int, h: float):
     k, d = point.means.shape
     shifted = x.copy()
     shifted[j] += h
-    full = point.covariance_type == "full" and point.covariances is not None
     if j < k:
-        w = np.exp(shifted[:k] - shifted[:k].max())
-        return replace(point, weights=w / w.sum())
+        weights = weights_from_logs(shifted[:k])
+        if np.any(weights <= 0.0):  # as from_vector: a weight that underflowed
+            raise ValueError("extrapolated parameters are not finite")
+        return replace(point, weights=weights)
     if j < k + k * d:
         means = point.means.copy()
         means.flat[j - k] = shifted[j]
         return replace(point, means=means)
-    if not full:
+    if point.covariance_type != "full" or point.covariances is None:
         return from_vector(shifted, point)
     per_component = d * (d + 1) // 2
-    c, start = divmod(j - k - k * d, per_component)
-    start = j - start
+    c, offset = divmod(j - k - k * d, per_component)
+    start = j - offset
     with np.errstate(over="ignore", invalid="ignore"):  # checked by the factorisation
         cov = _cov_from_vector(shifted[start : start + per_component], "full", 1, d)
     covariances = point.covariances.copy()
